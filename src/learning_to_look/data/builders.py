@@ -1,0 +1,129 @@
+"""The benchmark data sets, built exactly as PROTOCOL 2.2 and 2.3 describe.
+
+Each builder maps the verified MNIST arrays to a dict of uint8 arrays:
+``x_{split}`` (N, C, 28, 28), ``y_{split}`` (N,), ``digit_{split}`` (N, 28, 28), the
+clean grey digit kept so an exact digit mask can be derived later, and for
+DecoyMNIST ``corner_{split}`` (N, 2) holding (top, left) of the decoy square.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .mnist import MNISTArrays
+
+SPLITS = ("train", "test")
+
+
+def hsl_palette(n: int = 10) -> np.ndarray:
+    """``n`` colours from red to purple interpolated in HSL, as the `colour` package's
+    ``Color("red").range_to(Color("purple"), n)`` does; float64 RGB in [0, 1], shape (n, 3)."""
+    purple_h, purple_l, purple_s = colorsys.rgb_to_hls(128 / 255, 0.0, 128 / 255)
+    start, end = np.array([0.0, 1.0, 0.5]), np.array([purple_h, purple_s, purple_l])  # (h, s, l)
+    steps = np.linspace(0.0, 1.0, n)[:, None]
+    hsl = start + steps * (end - start)
+    return np.array([colorsys.hls_to_rgb(h, l, s) for h, s, l in hsl])
+
+
+PALETTE = hsl_palette()
+
+
+def colorize(gray: np.ndarray, colour_index: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
+    """``out[n, c] = uint8(clip(palette[k_n, c] * gray_n, 0, 255))``, truncating like the reference."""
+    scale = palette[colour_index].astype(np.float64)[:, :, None, None]
+    return np.clip(scale * gray[:, None].astype(np.float64), 0, 255).astype(np.uint8)
+
+
+def build_mnist(m: MNISTArrays) -> dict[str, np.ndarray]:
+    out = {}
+    for s in SPLITS:
+        x, y = getattr(m, f"x_{s}"), getattr(m, f"y_{s}")
+        out |= {f"x_{s}": x[:, None].copy(), f"y_{s}": y, f"digit_{s}": x}
+    return out
+
+
+def build_colormnist(m: MNISTArrays) -> dict[str, np.ndarray]:
+    colour_of = {"train": lambda y: y, "test": lambda y: 9 - y}
+    out = {}
+    for s in SPLITS:
+        x, y = getattr(m, f"x_{s}"), getattr(m, f"y_{s}")
+        k = colour_of[s](y.astype(np.int64))
+        out |= {f"x_{s}": colorize(x, k), f"y_{s}": y, f"digit_{s}": x}
+    return out
+
+
+DECOY_SIZE = 5
+DECOY_POSITIONS = (0, 23)
+
+
+def decoy_corners(n_train: int, n_test: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One (top, left) per image, drawn top then left from ``np.random.seed(seed)``,
+    the whole training set first, then the test set, from the same stream.
+
+    Two scalar draws per image from the legacy global RNG are what the reference does;
+    ``RandomState.choice(2, size=2n)`` consumes the same stream in the same order.
+    """
+    rs = np.random.RandomState(seed)
+    choices = np.asarray(DECOY_POSITIONS, dtype=np.uint8)
+    draws = choices[rs.choice(len(DECOY_POSITIONS), size=2 * (n_train + n_test))].reshape(-1, 2)
+    return draws[:n_train], draws[n_train:]
+
+
+def decoy_intensity(y: np.ndarray, split: str) -> np.ndarray:
+    y = y.astype(np.int64)
+    return (255 - 25 * y if split == "train" else 25 * y).astype(np.uint8)
+
+
+def square_masks(corners: np.ndarray, size: int = DECOY_SIZE, hw: int = 28) -> np.ndarray:
+    """Boolean (N, hw, hw) masks of the ``size``x``size`` squares at ``corners``."""
+    rows = np.arange(hw)
+    top, left = corners[:, 0, None].astype(np.int64), corners[:, 1, None].astype(np.int64)
+    in_rows = (rows >= top) & (rows < top + size)
+    in_cols = (rows >= left) & (rows < left + size)
+    return in_rows[:, :, None] & in_cols[:, None, :]
+
+
+def build_decoymnist(m: MNISTArrays) -> dict[str, np.ndarray]:
+    corners = dict(zip(SPLITS, decoy_corners(len(m.y_train), len(m.y_test))))
+    out = {}
+    for s in SPLITS:
+        x, y = getattr(m, f"x_{s}"), getattr(m, f"y_{s}")
+        mask = square_masks(corners[s])
+        value = decoy_intensity(y, s)[:, None, None]
+        img = np.where(mask, value, x)
+        out |= {f"x_{s}": img[:, None], f"y_{s}": y, f"digit_{s}": x, f"corner_{s}": corners[s]}
+    return out
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered data set: how to build it and what it is."""
+
+    name: str
+    build: Callable[[MNISTArrays], dict[str, np.ndarray]]
+    protocol: str
+    description: str
+    channels: int
+    decoy_size: int = 0
+    version: int = 1
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    DATASETS[spec.name] = spec
+    return spec
+
+
+register(DatasetSpec("mnist", build_mnist, "MNIST, grey, unchanged (clean-data upper bound)",
+                     "original MNIST, 1 channel", channels=1))
+register(DatasetSpec("colormnist", build_colormnist, "ColorMNIST, CDEP protocol (PROTOCOL 2.2)",
+                     "digit coloured by label in training, by 9-label in test", channels=3))
+register(DatasetSpec("decoymnist", build_decoymnist, "DecoyMNIST, CDEP variant (PROTOCOL 2.3)",
+                     "5x5 corner square, intensity 255-25y in training, 25y in test", channels=1,
+                     decoy_size=DECOY_SIZE))

@@ -1,0 +1,128 @@
+"""The map-source interface: where, in each training image, the model should look.
+
+A generator turns a :class:`~learning_to_look.data.Split` (or any batch of images
+wrapped as one) into float32 maps in [0, 1] at the image resolution. Its ``kind``
+says what the map is made from, and travels into every result, so that no number
+made with oracle or intensity maps can be read as a VLM result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import L2LError
+from ..io import sha256_text
+
+#: What a map is made from. Only ``vlm`` maps may be called VLM maps.
+KINDS = ("vlm", "annotation", "image-statistic", "external")
+
+MAP_CODE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What the VLM is asked: positive prompts (the concept), negative (background)
+    prompts, templates they are put into, and the softmax temperature across prompts."""
+
+    positive: tuple[str, ...] = ("a handwritten digit",)
+    negative: tuple[str, ...] = ("background", "black", "dark")
+    templates: tuple[str, ...] = ("a photo of {}.", "a clean origami {}.")
+    temperature: float = 40.0
+
+    def __post_init__(self) -> None:
+        if not self.positive:
+            raise L2LError("the prompt needs at least one positive text; pass --prompt \"a handwritten digit\"")
+        if self.temperature <= 0:
+            raise L2LError(f"temperature must be positive, got {self.temperature}; pass e.g. --temperature 40")
+
+
+class MapGenerator(ABC):
+    """Base class of every map source. Subclasses set ``name`` and ``kind`` and
+    implement :meth:`generate`; :meth:`config` must hold everything that changes
+    the output, since the fingerprint (the cache key) is its hash."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def generate(self, split: Any) -> np.ndarray:
+        """float32 maps (N, H, W) in [0, 1] for the N images of ``split``."""
+
+    def config(self) -> dict:
+        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+    def fingerprint(self) -> str:
+        payload = {"name": self.name, "kind": self.kind, "code_version": MAP_CODE_VERSION, "config": self.config()}
+        return sha256_text(json.dumps(payload, sort_keys=True, default=str))[:16]
+
+    @property
+    def is_vlm(self) -> bool:
+        return self.kind == "vlm"
+
+    def describe(self) -> dict:
+        """What goes into every result that used these maps."""
+        return {"name": self.name, "kind": self.kind, "fingerprint": self.fingerprint(), "config": self.config()}
+
+
+MAP_SOURCES: dict[str, type[MapGenerator]] = {}
+
+
+def register_map_source(cls: type[MapGenerator]) -> type[MapGenerator]:
+    if cls.kind not in KINDS:
+        raise ValueError(f"{cls.__name__}.kind must be one of {KINDS}")
+    MAP_SOURCES[cls.name] = cls
+    return cls
+
+
+def get_map_source(name: str, **options: Any) -> MapGenerator:
+    if name not in MAP_SOURCES:
+        raise L2LError(f"unknown map source {name!r}; choose one of: {', '.join(sorted(MAP_SOURCES))}")
+    return MAP_SOURCES[name](**options)
+
+
+def validate_maps(maps: np.ndarray, n: int, hw: tuple[int, int], source: str) -> np.ndarray:
+    """Shape, finiteness and range checks that every map set passes before training."""
+    maps = np.asarray(maps)
+    if maps.shape != (n, *hw):
+        raise L2LError(f"maps from {source} have shape {maps.shape}, expected {(n, *hw)}; regenerate them for this data set")
+    if not np.isfinite(maps).all():
+        raise L2LError(f"maps from {source} contain NaN or infinite values; regenerate them or fix the source")
+    if maps.size and (maps.min() < 0 or maps.max() > 1):
+        raise L2LError(f"maps from {source} fall outside [0, 1] ({maps.min():.3g}..{maps.max():.3g}); rescale them to [0, 1]")
+    return maps.astype(np.float32, copy=False)
+
+
+@dataclass
+class OracleMaps(MapGenerator):
+    """The digit's own pixels, known from how the data set was built: an upper bound
+    standing in for a perfect VLM. It is annotation, not language."""
+
+    name: ClassVar[str] = "oracle"
+    kind: ClassVar[str] = "annotation"
+    threshold: int = 10
+
+    def generate(self, split: Any) -> np.ndarray:
+        return (np.asarray(split.digits) > self.threshold).astype(np.float32)
+
+
+@dataclass
+class IntensityMaps(MapGenerator):
+    """Bright pixels of the image itself (channel max), with no data-set knowledge.
+    On DecoyMNIST it lights up the decoy too: a negative control, not a VLM."""
+
+    name: ClassVar[str] = "intensity"
+    kind: ClassVar[str] = "image-statistic"
+    threshold: int = 10
+
+    def generate(self, split: Any) -> np.ndarray:
+        return (np.asarray(split.images).max(axis=1) > self.threshold).astype(np.float32)
+
+
+register_map_source(OracleMaps)
+register_map_source(IntensityMaps)
