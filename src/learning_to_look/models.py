@@ -1,0 +1,115 @@
+"""Backbones: small CNNs that return their logits and the feature map attributions use.
+
+Every backbone returns ``(logits, features)`` from ``forward`` so the training engine
+can build a CAM or Grad-CAM from the same forward pass that gives the loss, without
+hooks. A registry (as in DomainBed) lets configs and the CLI name them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import L2LError
+
+BACKBONES: dict[str, type[Backbone]] = {}
+
+
+def register_backbone(cls: type[Backbone]) -> type[Backbone]:
+    """Class decorator: make ``cls`` buildable by its ``name``."""
+    if cls.name in BACKBONES:
+        raise ValueError(f"backbone name {cls.name!r} is registered twice")
+    BACKBONES[cls.name] = cls
+    return cls
+
+
+def build_backbone(name: str, num_classes: int = 10, in_channels: int = 3) -> Backbone:
+    if name not in BACKBONES:
+        raise L2LError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name](num_classes=num_classes, in_channels=in_channels)
+
+
+class Backbone(nn.Module):
+    """Base class. ``has_gap_classifier`` is True when the logits are a linear layer on
+    globally average-pooled features: only then is CAM defined, from ``classifier_weight``."""
+
+    name: ClassVar[str]
+    input_size: ClassVar[int]
+    has_gap_classifier: ClassVar[bool]
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits (B,K), features (B,C,h,w))``."""
+        raise NotImplementedError
+
+    @property
+    def classifier_weight(self) -> Tensor:
+        raise L2LError(f"backbone {self.name!r} has no linear-on-GAP classifier, so CAM is undefined; use Grad-CAM")
+
+    def _check_input(self, x: Tensor) -> None:
+        """Fail with the fix rather than with a shape error deep inside a layer (or, for
+        GAP models, silently with feature maps that no longer match the targets)."""
+        want = (self.in_channels, self.input_size, self.input_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise L2LError(
+                f"backbone {self.name!r} expects input (B, {want[0]}, {want[1]}, {want[2]}), "
+                f"got {tuple(x.shape)}; resize the images to {self.input_size}x{self.input_size} "
+                f"with {self.in_channels} channel(s)"
+            )
+
+
+@register_backbone
+class LeNetGAP(Backbone):
+    """The paper's ~3k-parameter LeNet with a GAP head (PROTOCOL 3.1)."""
+
+    name = "lenet-gap"
+    input_size = 32
+    has_gap_classifier = True
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__(num_classes, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_input(x)
+        h = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        features = self.conv2(h)
+        pooled = F.max_pool2d(F.relu(features), 2).mean(dim=(2, 3))
+        return self.fc(pooled), features
+
+    @property
+    def classifier_weight(self) -> Tensor:
+        return self.fc.weight
+
+
+@register_backbone
+class CDEPNet(Backbone):
+    """The CNN of the CDEP paper (Rieger et al. 2020), for comparing with its numbers;
+    its flatten+MLP head has no CAM, only Grad-CAM on the last conv layer."""
+
+    name = "cdep-cnn"
+    input_size = 28
+    has_gap_classifier = False
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__(num_classes, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.fc1 = nn.Linear(800, 256)
+        self.fc2 = nn.Linear(256, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_input(x)
+        h = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        features = F.relu(self.conv2(h))
+        h = torch.flatten(F.max_pool2d(features, 2), 1)
+        return self.fc2(F.relu(self.fc1(h))), features
