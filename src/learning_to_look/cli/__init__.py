@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         print("aborted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:  # click's usage errors
-        from click.exceptions import ClickException
+        ClickException = getattr(typer, "TyperException", None) or __import__("click").ClickException  # new typer vendors click
 
         if isinstance(e, ClickException):
             print(f"error: {e.format_message()}; see `l2l --help`", file=sys.stderr)
