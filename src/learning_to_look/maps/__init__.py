@@ -2,6 +2,16 @@
 
 from .base import (KINDS, MAP_SOURCES, IntensityMaps, MapGenerator, OracleMaps, PromptSpec, get_map_source,
                    register_map_source, validate_maps)
+from .cache import cache_meta, cached_maps, default_cache_dir, list_cached, load_map_set, resolve_maps
+from .clip import VARIANTS, ClipMaps
+from .diagnostics import format_report, map_report
+from .images import ImageSplit, as_split, folder_maps, load_image_folder
+from .precomputed import PrecomputedMaps
+from .weclip import WeCLIPMaps
+from .weights import DEFAULT_CLIP, Pretrained, load_clip, load_dino
 
 __all__ = ["KINDS", "MAP_SOURCES", "IntensityMaps", "MapGenerator", "OracleMaps", "PromptSpec", "get_map_source",
-           "register_map_source", "validate_maps"]
+           "register_map_source", "validate_maps", "cache_meta", "cached_maps", "default_cache_dir", "list_cached",
+           "load_map_set", "resolve_maps", "VARIANTS", "ClipMaps", "format_report", "map_report", "ImageSplit",
+           "as_split", "folder_maps", "load_image_folder", "PrecomputedMaps", "WeCLIPMaps", "DEFAULT_CLIP",
+           "Pretrained", "load_clip", "load_dino"]

@@ -49,6 +49,13 @@ class MapGenerator(ABC):
 
     name: ClassVar[str]
     kind: ClassVar[str]
+    #: Worth a disk cache: False for sources cheaper to recompute than to load.
+    cacheable: ClassVar[bool] = True
+
+    def prepare(self, split: Any, workdir: Any = None) -> None:
+        """Hook run once on the whole split before :meth:`generate` sees it in chunks:
+        for sources that train on it or check its keys. ``workdir`` is a folder in the
+        cache where such work can be kept across a resume."""
 
     @abstractmethod
     def generate(self, split: Any) -> np.ndarray:
@@ -105,6 +112,7 @@ class OracleMaps(MapGenerator):
 
     name: ClassVar[str] = "oracle"
     kind: ClassVar[str] = "annotation"
+    cacheable: ClassVar[bool] = False
     threshold: int = 10
 
     def generate(self, split: Any) -> np.ndarray:
@@ -118,6 +126,7 @@ class IntensityMaps(MapGenerator):
 
     name: ClassVar[str] = "intensity"
     kind: ClassVar[str] = "image-statistic"
+    cacheable: ClassVar[bool] = False
     threshold: int = 10
 
     def generate(self, split: Any) -> np.ndarray:

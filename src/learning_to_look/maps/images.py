@@ -1,0 +1,100 @@
+"""Ordinary images (any size, RGB or grey) as input to the same generators, so the
+map stage is not tied to MNIST. Images of one size are batched together; each map
+comes back at its own image's size."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import L2LError
+from ..io import atomic_write_bytes
+from .base import MapGenerator, validate_maps
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """The Split-like view generators need: uint8 (N, 3, H, W) images plus names."""
+
+    name: str
+    images: np.ndarray
+    names: tuple[str, ...]
+    indices: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx: np.ndarray, name: str | None = None) -> "ImageSplit":
+        idx = np.asarray(idx)
+        base = self.indices if self.indices is not None else np.arange(len(self))
+        return ImageSplit(name or self.name, self.images[idx], tuple(self.names[i] for i in idx), base[idx])
+
+
+def read_image(path: Path) -> np.ndarray:
+    """uint8 (3, H, W) RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()
+    except (OSError, UnidentifiedImageError) as e:
+        raise L2LError(f"cannot read image {path} ({type(e).__name__}); remove it or convert it to PNG/JPEG") from None
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise L2LError(f"no image folder at {folder}; pass --images DIR with PNG/JPEG files")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise L2LError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}; pass --images DIR with PNG/JPEG files")
+    return files
+
+
+def load_image_folder(folder: str | os.PathLike) -> list[ImageSplit]:
+    """One :class:`ImageSplit` per image size found in ``folder``."""
+    groups: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = defaultdict(list)
+    for f in image_files(folder):
+        img = read_image(f)
+        groups[img.shape[1:]].append((f.name, img))
+    return [ImageSplit(f"images-{h}x{w}", np.stack([a for _, a in items]), tuple(n for n, _ in items))
+            for (h, w), items in groups.items()]
+
+
+def folder_maps(generator: MapGenerator, folder: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Maps for every image in ``folder`` at its own size, keyed by file name; with
+    ``out_dir`` each is also written there as a grey PNG (0..255) named like its image."""
+    result: dict[str, np.ndarray] = {}
+    for split in load_image_folder(folder):
+        generator.prepare(split)
+        maps = validate_maps(generator.generate(split), len(split), split.images.shape[-2:], generator.name)
+        result.update(zip(split.names, maps))
+    if out_dir is not None:
+        for name, m in result.items():
+            write_png(Path(out_dir) / f"{Path(name).stem}.png", m)
+    return dict(sorted(result.items()))
+
+
+def write_png(path: Path, m: np.ndarray) -> Path:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.round(np.clip(m, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def as_split(images: Any, name: str = "images") -> ImageSplit:
+    """Wrap an in-memory uint8 (N, C, H, W) array for a generator."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise L2LError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+    return ImageSplit(name, images, tuple(str(i) for i in range(len(images))))

@@ -1,0 +1,175 @@
+"""Maps made elsewhere: a folder of PNGs, an ``.npy`` array or an ``.npz`` archive.
+
+This is how the reference pipeline's WeCLIP+ masks come in: its ``prediction_cmap``
+PNGs are colour-mapped hard masks on black, so any non-black pixel is foreground.
+Keys are image indices (digits at the end of a file stem, e.g. ``train_00017.png``)
+or, for image folders, file stems. Every mismatch is an error naming the first few
+offenders, since a silently shifted or partial map set would train the wrong thing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import L2LError
+from .base import MapGenerator, register_map_source
+
+PNG_MODES = ("nonblack", "grey")
+_SHOW = 5
+
+
+def _first(items: list, n: int = _SHOW) -> str:
+    head = ", ".join(str(x) for x in items[:n])
+    return head + (f" ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def split_keys(split: Any, key: str) -> list[str]:
+    """The key of each image in ``split``: its index in the full split, or its name."""
+    if key == "name":
+        names = getattr(split, "names", None)
+        if names is None:
+            raise L2LError("maps keyed by file name need an image folder; use --key index for built data sets")
+        return [str(Path(n).stem) for n in names]
+    idx = split.indices if getattr(split, "indices", None) is not None else np.arange(len(split.images))
+    return [str(int(i)) for i in idx]
+
+
+def _file_key(stem: str, key: str) -> str | None:
+    if key == "name":
+        return stem
+    m = re.search(r"(\d+)$", stem)
+    return str(int(m.group(1))) if m else None
+
+
+def _to_unit(a: np.ndarray, what: str) -> np.ndarray:
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    a = a.astype(np.float32)
+    if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 1):
+        raise L2LError(f"{what} holds values outside [0, 1]; store uint8 0..255 or floats in [0, 1]")
+    return a
+
+
+def read_png_map(path: Path, mode: str) -> np.ndarray:
+    """(H, W) float in [0, 1]: ``nonblack`` -> 1 wherever any channel is > 0, ``grey`` -> luminance / 255."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if mode == "grey":
+            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        arr = np.asarray(im.convert("RGB"))
+    return (arr.max(axis=-1) > 0).astype(np.float32)
+
+
+@dataclass
+class PrecomputedMaps(MapGenerator):
+    """Maps read from ``path`` (PNG folder, .npy or .npz), keyed by ``key``."""
+
+    name: ClassVar[str] = "precomputed"
+    kind: ClassVar[str] = "external"
+    path: str = ""
+    key: str = "index"
+    png_mode: str = "nonblack"
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise L2LError("the precomputed backend needs --path to a folder of PNGs or an .npy/.npz file")
+        if self.key not in ("index", "name"):
+            raise L2LError(f"--key must be index or name, got {self.key!r}")
+        if self.png_mode not in PNG_MODES:
+            raise L2LError(f"--png-mode must be one of {', '.join(PNG_MODES)}, got {self.png_mode!r}")
+        if not Path(self.path).exists():
+            raise L2LError(f"no precomputed maps at {self.path}; pass --path to a folder of PNGs or an .npy/.npz file")
+        self.kind_of_source = "png" if Path(self.path).is_dir() else Path(self.path).suffix.lower().lstrip(".")
+        if self.kind_of_source not in ("png", "npy", "npz"):
+            raise L2LError(f"precomputed maps must be a folder of PNGs or an .npy/.npz file, got {self.path}")
+
+    def config(self) -> dict:
+        """Content identity, not the path: the same maps moved keep their cache."""
+        return {"source": self.kind_of_source, "key": self.key, "png_mode": self.png_mode, "content": self._content_hash()}
+
+    def _content_hash(self) -> str:
+        p = Path(self.path)
+        h = hashlib.sha256()
+        files = sorted(p.glob("*.png")) if p.is_dir() else [p]
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+    def _png_index(self) -> dict[str, Path]:
+        index: dict[str, Path] = {}
+        for f in sorted(Path(self.path).glob("*.png")):
+            k = _file_key(f.stem, self.key)
+            if k is not None:
+                index[k] = f
+        return index
+
+    def _array_index(self) -> dict[str, Any]:
+        """key -> loader; an .npy (or a single-array .npz) is keyed by row."""
+        try:
+            if self.kind_of_source == "npy":
+                arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+                return {str(i): (lambda i=i: arr[i]) for i in range(len(arr))}
+            z = np.load(self.path, allow_pickle=False)
+            if len(z.files) == 1 and z[z.files[0]].ndim == 3:
+                arr = z[z.files[0]]
+                return {str(i): (lambda i=i: arr[i]) for i in range(len(arr))}
+            return {k: (lambda k=k: z[k]) for k in (_file_key(Path(f).stem, self.key) or f for f in z.files)}
+        except (OSError, ValueError) as e:
+            raise L2LError(f"cannot read precomputed maps {self.path} ({type(e).__name__}: {str(e)[:80]}); "
+                           "pass an .npy of shape (N, H, W) or an .npz") from None
+
+    def _index(self) -> dict[str, Any]:
+        return self._png_index() if self.kind_of_source == "png" else self._array_index()
+
+    def prepare(self, split: Any, workdir: Any = None) -> None:
+        """Check the key set against the whole split: missing and extra keys both fail."""
+        wanted = split_keys(split, self.key)
+        have = self._index()
+        missing = [k for k in wanted if k not in have]
+        if missing:
+            raise L2LError(f"precomputed maps {self.path} lack {len(missing)} of {len(wanted)} images: {_first(missing)}; "
+                           f"regenerate them for this split (keys are {self.key}s)")
+        extra = sorted(set(have) - set(wanted), key=lambda k: (len(k), k))
+        if extra:
+            raise L2LError(f"precomputed maps {self.path} have {len(extra)} keys not in split {split.name}: {_first(extra)}; "
+                           f"point --path at the maps of this split only")
+
+    def generate(self, split: Any) -> np.ndarray:
+        if getattr(split, "indices", None) is None:
+            self.prepare(split)
+        hw = tuple(np.asarray(split.images).shape[-2:])
+        have = self._index()
+        keys = split_keys(split, self.key)
+        missing = [k for k in keys if k not in have]
+        if missing:
+            raise L2LError(f"precomputed maps {self.path} lack {len(missing)} images: {_first(missing)}; regenerate them for this split")
+        out, unreadable, wrong = np.zeros((len(keys), *hw), np.float32), [], []
+        for j, k in enumerate(keys):
+            try:
+                m = read_png_map(have[k], self.png_mode) if self.kind_of_source == "png" else _to_unit(np.asarray(have[k]()), self.path)
+            except (OSError, ValueError, SyntaxError):
+                unreadable.append(k)
+                continue
+            if m.shape != hw:
+                wrong.append(f"{k} {m.shape}")
+                continue
+            out[j] = m
+        if unreadable:
+            raise L2LError(f"{len(unreadable)} precomputed maps in {self.path} cannot be read: {_first(unreadable)}; re-export them")
+        if wrong:
+            raise L2LError(f"{len(wrong)} precomputed maps in {self.path} are not {hw[0]}x{hw[1]}: {_first(wrong)}; "
+                           "resize them to the image size")
+        return out
+
+
+register_map_source(PrecomputedMaps)
