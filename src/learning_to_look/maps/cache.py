@@ -188,10 +188,16 @@ def list_cached(cache_dir: str | os.PathLike | None = None) -> list[tuple[Path, 
 
 
 def load_map_set(ref: str, dataset_name: str, split: Any, cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, dict]:
-    """A complete cached map set named by its folder name (``clip-<fingerprint>``) or a
-    fingerprint prefix, for this data set split; returns (maps, describe)."""
+    """A complete cached map set named by its folder name (``clip-<fingerprint>``), a
+    fingerprint prefix, or its source name when only one such set is cached, for this
+    data set split; returns (maps, describe)."""
     root = Path(cache_dir or default_cache_dir()) / dataset_name / split_key(split)
-    hits = [p for p in sorted(root.glob("*/meta.json")) if p.parent.name == ref or p.parent.name.split("-")[-1].startswith(ref)]
+
+    def matches(name: str) -> bool:
+        source, _, fp = name.rpartition("-")
+        return ref in (name, source) or fp.startswith(ref)
+
+    hits = [p for p in sorted(root.glob("*/meta.json")) if matches(p.parent.name)]
     if len(hits) != 1:
         found = ", ".join(p.parent.name for p in sorted(root.glob("*/meta.json"))) or "none"
         what = "no" if not hits else "more than one"

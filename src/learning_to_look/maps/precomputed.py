@@ -123,7 +123,7 @@ class PrecomputedMaps(MapGenerator):
             if len(z.files) == 1 and z[z.files[0]].ndim == 3:
                 arr = z[z.files[0]]
                 return {str(i): (lambda i=i: arr[i]) for i in range(len(arr))}
-            return {k: (lambda k=k: z[k]) for k in (_file_key(Path(f).stem, self.key) or f for f in z.files)}
+            return {_file_key(Path(f).stem, self.key) or f: (lambda f=f: z[f]) for f in z.files}
         except (OSError, ValueError) as e:
             raise L2LError(f"cannot read precomputed maps {self.path} ({type(e).__name__}: {str(e)[:80]}); "
                            "pass an .npy of shape (N, H, W) or an .npz") from None

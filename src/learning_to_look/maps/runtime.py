@@ -9,11 +9,12 @@ import torch
 
 
 def resolve_device(device: str | None = None) -> torch.device:
-    """``None`` picks CUDA when available; on CPU all cores are used, since map
-    generation is the one stage whose cost scales with the data set."""
+    """``None`` picks CUDA when available; on CPU all cores are used (or
+    ``L2L_THREADS``), since map generation is the stage whose cost scales with the
+    data set. Tiny test models want one thread: more only contend."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(int(os.environ.get("L2L_THREADS") or os.cpu_count() or 1))
     return dev
 
 

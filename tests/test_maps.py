@@ -1,0 +1,325 @@
+"""Map stage: tensor math against hand computations, backends on tiny random CLIP
+models, the cache's resume and corruption handling, precomputed maps, diagnostics."""
+
+import math
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from learning_to_look.errors import L2LError
+from learning_to_look.maps import (ClipMaps, MapGenerator, PrecomputedMaps, PromptSpec, WeCLIPMaps, as_split, cached_maps,
+                                   folder_maps, get_map_source, load_clip, load_map_set, map_report)
+from learning_to_look.maps.cache import cache_folder
+from learning_to_look.maps.clip import (VARIANTS, artefact_mask, foreground_probability, gaussian_window,
+                                        neighbour_median, self_similarity, to_image_size, variant_mix)
+from learning_to_look.maps.diagnostics import auroc, mass_share, pointing_game
+from learning_to_look.maps.refine import pamr
+from learning_to_look.maps.testing import save_tiny_clip, tiny_clip, tiny_dino
+from learning_to_look.maps.weclip import affinity_refine, pseudo_labels
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("L2L_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def clip_pair():
+    return tiny_clip()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Six 28x28 grey 'digits' (a bright bar) on black, as a Split-like object."""
+    images = np.zeros((6, 1, 28, 28), np.uint8)
+    images[:, 0, 6:22, 12:16] = 200
+    return as_split(images)
+
+
+# ---- tensor math ----------------------------------------------------------------------
+
+def test_foreground_probability_matches_hand_computation():
+    patch = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos, neg = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    got = foreground_probability(patch, pos, neg, temperature=2.0)
+    # patch 0: cos 1 vs 0 -> e^2 / (e^2 + e^0); patch 1 the mirror image
+    p = math.exp(2) / (math.exp(2) + 1)
+    assert torch.allclose(got, torch.tensor([p, 1 - p]), atol=1e-6)
+
+
+def test_self_similarity_and_variant_rules():
+    a = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]])  # B=1, heads=1, P=2, d=2
+    w = self_similarity(a, scale=1.0)
+    row0 = torch.softmax(torch.tensor([1.0, 0.0]), 0)
+    row1 = torch.softmax(torch.tensor([0.0, 4.0]), 0)
+    assert torch.allclose(w[0, 0], torch.stack([row0, row1]))
+    q, k, v = a, a.flip(-1), torch.tensor([[[[1.0], [3.0]]]])
+    sclip = variant_mix("sclip", q, k, v, 1.0, (1, 2))
+    assert torch.allclose(sclip, self_similarity(q, 1.0) @ v + self_similarity(k, 1.0) @ v)
+    assert torch.equal(variant_mix("maskclip", q, k, v, 1.0, (1, 2)), v)
+    g = gaussian_window(1, 2, sigma=1.0)
+    assert torch.allclose(g, torch.tensor([[1.0, math.exp(-0.5)], [math.exp(-0.5), 1.0]]))
+    naclip = variant_mix("naclip", q, k, v, 1.0, (1, 2), sigma=1.0)
+    assert torch.allclose(naclip, (k @ k.transpose(-1, -2) + g).softmax(-1) @ v)
+
+
+def test_artefact_guard_replaces_outlier_by_neighbour_median():
+    tokens = torch.arange(9, dtype=torch.float32).view(1, 3, 3, 1).repeat(1, 1, 1, 2) / 10 + 1
+    tokens[0, 1, 1] = 100.0
+    mask = artefact_mask(tokens.norm(dim=-1), z=3.0)
+    assert mask.sum() == 1 and mask[0, 1, 1]
+    fixed = neighbour_median(tokens, mask)
+    neighbours = torch.tensor([0, 1, 2, 3, 5, 6, 7, 8], dtype=torch.float32) / 10 + 1
+    assert torch.allclose(fixed[0, 1, 1], neighbours.median().repeat(2))  # torch's lower median, as nanmedian
+    assert torch.equal(fixed[0, 0], tokens[0, 0])
+    assert not artefact_mask(tokens.norm(dim=-1), z=0).any()
+
+
+def test_pamr_on_flat_image_is_a_box_filter():
+    image = torch.full((1, 3, 5, 5), 0.5)
+    m = torch.zeros(1, 5, 5)
+    m[0, 2, 2] = 1.0
+    out = pamr(image, m, iterations=1, dilations=(1,))
+    assert out[0, 2, 2].item() == pytest.approx(1 / 9)
+    assert out[0, 1, 1].item() == pytest.approx(1 / 9)
+    assert out[0, 0, 0].item() == pytest.approx(0.0)
+    assert out.sum().item() == pytest.approx(1.0)
+
+
+def test_to_image_size_and_affinity_refine():
+    up = to_image_size(torch.ones(2, 2, 2), 32, (28, 28))
+    assert up.shape == (2, 28, 28) and torch.allclose(up, torch.ones_like(up))
+    cam = torch.tensor([[1.0, 0.0, 0.0]])
+    aff = torch.tensor([[[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]])
+    assert torch.allclose(affinity_refine(cam, aff, 1), torch.tensor([[1.0, 1.0, 0.0]]), atol=1e-6)
+    assert pseudo_labels(torch.tensor([0.9, 0.5, 0.1]), 0.6, 0.35).tolist() == [1.0, -1.0, 0.0]
+
+
+# ---- diagnostics ----------------------------------------------------------------------
+
+def test_auroc_hand_case_with_ties():
+    # positives 0.8, 0.4; negatives 0.4, 0.1: pairs (0.8>0.4)(0.8>0.1)(0.4=0.4 half)(0.4>0.1) = 3.5/4
+    assert auroc(np.array([0.8, 0.4, 0.4, 0.1]), np.array([1, 1, 0, 0])) == pytest.approx(0.875)
+    assert auroc(np.array([0.1, 0.9]), np.array([1, 0])) == 0.0
+    assert auroc(np.ones(3), np.ones(3)) is None
+
+
+def test_pointing_game_and_mass_share():
+    maps = np.zeros((2, 4, 4))
+    maps[0, 1, 1] = 1
+    maps[1, 3, 3] = 1
+    masks = np.zeros((2, 4, 4), bool)
+    masks[:, 1, 1] = True
+    assert pointing_game(maps, masks, tolerance=0) == 0.5
+    assert pointing_game(maps, masks, tolerance=2) == 1.0
+    region = np.zeros((4, 4), bool)
+    region[3, 3] = True
+    assert mass_share(maps, region) == 0.5
+
+
+def test_report_warns_on_inverted_map(digits):
+    digits_split = SimpleNamespace(images=digits.images, digits=digits.images[:, 0])
+    good = (digits.images[:, 0] > 10).astype(np.float32)
+    assert map_report(good, digits_split)["auroc"] == 1.0
+    assert not map_report(good, digits_split)["warnings"]
+    bad = map_report(1 - good, digits_split)
+    assert bad["auroc"] == 0.0 and "inverted" in bad["warnings"][0]
+
+
+# ---- backends -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_clip_variants_shape_and_range(variant, clip_pair, digits):
+    gen = ClipMaps(vlm=clip_pair, variant=variant, input_size=32, flip=variant == "naclip",
+                   refine="pamr" if variant == "sclip" else "none")
+    maps = gen.generate(digits)
+    assert maps.shape == (6, 28, 28) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1 and maps.std() > 0
+    assert gen.last_stats["patches"] == 6 * 16
+
+
+def test_clip_fingerprint_and_weights_identity(clip_pair):
+    a = ClipMaps(vlm=clip_pair, input_size=32)
+    assert a.fingerprint() == ClipMaps(vlm=clip_pair, input_size=32, batch_size=3).fingerprint()
+    assert a.fingerprint() != ClipMaps(vlm=clip_pair, input_size=32, prompts=PromptSpec(positive=("a digit",))).fingerprint()
+    assert a.fingerprint() != ClipMaps(vlm=tiny_clip(seed=1), input_size=32).fingerprint()
+    d = a.describe()
+    assert d["kind"] == "vlm" and d["real_vlm"] is False and "random-init test model" in d["weights"]
+    assert get_map_source("clearclip", vlm=clip_pair).variant == "clearclip"
+    with pytest.raises(L2LError, match="negative"):
+        ClipMaps(vlm=clip_pair, prompts=PromptSpec(negative=()))
+    with pytest.raises(L2LError, match="multiple of the patch"):
+        ClipMaps(vlm=clip_pair, input_size=30).generate(as_split(np.zeros((1, 1, 28, 28), np.uint8)))
+
+
+def test_input_size_interpolates_position_embeddings(clip_pair, digits):
+    maps = ClipMaps(vlm=clip_pair, input_size=48).generate(digits)
+    assert maps.shape == (6, 28, 28)
+
+
+def test_local_folder_weights_keep_the_random_init_mark(tmp_path, digits):
+    folder = save_tiny_clip(tmp_path / "clip")
+    w = load_clip(str(folder))
+    assert w.identity.startswith("local:random-init test model:") and not w.is_real
+    assert ClipMaps(vlm=str(folder), input_size=32).generate(digits).shape == (6, 28, 28)
+
+
+def test_missing_model_offline_fails_fast_in_one_line():
+    t0 = time.perf_counter()
+    with pytest.raises(L2LError) as e:
+        load_clip("openai/clip-vit-base-patch16")
+    assert time.perf_counter() - t0 < 2.0
+    assert "\n" not in str(e.value) and "--vlm PATH" in str(e.value)
+    with pytest.raises(L2LError, match="no CLIP folder"):
+        load_clip("./does/not/exist")
+
+
+def test_weclip_trains_and_reloads_its_decoder(tmp_path, clip_pair, digits):
+    opts = dict(vlm=clip_pair, dino=tiny_dino(), input_size=32, iterations=4, train_images=6, batch_size=3)
+    gen = WeCLIPMaps(**opts)
+    gen.prepare(digits, tmp_path)
+    maps = gen.generate(digits)
+    assert len(gen.train_log) == 4 and all(np.isfinite(gen.train_log))
+    assert maps.shape == (6, 28, 28) and 0 <= maps.min() and maps.max() <= 1
+    again = WeCLIPMaps(**opts)
+    again.prepare(digits, tmp_path)
+    assert again.train_log == [] and np.allclose(again.generate(digits), maps, atol=1e-5)
+    hard = WeCLIPMaps(**{**opts, "hard": True}).generate(digits)
+    assert set(np.unique(hard)) <= {0.0, 1.0}
+    assert gen.describe()["real_vlm"] is False and gen.config()["iterations"] == 4
+
+
+def test_image_folder_of_mixed_sizes(tmp_path, clip_pair):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a.png": (40, 30), "b.jpg": (40, 30), "c.png": (17, 23)}.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    out = folder_maps(ClipMaps(vlm=clip_pair, input_size=32), tmp_path, tmp_path / "maps")
+    assert {k: v.shape for k, v in out.items()} == {"a.png": (40, 30), "b.jpg": (40, 30), "c.png": (17, 23)}
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+# ---- cache ----------------------------------------------------------------------------
+
+@dataclass
+class Counting(MapGenerator):
+    """Cheap deterministic maps that count calls and can die mid-run."""
+
+    name: ClassVar[str] = "counting"
+    kind: ClassVar[str] = "image-statistic"
+    fail_on_call: int = -1
+
+    def __post_init__(self):
+        self.calls = 0
+
+    def config(self) -> dict:
+        return {}
+
+    def generate(self, split: Any) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise KeyboardInterrupt
+        return np.asarray(split.images)[:, 0].astype(np.float32) / 255.0
+
+
+@pytest.fixture
+def ramp():
+    images = (np.arange(10 * 4 * 4) % 256).astype(np.uint8).reshape(10, 1, 4, 4)
+    return as_split(images, "train")
+
+
+def test_cache_resumes_after_a_kill(tmp_path, ramp):
+    with pytest.raises(KeyboardInterrupt):
+        cached_maps(Counting(fail_on_call=2), "toy", ramp, cache_dir=tmp_path, chunk_size=4, progress=False)
+    resumed = Counting()
+    maps = cached_maps(resumed, "toy", ramp, cache_dir=tmp_path, chunk_size=4, progress=False)
+    assert resumed.calls == 2  # chunks 1 and 2; chunk 0 came from disk
+    expected = np.round(ramp.images[:, 0] / 255.0 * 255) / 255.0
+    assert np.allclose(maps, expected)
+    again = Counting()
+    assert np.array_equal(cached_maps(again, "toy", ramp, cache_dir=tmp_path, chunk_size=4, progress=False), maps)
+    assert again.calls == 0
+    assert load_map_set("counting", "toy", ramp, tmp_path)[1]["name"] == "counting"
+
+
+def test_corrupt_chunk_is_detected_and_regenerated(tmp_path, ramp, capsys):
+    maps = cached_maps(Counting(), "toy", ramp, cache_dir=tmp_path, chunk_size=4, progress=False)
+    chunk = cache_folder(Counting(), "toy", ramp, tmp_path) / "chunk-00001.npy"
+    raw = bytearray(chunk.read_bytes())
+    raw[-1] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    gen = Counting()
+    assert np.array_equal(cached_maps(gen, "toy", ramp, cache_dir=tmp_path, chunk_size=4, progress=False), maps)
+    assert gen.calls == 1 and "hash check" in capsys.readouterr().err
+    meta = chunk.parent / "meta.json"
+    meta.write_text(meta.read_text().replace('"fingerprint"', '"fingerprint": "0", "x"'))
+    gen = Counting()
+    cached_maps(gen, "toy", ramp, cache_dir=tmp_path, chunk_size=4, progress=False)
+    assert gen.calls == 3 and "does not match" in capsys.readouterr().err
+
+
+def test_cheap_sources_bypass_the_cache(tmp_path, digits):
+    maps = cached_maps(get_map_source("intensity"), "toy", digits, cache_dir=tmp_path)
+    assert maps.shape == (6, 28, 28) and not any(tmp_path.iterdir())
+
+
+# ---- precomputed ----------------------------------------------------------------------
+
+def _write_png(path, array):
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+
+
+def test_precomputed_png_nonblack_is_foreground(tmp_path, ramp):
+    for i in range(10):
+        rgb = np.zeros((4, 4, 3), np.uint8)
+        rgb[i % 4, :, 2] = 3  # dark blue still counts: any non-black pixel is foreground
+        _write_png(tmp_path / f"train_{i:05d}.png", rgb)
+    gen = PrecomputedMaps(path=str(tmp_path))
+    maps = cached_maps(gen, "toy", ramp, cache_dir=tmp_path / "cache", chunk_size=4, progress=False)
+    assert maps.shape == (10, 4, 4) and maps[5].sum() == 4 and maps[5, 1].all()
+    assert gen.kind == "external"
+
+
+def test_precomputed_png_errors_name_offenders(tmp_path, ramp):
+    for i in range(12):
+        _write_png(tmp_path / f"{i}.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(L2LError, match=r"2 keys not in split train: 10, 11"):
+        PrecomputedMaps(path=str(tmp_path)).generate(ramp)
+    for i in (3, 7, 10, 11):
+        (tmp_path / f"{i}.png").unlink()
+    with pytest.raises(L2LError, match=r"lack 2 of 10 images: 3, 7"):
+        PrecomputedMaps(path=str(tmp_path)).generate(ramp)
+    _write_png(tmp_path / "3.png", np.zeros((5, 4), np.uint8))
+    (tmp_path / "7.png").write_bytes(b"not a png")
+    with pytest.raises(L2LError, match=r"cannot be read: 7"):
+        PrecomputedMaps(path=str(tmp_path)).generate(ramp)
+    _write_png(tmp_path / "7.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(L2LError, match=r"not 4x4: 3 \(5, 4\)"):
+        PrecomputedMaps(path=str(tmp_path)).generate(ramp)
+
+
+def test_precomputed_npy_and_npz(tmp_path, ramp):
+    arr = np.random.default_rng(0).random((10, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "maps.npy", arr)
+    assert np.allclose(PrecomputedMaps(path=str(tmp_path / "maps.npy")).generate(ramp), arr)
+    np.save(tmp_path / "short.npy", arr[:8])
+    with pytest.raises(L2LError, match=r"lack 2 of 10 images: 8, 9"):
+        PrecomputedMaps(path=str(tmp_path / "short.npy")).generate(ramp)
+    np.save(tmp_path / "long.npy", np.concatenate([arr, arr[:1]]))
+    with pytest.raises(L2LError, match=r"1 keys not in split train: 10"):
+        PrecomputedMaps(path=str(tmp_path / "long.npy")).generate(ramp)
+    np.savez(tmp_path / "keyed.npz", **{f"img_{i}": (arr[i] * 255).astype(np.uint8) for i in range(10)})
+    assert np.allclose(PrecomputedMaps(path=str(tmp_path / "keyed.npz")).generate(ramp), arr, atol=1 / 255)
+    np.save(tmp_path / "bad.npy", arr * 3)
+    with pytest.raises(L2LError, match=r"outside \[0, 1\]"):
+        PrecomputedMaps(path=str(tmp_path / "bad.npy")).generate(ramp)
