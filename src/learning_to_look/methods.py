@@ -170,6 +170,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the method's defaults into ``None`` fields and validate the whole config."""
     method = get_method(cfg.method)
     cfg = dataclasses.replace(cfg).validate()
+    if method.two_phase and cfg.e_att >= cfg.epochs:
+        raise L2LError(f"E_att must lie below the number of epochs, got {cfg.e_att} with {cfg.epochs} epochs; "
+                       "pass --e-att below --epochs")
     if cfg.lambda0 is None:
         cfg.lambda0 = method.default_lambda
     if cfg.selection is None:

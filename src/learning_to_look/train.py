@@ -9,6 +9,7 @@ only, and then, and only then, the test split is evaluated once.
 from __future__ import annotations
 
 import os
+from importlib import metadata
 import platform
 import subprocess
 import time
@@ -196,6 +197,7 @@ def fit(cfg: TrainConfig, train: Tensors, val: Tensors, *, checkpoint: Path | No
         t0 = time.perf_counter()
         if method.resets_optimizer(epoch):
             opt, sched = _optimizer(model, cfg)
+        lr = opt.param_groups[0]["lr"]
         model.train()
         sums: dict[str, float] = {}
         seen = 0
@@ -218,7 +220,7 @@ def fit(cfg: TrainConfig, train: Tensors, val: Tensors, *, checkpoint: Path | No
                 batches.set_postfix(loss=f"{sums['loss'] / seen:.3f}", acc=f"{100 * sums['correct'] / seen:.1f}")
         sched.step()
         row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch) if method.phase(epoch) == "joint" or method.name == "rrr" else 0.0,
-               "lr": opt.param_groups[0]["lr"], "train_acc": 100.0 * sums["correct"] / seen}
+               "lr": lr, "train_acc": 100.0 * sums["correct"] / seen}
         row |= {f"train_{k}": v / seen for k, v in sums.items() if k != "correct"}
         row |= _eval_batches(model, method, val, device)
         row["eligible"] = method.eligible(epoch)
@@ -250,10 +252,8 @@ def _git_commit() -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    import transformers
-
     return {"learning_to_look": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "transformers": transformers.__version__, "python": platform.python_version(),
+            "transformers": metadata.version("transformers"), "python": platform.python_version(),
             "platform": platform.platform(), "threads": torch.get_num_threads(), "git_commit": _git_commit()}
 
 

@@ -6,6 +6,7 @@ into one line on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -19,6 +20,7 @@ from . import reproduce as _reproduce  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
     try:
         app(args=argv, prog_name="l2l", standalone_mode=False)
     except L2LError as e:
@@ -29,13 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("aborted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except Exception as e:  # click's usage errors
-        ClickException = getattr(typer, "TyperException", None) or __import__("click").ClickException  # new typer vendors click
-
-        if isinstance(e, ClickException):
-            print(f"error: {e.format_message()}; see `l2l --help`", file=sys.stderr)
-            return 2
-        raise
+    except typer.TyperException as e:  # usage errors: unknown option, bad value
+        print(f"error: {e.format_message().rstrip('.')}; see `l2l --help`", file=sys.stderr)
+        return 2
     return 0
 
 

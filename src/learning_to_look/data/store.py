@@ -7,6 +7,7 @@ every array; loading re-hashes, so a corrupt or stale file is never used silentl
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import zipfile
@@ -22,6 +23,8 @@ from .mnist import load_mnist
 
 DATA_DIR_ENV = "L2L_DATA_DIR"
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def default_data_dir() -> Path:
@@ -142,9 +145,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, build:
         build_dataset(name, data_dir, mnist_dir)
     try:
         header, arrays = _read_verified(path, spec)
-    except L2LError:
+    except L2LError as e:
         if not build:
             raise
+        log.warning("%s; rebuilding it now", e)
         build_dataset(name, data_dir, mnist_dir)
         header, arrays = _read_verified(path, spec)
 

@@ -1,0 +1,172 @@
+"""The training engine end to end on small subsets: every method runs, the schedule
+is the paper's, selection never sees the test split, and runs resume exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from learning_to_look import train as train_mod
+from learning_to_look.cli import main
+from learning_to_look.config import TrainConfig
+from learning_to_look.errors import L2LError
+from learning_to_look.maps import validate_maps
+from learning_to_look.train import run
+
+SMALL = dict(epochs=2, e_att=1, train_subset=2000)
+
+
+@pytest.mark.parametrize("method,backbone,dataset", [
+    ("vanilla", "lenet-gap", "decoymnist"),
+    ("l2l", "lenet-gap", "colormnist"),
+    ("rrr", "lenet-gap", "decoymnist"),
+    ("gradcam-kl", "cdep-cnn", "decoymnist"),
+])
+def test_each_method_runs_end_to_end(method, backbone, dataset, data_dir, tmp_path):
+    cfg = TrainConfig(dataset=dataset, method=method, backbone=backbone, **SMALL)
+    r = run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False)
+    assert r["config"]["method"] == method and r["test"]["n"] == 10_000
+    assert 0 <= r["test"]["accuracy"] <= 100
+    assert 0 <= r["test"]["cam_on_digit"] <= 1
+    assert ("cam_on_decoy" in r["test"]) == (dataset == "decoymnist")
+    assert r["maps"]["name"] == ("none" if method == "vanilla" else "oracle")
+    assert r["maps"]["kind"] in ("none", "annotation")
+    assert len(r["history"]) == 2 and r["dataset"]["n_train"] == 2000
+    run_dir = next(tmp_path.rglob("result.json")).parent
+    assert {"config.json", "model.pt", "result.json"} <= {p.name for p in run_dir.iterdir()}
+
+
+def test_l2l_schedule_lambda_ramp_and_optimizer_reset(data_dir, tmp_path, monkeypatch):
+    made = []
+    real = train_mod._optimizer
+    monkeypatch.setattr(train_mod, "_optimizer", lambda m, c: made.append(1) or real(m, c))
+    cfg = TrainConfig(dataset="decoymnist", method="l2l", epochs=4, e_att=2, step_size=1, gamma=0.1, train_subset=500)
+    r = run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False)
+    h = r["history"]
+    assert [row["phase"] for row in h] == ["attention", "attention", "joint", "joint"]
+    assert [row["lambda"] for row in h] == [0.0, 0.0, 160.0, 176.0]
+    assert [row["lr"] for row in h] == pytest.approx([1e-3, 1e-4, 1e-3, 1e-4])  # scheduler restarts at E_att
+    assert len(made) == 2  # a fresh optimizer (momentum buffers) at E_att
+    assert [row["eligible"] for row in h] == [False, False, True, True]
+    assert r["selection"]["epoch"] >= 2
+
+
+def test_phase1_ce_variant(data_dir, tmp_path):
+    cfg = TrainConfig(dataset="decoymnist", method="l2l", phase1="ce", epochs=3, e_att=1, train_subset=500)
+    h = run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False)["history"]
+    assert [row["phase"] for row in h] == ["ce", "joint", "joint"]
+    assert "train_attn" not in h[0] or h[0]["train_attn"] == 0
+
+
+def test_selection_never_reads_the_test_split(data_dir, tmp_path, monkeypatch):
+    """Scrambling the test labels changes test accuracy but nothing that selection saw."""
+    cfg = TrainConfig(dataset="decoymnist", method="l2l", epochs=3, e_att=1, train_subset=600)
+    a = run(cfg, runs_dir=tmp_path / "a", data_dir=data_dir, progress=False)
+    real_load = train_mod.load_dataset
+
+    def scrambled(*args, **kw):
+        ds = real_load(*args, **kw)
+        test = dataclasses.replace(ds.test, labels=np.random.default_rng(0).permutation(ds.test.labels),
+                                   images=ds.test.images[::-1].copy())
+        return dataclasses.replace(ds, test=test)
+
+    monkeypatch.setattr(train_mod, "load_dataset", scrambled)
+    b = run(cfg, runs_dir=tmp_path / "b", data_dir=data_dir, progress=False)
+    assert a["selection"] == b["selection"]
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"])
+    assert a["test"]["accuracy"] != b["test"]["accuracy"]
+
+
+def test_fit_takes_no_test_split():
+    import inspect
+
+    params = inspect.signature(train_mod.fit).parameters
+    assert list(params)[:3] == ["cfg", "train", "val"] and not any("test" in p for p in params)
+
+
+def test_resume_after_kill_equals_uninterrupted(data_dir, tmp_path):
+    cfg = TrainConfig(dataset="colormnist", method="l2l", epochs=3, e_att=1, train_subset=600, seed=3)
+    whole = run(cfg, runs_dir=tmp_path / "whole", data_dir=data_dir, progress=False)
+
+    def die(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False, on_epoch=die)
+    assert list((tmp_path / "cut").rglob("checkpoint.pt")) and not list((tmp_path / "cut").rglob("result.json"))
+    resumed = run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False)
+    assert resumed["test"] == whole["test"]
+    assert resumed["selection"] == whole["selection"]
+    assert [r["val_acc"] for r in resumed["history"]] == [r["val_acc"] for r in whole["history"]]
+
+
+def test_same_seed_same_numbers_and_finished_run_is_reused(data_dir, tmp_path):
+    cfg = TrainConfig(dataset="decoymnist", method="vanilla", epochs=1, train_subset=500, seed=5)
+    a = run(cfg, runs_dir=tmp_path / "a", data_dir=data_dir, progress=False)
+    b = run(cfg, runs_dir=tmp_path / "b", data_dir=data_dir, progress=False)
+    assert a["test"] == b["test"]
+    again = run(cfg, runs_dir=tmp_path / "a", data_dir=data_dir, progress=False)
+    assert again["wall_seconds"] == a["wall_seconds"]  # read back, not retrained
+
+
+def test_map_of_wrong_shape_or_nan_is_rejected():
+    with pytest.raises(L2LError, match="shape"):
+        validate_maps(np.zeros((5, 27, 28)), 5, (28, 28), "test")
+    bad = np.zeros((5, 28, 28))
+    bad[2, 3, 4] = np.nan
+    with pytest.raises(L2LError, match="NaN"):
+        validate_maps(bad, 5, (28, 28), "test")
+    with pytest.raises(L2LError, match=r"\[0, 1\]"):
+        validate_maps(np.full((5, 28, 28), 2.0), 5, (28, 28), "test")
+
+
+def test_nan_map_source_stops_training(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "training_maps",
+                        lambda cfg, name, split, progress=True: validate_maps(np.full((len(split), 28, 28), np.nan), len(split), (28, 28), "x"))
+    with pytest.raises(L2LError, match="NaN"):
+        run(TrainConfig(dataset="decoymnist", method="l2l", **SMALL), runs_dir=tmp_path, data_dir=data_dir, progress=False)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--method", "nope"], "unknown method"),
+    (["--lambda0", "-1"], "lambda must be >= 0"),
+    (["--seeds", "0,x"], "malformed --seeds"),
+    (["--seeds", "1,1"], "malformed --seeds"),
+    (["--dataset", "nope"], "unknown data set"),
+    (["--maps", "nope"], "unknown map source"),
+    (["--e-att", "40"], "E_att"),
+    (["--selection", "best"], "unknown selection rule"),
+    (["--method", "l2l", "--backbone", "cdep-cnn"], "global-average-pooling"),
+])
+def test_cli_bad_inputs_one_line_exit_2(args, needle, data_dir, tmp_path, capsys):
+    code = main(["train", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path), "--train-subset", "200",
+                 "--epochs", "2", "--e-att", "1", "--quiet", *args] if "--e-att" not in args else
+                ["train", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path), "--quiet", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+def test_cli_train_prints_mean_std_over_seeds(data_dir, tmp_path, capsys):
+    code = main(["train", "--dataset", "decoymnist", "--method", "vanilla", "--seeds", "0,1", "--epochs", "1",
+                 "--train-subset", "300", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "seed 0:" in out and "seed 1:" in out and "+-" in out and "over 2 seeds" in out
+
+
+def test_config_file_and_flags(tmp_path, data_dir, capsys):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("dataset: decoymnist\nmethod: vanilla\nepochs: 1\ntrain_subset: 300\n")
+    code = main(["train", "--config", str(cfg_file), "--seeds", "4", "--data-dir", str(data_dir),
+                 "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    assert code == 0
+    saved = next((tmp_path / "runs").rglob("config.json")).read_text()
+    assert '"epochs": 1' in saved and '"seed": 4' in saved and '"dataset": "decoymnist"' in saved
+    (tmp_path / "bad.yaml").write_text("epochz: 3\n")
+    assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown config keys" in capsys.readouterr().err
