@@ -45,7 +45,7 @@ def train(
     gamma: Optional[float] = typer.Option(None),
     e_att: Optional[int] = typer.Option(None, "--e-att", help="First epoch of phase 2 [default: 11]."),
     phase1: Optional[str] = typer.Option(None, help="attention (paper) | ce (reference's later variant)"),
-    lambda0: Optional[float] = typer.Option(None, help="Alignment weight (l2l: 160, ramped; rrr: 10)."),
+    lambda0: Optional[float] = typer.Option(None, help="Alignment weight (l2l: 160, ramped; rrr: 100)."),
     target: Optional[str] = typer.Option(None, help="outline (reference) | filled"),
     selection: Optional[str] = typer.Option(None, help="val_acc | acc_x_1mkl | acc_exp_rkl [default: per method]"),
     input_transform: Optional[str] = typer.Option(None, help="none | colour-invariant (ColorMNIST upper bound)"),
