@@ -30,7 +30,7 @@ from .errors import L2LError
 from .evaluate import evaluate_split, kl_per_image
 from .io import atomic_torch_save, atomic_write_json, read_json
 from .losses import make_target
-from .maps import get_map_source, validate_maps
+from .maps import resolve_maps, validate_maps
 from .methods import Batch, Method, get_method, resolve
 from .models import Backbone, build_backbone
 
@@ -99,15 +99,10 @@ def make_tensors(split: Split, maps: np.ndarray | None, cfg: TrainConfig, model:
 
 
 def training_maps(cfg: TrainConfig, dataset_name: str, split: Split, progress: bool = True) -> tuple[np.ndarray, dict]:
-    """Maps for every image of ``split`` from the configured source, validated."""
-    source = get_map_source(cfg.maps, **cfg.map_options)
-    try:
-        from .maps.cache import cached_maps
-    except ImportError:
-        maps = source.generate(split)
-    else:
-        maps = cached_maps(source, dataset_name, split, progress=progress)
-    return validate_maps(maps, len(split), split.images.shape[-2:], source.name), source.describe()
+    """Maps for every image of ``split`` from the configured source (a backend, or a
+    cached map set by name or fingerprint), validated, with the source's description."""
+    maps, info = resolve_maps(cfg.maps, dataset_name, split, progress=progress, **cfg.map_options)
+    return validate_maps(maps, len(split), split.images.shape[-2:], info["name"]), info
 
 
 @torch.no_grad()
@@ -160,6 +155,32 @@ class FitResult:
     selected_score: float
 
 
+def _train_epoch(model: Backbone, method: Method, train: Tensors, opt: torch.optim.Optimizer,
+                 shuffle: torch.Generator, epoch: int, batch_size: int, device: torch.device,
+                 progress: bool) -> dict[str, float]:
+    """One pass over ``train``; returns the epoch's mean loss terms and accuracy."""
+    model.train()
+    sums: dict[str, float] = {}
+    seen = 0
+    batches = tqdm(batch_indices(len(train), batch_size, shuffle), total=-(-len(train) // batch_size),
+                   desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True, mininterval=0.5)
+    for step, idx in enumerate(batches):
+        loss, stats = method.loss(model, train.batch(idx, device), epoch)
+        if not torch.isfinite(loss):
+            raise L2LError(f"loss became {loss.item()} at epoch {epoch}; lower --lr or --lambda0")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n = len(idx)
+        seen += n
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + (float(v) if k == "correct" else float(v) * n)
+        if step % 50 == 0:
+            batches.set_postfix(loss=f"{sums['loss'] / seen:.3f}", acc=f"{100 * sums['correct'] / seen:.1f}")
+    return {"train_acc": 100.0 * sums.pop("correct") / seen} | {f"train_{k}": v / seen for k, v in sums.items()}
+
+
 def fit(cfg: TrainConfig, train: Tensors, val: Tensors, *, checkpoint: Path | None = None,
         progress: bool = True, on_epoch: Callable[[int], None] | None = None) -> FitResult:
     """Train per ``cfg`` and select an epoch on ``val``; takes no test data at all.
@@ -197,31 +218,9 @@ def fit(cfg: TrainConfig, train: Tensors, val: Tensors, *, checkpoint: Path | No
         t0 = time.perf_counter()
         if method.resets_optimizer(epoch):
             opt, sched = _optimizer(model, cfg)
-        lr = opt.param_groups[0]["lr"]
-        model.train()
-        sums: dict[str, float] = {}
-        seen = 0
-        batches = tqdm(batch_indices(len(train), cfg.batch_size, shuffle), total=-(-len(train) // cfg.batch_size),
-                       desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True, mininterval=0.5)
-        for step, idx in enumerate(batches):
-            batch = train.batch(idx, device)
-            loss, stats = method.loss(model, batch, epoch)
-            if not torch.isfinite(loss):
-                raise L2LError(f"loss became {loss.item()} at epoch {epoch}; lower --lr or --lambda0")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n = len(idx)
-            seen += n
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + (float(v) if k == "correct" else float(v) * n)
-            if step % 50 == 0:
-                batches.set_postfix(loss=f"{sums['loss'] / seen:.3f}", acc=f"{100 * sums['correct'] / seen:.1f}")
+        row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch), "lr": opt.param_groups[0]["lr"]}
+        row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg.batch_size, device, progress)
         sched.step()
-        row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch) if method.phase(epoch) == "joint" or method.name == "rrr" else 0.0,
-               "lr": lr, "train_acc": 100.0 * sums["correct"] / seen}
-        row |= {f"train_{k}": v / seen for k, v in sums.items() if k != "correct"}
         row |= _eval_batches(model, method, val, device)
         row["eligible"] = method.eligible(epoch)
         row["score"] = selection_score(cfg.selection, row, cfg.selection_beta) if row["eligible"] else None
