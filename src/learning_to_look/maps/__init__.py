@@ -4,6 +4,7 @@ from .base import (KINDS, MAP_SOURCES, IntensityMaps, MapGenerator, OracleMaps, 
                    register_map_source, validate_maps)
 from .cache import cache_meta, cached_maps, default_cache_dir, list_cached, load_map_set, resolve_maps
 from .clip import VARIANTS, ClipMaps
+from .degraded import DEGRADATIONS, DegradedOracleMaps, map_quality
 from .diagnostics import format_report, map_report
 from .images import ImageSplit, as_split, folder_maps, load_image_folder
 from .precomputed import PrecomputedMaps

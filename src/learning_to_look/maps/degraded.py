@@ -1,0 +1,149 @@
+"""Oracle maps made worse on purpose, to learn how good a VLM's maps must be.
+
+No published anchor says how much map error Learning to Look tolerates. Training
+on the oracle mask degraded in one controlled way at a time (blur, a shift, a
+missing part of the digit, the decoy added, pixel noise), and plotting test
+accuracy against a map-quality measure, answers it for a user's own VLM: measure
+its maps the same way and read off the expected accuracy.
+
+Every random choice for image ``i`` comes from a generator seeded by
+``(seed, i)``, with ``i`` the image's position in the full training split, so a
+subset gets exactly the maps the full split gives those images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.builders import square_masks
+from ..errors import L2LError
+from .base import MapGenerator, register_map_source
+from .diagnostics import auroc
+
+#: degradation -> what ``strength`` means.
+DEGRADATIONS = {
+    "none": "ignored: the oracle mask itself",
+    "blur": "Gaussian blur, standard deviation in pixels",
+    "shift": "shift by this many pixels in a random direction per image",
+    "drop": "fraction of the digit's pixels removed, as one contiguous part cut by a random line",
+    "decoy": "fraction of images whose map also covers the 5x5 decoy square (a random corner where the data set has none)",
+    "noise": "probability that each pixel of the mask is flipped",
+}
+UNIT_RANGE = ("drop", "decoy", "noise")
+DECOY_SIZE = 5
+
+
+def _per_image(seed: int, indices: np.ndarray, size: int) -> np.ndarray:
+    """(N, size) uniforms in [0, 1): row ``k`` depends only on ``(seed, indices[k])``."""
+    out = np.empty((len(indices), size))
+    for k, i in enumerate(indices):
+        out[k] = np.random.default_rng([seed, int(i)]).random(size)
+    return out
+
+
+def gaussian_blur(masks: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return masks.astype(np.float32)
+    radius = max(1, int(np.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    t = torch.as_tensor(masks, dtype=torch.float32)[:, None]
+    t = F.conv2d(t, k.view(1, 1, 1, -1), padding=(0, radius))
+    t = F.conv2d(t, k.view(1, 1, -1, 1), padding=(radius, 0))
+    return t[:, 0].clamp(0, 1).numpy()
+
+
+def shift(masks: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Each mask moved by its own integer (dy, dx); what leaves the frame is lost, zeros come in."""
+    n, h, w = masks.shape
+    pad = int(max(np.abs(dy).max(initial=0), np.abs(dx).max(initial=0)))
+    padded = np.pad(masks, ((0, 0), (pad, pad), (pad, pad)))
+    rows = np.arange(h)[None, :] + pad - dy[:, None]
+    cols = np.arange(w)[None, :] + pad - dx[:, None]
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def drop_part(masks: np.ndarray, fraction: float, angles: np.ndarray) -> np.ndarray:
+    """Remove ``round(fraction * area)`` mask pixels of each image: those furthest along a
+    direction at ``angles``, so the missing part is contiguous, as when a VLM misses a stroke."""
+    n, h, w = masks.shape
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    proj = np.cos(angles)[:, None, None] * xs + np.sin(angles)[:, None, None] * ys
+    on = masks > 0.5
+    proj = np.where(on, proj, -np.inf).reshape(n, -1)
+    rank = np.argsort(np.argsort(-proj, axis=1, kind="stable"), axis=1, kind="stable").reshape(n, h, w)
+    k = np.round(fraction * on.reshape(n, -1).sum(1))
+    return np.where(on & (rank >= k[:, None, None]), 1.0, 0.0).astype(np.float32)
+
+
+@dataclass
+class DegradedOracleMaps(MapGenerator):
+    """The oracle digit mask degraded in one controlled way (see ``DEGRADATIONS``).
+    Still annotation: it is made from the digit the data set was built with."""
+
+    name: ClassVar[str] = "degraded-oracle"
+    kind: ClassVar[str] = "annotation"
+    cacheable: ClassVar[bool] = False
+    degradation: str = "none"
+    strength: float = 0.0
+    seed: int = 0
+    threshold: int = 10
+
+    def __post_init__(self) -> None:
+        if self.degradation not in DEGRADATIONS:
+            raise L2LError(f"unknown degradation {self.degradation!r}; choose one of: {', '.join(DEGRADATIONS)}")
+        if self.strength < 0 or (self.degradation in UNIT_RANGE and self.strength > 1):
+            limit = "in [0, 1]" if self.degradation in UNIT_RANGE else ">= 0"
+            raise L2LError(f"strength of {self.degradation} must be {limit}, got {self.strength}")
+
+    def generate(self, split: Any) -> np.ndarray:
+        masks = (np.asarray(split.digits) > self.threshold).astype(np.float32)
+        n = len(masks)
+        indices = np.arange(n) if getattr(split, "indices", None) is None else np.asarray(split.indices)
+        d, s = self.degradation, float(self.strength)
+        if d == "none" or s == 0:
+            return masks
+        if d == "blur":
+            return gaussian_blur(masks, s)
+        if d == "noise":
+            flips = _per_image(self.seed, indices, masks[0].size).reshape(masks.shape) < s
+            return np.where(flips, 1.0 - masks, masks).astype(np.float32)
+        u = _per_image(self.seed, indices, 3)
+        if d == "shift":
+            angle = 2 * np.pi * u[:, 0]
+            return shift(masks, np.round(s * np.sin(angle)).astype(int), np.round(s * np.cos(angle)).astype(int))
+        if d == "drop":
+            return drop_part(masks, s, 2 * np.pi * u[:, 0])
+        corners = getattr(split, "corners", None)
+        if corners is None:
+            far = masks.shape[-1] - DECOY_SIZE
+            corners = np.stack([np.where(u[:, 1] < 0.5, 0, far), np.where(u[:, 2] < 0.5, 0, far)], 1)
+            region = square_masks(corners, DECOY_SIZE, masks.shape[-1])
+        else:
+            region = split.decoy_masks()
+        return np.maximum(masks, region & (u[:, 0] < s)[:, None, None]).astype(np.float32)
+
+
+register_map_source(DegradedOracleMaps)
+
+
+def map_quality(maps: np.ndarray, split: Any, threshold: float = 10 / 255, digit_threshold: int = 10) -> dict[str, float]:
+    """How well ``maps`` find the clean digit of each image of a *training* split:
+    mean IoU of ``map > threshold`` (the binarisation the outline target applies)
+    and mean AUROC of the map as a digit-pixel detector. Refuses the test split,
+    which is only ever read for the final metrics."""
+    if getattr(split, "is_test", False):
+        raise L2LError("map quality is measured on training images only, never on the test split")
+    digit = np.asarray(split.digits) > digit_threshold
+    pred = np.asarray(maps) > threshold
+    inter = (pred & digit).reshape(len(digit), -1).sum(1)
+    union = (pred | digit).reshape(len(digit), -1).sum(1)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    aurocs = [a for m, t in zip(maps, digit) if (a := auroc(m, t)) is not None]
+    return {"iou": float(iou.mean()), "auroc": float(np.mean(aurocs)) if aurocs else None, "n_images": int(len(digit))}
