@@ -1,1 +1,38 @@
-"""Placeholder until the `reproduce` commands land."""
+"""`l2l reproduce`: the quick start's main command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import L2LError
+from .app import DATA_DIR, app
+from .train import RUNS_DIR, parse_seeds
+
+
+@app.command("reproduce")
+def reproduce(
+    quick: bool = typer.Option(False, "--quick", help="Tiny smoke run (about a minute; numbers mean nothing)."),
+    full: bool = typer.Option(False, "--full", help="The paper's complete protocol: full data, 5 seeds, every method."),
+    seeds: Optional[str] = typer.Option(None, help="Seeds instead of the profile's, e.g. 0,1,2 or 0-4."),
+    vlm: Optional[str] = typer.Option(None, "--vlm", help="CLIP weights (hub id or folder) for VLM maps; without it "
+                                                          "the VLM rows are skipped."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Report folder [default: ./reports/<profile>]."),
+    runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars (one line per run stays)."),
+) -> None:
+    """Build the data, train every method on ColorMNIST and DecoyMNIST over several
+    seeds, and write report.md, results.csv, results.json and figures. Finished runs
+    are reused, so a rerun only rewrites the report and an interrupted one resumes.
+
+    Example: l2l reproduce --quick --out reports/quick
+    """
+    from ..reproduce import get_profile, reproduce as run_all
+
+    if quick and full:
+        raise L2LError("--quick and --full exclude each other; pass one of them (or neither for the default profile)")
+    profile = get_profile("quick" if quick else "full" if full else "default")
+    run_all(profile, seeds=parse_seeds(seeds) if seeds else None, vlm=vlm, out=out, runs_dir=runs_dir,
+            data_dir=data_dir, progress=not quiet, echo=typer.echo)
