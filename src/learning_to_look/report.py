@@ -264,7 +264,8 @@ def render_markdown(rows: list[dict[str, Any]], published: list[dict[str, Any]],
                  _num(s["map_auroc"]), _acc(s["test_acc_mean"], s["test_acc_std"]), str(s["n_seeds"])] for s in sens]
         parts += [_table(["data set", "degradation", "strength", "map IoU", "map AUROC", "test acc %", "n"], body), ""]
     parts += ["## Figures", "",
-              "- `qualitative.png`: test inputs, the CAM of a vanilla model and of the guided model (first seed).",
+              "- `qualitative.png`: the first test image of each of the first classes, the CAM of the selected vanilla "
+              "model and of the selected guided model (first seed); shown only, nothing is chosen from it.",
               "- `maps_<data set>.png`: training images and the map of each map source used for guidance.",
               "- `curves.png`: validation accuracy and validation alignment KL per epoch, mean over seeds (band: ± std).",
               "- `accuracy.png`: test accuracy per method with ± std error bars; published numbers marked.",

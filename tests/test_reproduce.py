@@ -1,0 +1,239 @@
+"""`l2l reproduce` end to end on the quick profile (interrupted, resumed, rerun from
+cache), the report's files and rules, the map degradations and the aggregation."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from learning_to_look import reproduce as rep
+from learning_to_look import train as train_mod
+from learning_to_look.cli import main
+from learning_to_look.config import TrainConfig
+from learning_to_look.data import Split
+from learning_to_look.errors import L2LError
+from learning_to_look.maps import get_map_source, map_quality
+from learning_to_look.report import PUBLISHED, aggregate, maps_kind, maps_label, mean_std
+
+FIGURES = ("qualitative.png", "maps_colormnist.png", "maps_decoymnist.png", "curves.png", "accuracy.png",
+           "sensitivity.png")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Batches of 32 gain nothing from a second thread, and on a busy machine two threads thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- degradations and map quality on hand-made masks --------------------------------
+
+def hand_split(n: int = 4, corners: bool = True, name: str = "train") -> Split:
+    digits = np.zeros((n, 28, 28), np.uint8)
+    digits[:, 10:18, 11:17] = 255  # an 8x6 block, far from the borders
+    c = np.tile([[0, 23]], (n, 1)) if corners else None
+    return Split(name, digits[:, None].copy(), np.arange(n) % 10, digits, c, 5 if corners else 0)
+
+
+def degrade(split: Split, degradation: str, strength: float, seed: int = 0) -> np.ndarray:
+    return get_map_source("degraded-oracle", degradation=degradation, strength=strength, seed=seed).generate(split)
+
+
+def test_degradations_change_the_mask_as_intended():
+    split = hand_split()
+    mask = (split.digits > 10).astype(np.float32)
+    assert get_map_source("degraded-oracle").kind == "annotation"
+    for kind in ("none", "blur", "shift", "drop", "decoy", "noise"):
+        np.testing.assert_array_equal(degrade(split, kind, 0.0), mask)
+
+    blur = degrade(split, "blur", 1.5)
+    assert blur.max() < 1 and blur[:, 8, 14].min() > 0 and blur.sum() == pytest.approx(mask.sum(), rel=1e-4)
+
+    shifted = degrade(split, "shift", 3)
+    for m, s in zip(mask, shifted):
+        assert s.sum() == m.sum()
+        (y0, x0), (y1, x1) = np.argwhere(m).mean(0), np.argwhere(s).mean(0)
+        assert 2 <= math.hypot(y1 - y0, x1 - x0) <= 4.3
+
+    dropped = degrade(split, "drop", 0.5)
+    assert (dropped <= mask).all() and (dropped.sum((1, 2)) == 24).all()  # half of 48 pixels
+
+    decoy = degrade(split, "decoy", 1.0)
+    np.testing.assert_array_equal(decoy, np.maximum(mask, split.decoy_masks()))
+    no_corners = degrade(hand_split(corners=False), "decoy", 1.0)
+    assert ((no_corners - mask).sum((1, 2)) == 25).all()  # a 5x5 square in some corner
+
+    many = hand_split(50)
+    flipped = degrade(many, "noise", 0.1) != (many.digits > 10)
+    assert flipped.mean() == pytest.approx(0.1, abs=0.01)
+
+
+def test_degradations_are_keyed_by_image_and_seed():
+    split = hand_split(8)
+    for kind, s in (("shift", 4), ("drop", 0.4), ("noise", 0.2), ("decoy", 0.5)):
+        full = degrade(split, kind, s)
+        idx = np.array([6, 1, 3])
+        np.testing.assert_array_equal(degrade(split.subset(idx), kind, s), full[idx])
+        assert not np.array_equal(degrade(split, kind, s, seed=1), full)
+    with pytest.raises(L2LError, match="unknown degradation"):
+        get_map_source("degraded-oracle", degradation="smear")
+    with pytest.raises(L2LError, match=r"\[0, 1\]"):
+        get_map_source("degraded-oracle", degradation="drop", strength=1.5)
+
+
+def test_map_options_are_part_of_the_run_identity(tmp_path):
+    a, b = (TrainConfig(maps="degraded-oracle", map_options={"degradation": "blur", "strength": s}) for s in (1.0, 2.0))
+    assert train_mod.run_dir_for(a, tmp_path) != train_mod.run_dir_for(b, tmp_path)
+
+
+def test_map_quality_on_hand_cases():
+    split = hand_split()
+    mask = (split.digits > 10).astype(np.float32)
+    assert map_quality(mask, split) == {"iou": 1.0, "auroc": 1.0, "n_images": 4}
+    inverted = map_quality(1 - mask, split)
+    assert inverted["iou"] == 0.0 and inverted["auroc"] == 0.0
+    half = mask.copy()
+    half[:, 10:14] = 0  # the top 4 of the 8 rows
+    assert map_quality(half, split)["iou"] == pytest.approx(0.5)
+    with pytest.raises(L2LError, match="training images only"):
+        map_quality(mask, hand_split(name="test"))
+
+
+# ---- aggregation ----------------------------------------------------------------------
+
+def fake_entry(group: str, seed: int, acc: float, method: str = "vanilla", dataset: str = "decoymnist",
+               maps: dict | None = None, role: str = "method") -> dict:
+    cfg = TrainConfig(dataset=dataset, method=method, seed=seed).to_dict()
+    test = {"accuracy": acc, "cam_on_digit": 0.5, "grad_on_digit": 0.4, "kl_to_oracle": 1.0, "n": 10_000}
+    return {"cell": {"role": role, "map_options": {}}, "run_dir": f"/runs/{group}/seed{seed}", "cached": False,
+            "result": {"config": cfg, "maps": maps or {"name": "none", "kind": "none"}, "test": test,
+                       "wall_seconds": 10.0, "seconds_per_epoch": 1.0}}
+
+
+def test_mean_std_and_aggregation():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([5.0]) == (5.0, 0.0)
+    assert all(math.isnan(v) for v in mean_std([]))
+    rows = aggregate([fake_entry("a", 0, 50.0), fake_entry("a", 1, 60.0), fake_entry("b", 0, 90.0, method="rrr")])
+    assert [(r["method"], r["n_seeds"], r["seeds"]) for r in rows] == [("vanilla", 2, [0, 1]), ("rrr", 1, [0])]
+    assert rows[0]["test_acc_mean"] == 55.0 and rows[0]["test_acc_std"] == pytest.approx(math.sqrt(50))
+    assert rows[0]["published_acc"] == 60.1 and "CDEP" in rows[0]["published_source"]
+    assert rows[1]["published_acc"] == 99.0
+
+
+def test_a_test_model_is_never_labelled_a_vlm():
+    fake = {"name": "clip", "kind": "vlm", "real_vlm": False, "config": {"variant": "naclip"}}
+    assert maps_kind(fake) != "vlm" and "(vlm)" not in maps_label(fake) and "not a VLM" in maps_label(fake)
+    real = fake | {"real_vlm": True}
+    assert maps_kind(real) == "vlm" and maps_label(real) == "clip/naclip (vlm)"
+    assert maps_label({"name": "oracle", "kind": "annotation"}) == "oracle (annotation)"
+
+
+# ---- the command end to end -------------------------------------------------------------
+
+def test_profiles_are_well_formed():
+    for name, profile in rep.PROFILES.items():
+        jobs = rep.plan(profile)
+        assert jobs and all(cfg.validate() for _, cfg in jobs), name
+        assert len({train_mod.run_dir_for(cfg) for _, cfg in jobs}) == len(jobs), name  # no run twice
+    assert rep.PROFILES["full"].seeds == [0, 1, 2, 3, 4]
+    with_vlm = rep.plan(rep.PROFILES["quick"], vlm="some/clip")
+    assert sum(c.role == "vlm" for c, _ in with_vlm) == 2
+
+
+def reproduce_args(tmp_path, data_dir):
+    return ["reproduce", "--quick", "--quiet", "--out", str(tmp_path / "report"), "--runs-dir", str(tmp_path / "runs"),
+            "--data-dir", str(data_dir)]
+
+
+@pytest.fixture
+def small_test_split(monkeypatch):
+    """Evaluating 10,000 test images is most of a tiny run's time; the engine's own tests
+    cover it, so here the test split is cut to its first 2,000 images."""
+    real = train_mod.load_dataset
+
+    def load(*a, **kw):
+        ds = real(*a, **kw)
+        return dataclasses.replace(ds, test=ds.test.subset(np.arange(2000)))
+
+    monkeypatch.setattr(train_mod, "load_dataset", load)
+
+
+def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, monkeypatch, capsys, small_test_split):
+    args = reproduce_args(tmp_path, data_dir)
+    jobs = rep.plan(rep.PROFILES["quick"])
+    real_run, real_fit = train_mod.run, train_mod.fit
+    calls = []
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch):
+        raise Killed
+
+    def killed_in_second_run(cfg, **kw):
+        calls.append(cfg)
+        return real_run(cfg, **kw, **({"on_epoch": kill} if len(calls) == 2 else {}))
+
+    monkeypatch.setattr(train_mod, "run", killed_in_second_run)
+    with pytest.raises(Killed):  # the process dies after the first epoch of the second run
+        main(args)
+    capsys.readouterr()
+    first = train_mod.run_dir_for(jobs[0][1], tmp_path / "runs")
+    second = train_mod.run_dir_for(jobs[1][1], tmp_path / "runs")
+    stamp = (first / "result.json").stat().st_mtime_ns
+    assert (second / "checkpoint.pt").exists() and not (second / "result.json").exists()
+
+    fits = []
+    monkeypatch.setattr(train_mod, "run", real_run)
+    monkeypatch.setattr(train_mod, "fit", lambda *a, **kw: fits.append(kw["checkpoint"].exists()) or real_fit(*a, **kw))
+    assert main(args) == 0
+    assert len(fits) == len(jobs) - 1 and fits[0]  # the first run reused, the second resumed from its checkpoint
+    assert (first / "result.json").stat().st_mtime_ns == stamp
+    out = capsys.readouterr().out
+    assert rep.NO_VLM_LINE in out and out.count(" seed 0: test acc ") == len(jobs)
+
+    def no_training(*a, **kw):
+        raise AssertionError("a rerun with the same settings must not train")
+
+    monkeypatch.setattr(train_mod, "fit", no_training)
+    assert main(args) == 0
+    assert f"0 runs trained, {len(jobs)} cached" in capsys.readouterr().out
+
+    report = tmp_path / "report"
+    md = (report / "report.md").read_text()
+    with open(report / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    results = json.loads((report / "results.json").read_text())
+    measured = [r for r in rows if r["origin"] == "measured"]
+    published = [r for r in rows if r["origin"] == "published"]
+    assert len(measured) == len(results["rows"]) == len({train_mod.run_dir_for(c, tmp_path) for _, c in jobs})
+    assert len(published) == 2 * len(PUBLISHED)
+    assert {r["maps_kind"] for r in measured} <= {"none", "annotation", "image-statistic"}
+    assert "Published numbers (not measured here)" in md and "no number in this report comes from VLM maps" in md
+    for p in PUBLISHED:
+        assert f"| {p['label']} | ColorMNIST | {p['colormnist']} |" in md
+        assert f"| {p['label']} | DecoyMNIST | {p['decoymnist']} |" in md
+    assert {"upper-bound", "control", "sensitivity"} <= {r["role"] for r in measured}
+    assert all(float(r["test_acc_mean"]) >= 0 and r["n_seeds"] == "1" for r in measured)
+    assert [s["degradation"] for s in results["sensitivity"]] == ["none", "drop", "shift"]
+    assert results["settings"]["run"] == {"train_subset": 500, "epochs": 2, "e_att": 1}
+    for name in FIGURES:
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_usage_errors_are_one_line(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.setattr(train_mod, "fit", lambda *a, **kw: pytest.fail("nothing may train"))
+    assert main(reproduce_args(tmp_path, data_dir) + ["--full"]) == 2
+    assert main(reproduce_args(tmp_path, data_dir) + ["--seeds", "1,1"]) == 2
+    assert main(reproduce_args(tmp_path, data_dir) + ["--vlm", "openai/clip-vit-base-patch16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 3 and "Traceback" not in err
