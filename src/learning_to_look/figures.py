@@ -289,7 +289,7 @@ def sensitivity(out: Path, sens: list[dict[str, Any]], rows: list[dict[str, Any]
         ax.set_ylabel("l2l test accuracy %")
         ax.set_title(DATASET_NAMES[ds], fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, title="degradation (numbers: strength)", title_fontsize=7)
+        ax.legend(fontsize=7, title="maps (numbers: degradation strength)", title_fontsize=7)
     fig.suptitle("How good must the maps be? l2l on degraded oracle maps (annotation, not VLM)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)

@@ -94,7 +94,7 @@ FULL_GRID = {"blur": [1.0, 2.0, 4.0], "shift": [2.0, 4.0, 8.0], "drop": [0.25, 0
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
-        "quick", "smoke test in about a minute: 500 training images, 2 epochs, 1 seed; numbers mean nothing",
+        "quick", "smoke test: 500 training images, 2 epochs, 1 seed; numbers mean nothing",
         seeds=[0], run={"train_subset": 500, "epochs": 2, "e_att": 1}, cells=CORE_CELLS,
         sensitivity=Sensitivity(("decoymnist",), {"drop": [0.5], "shift": [4.0]})),
     "default": Profile(

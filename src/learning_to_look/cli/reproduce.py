@@ -14,7 +14,7 @@ from .train import RUNS_DIR, parse_seeds
 
 @app.command("reproduce")
 def reproduce(
-    quick: bool = typer.Option(False, "--quick", help="Tiny smoke run (about a minute; numbers mean nothing)."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny smoke run (minutes; the numbers mean nothing)."),
     full: bool = typer.Option(False, "--full", help="The paper's complete protocol: full data, 5 seeds, every method."),
     seeds: Optional[str] = typer.Option(None, help="Seeds instead of the profile's, e.g. 0,1,2 or 0-4."),
     vlm: Optional[str] = typer.Option(None, "--vlm", help="CLIP weights (hub id or folder) for VLM maps; without it "
