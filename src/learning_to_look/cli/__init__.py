@@ -22,7 +22,7 @@ from . import reproduce as _reproduce  # noqa: F401
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
     try:
-        app(args=argv, prog_name="l2l", standalone_mode=False)
+        code = app(args=argv, prog_name="l2l", standalone_mode=False)
     except L2LError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as e:  # usage errors: unknown option, bad value
         print(f"error: {e.format_message().rstrip('.')}; see `l2l --help`", file=sys.stderr)
         return 2
-    return 0
+    if code == 130:  # typer turns Ctrl-C into a return value
+        print("aborted; rerun the same command to resume", file=sys.stderr)
+    return code if isinstance(code, int) else 0
 
 
 def entry() -> None:
