@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .io import atomic_write_json, atomic_write_text
+from .methods import METHODS
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -161,8 +162,11 @@ def _num(v: float | None, digits: int = 2) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
-def _acc(mean: float | None, std: float | None) -> str:
-    return "—" if mean is None else f"{mean:.2f} ± {std:.2f}"
+def _acc(mean: float | None, std: float | None, n: int) -> str:
+    """A single seed has no spread: show its number alone rather than a fake ± 0."""
+    if mean is None:
+        return "—"
+    return f"{mean:.2f}" if n < 2 else f"{mean:.2f} ± {std:.2f}"
 
 
 def _table(header: list[str], body: list[list[str]]) -> str:
@@ -177,8 +181,9 @@ def _settings_text(settings: dict[str, Any]) -> str:
     over = ", ".join(f"{k} = {v}" for k, v in run.items()) or "none (the paper's settings throughout)"
     return (f"Profile-wide settings: {over}. Everything else is the paper's (PROTOCOL 3.5): {d['epochs']} epochs, "
             f"batch {d['batch_size']}, SGD lr {d['lr']:g}, momentum {d['momentum']}, weight decay {d['weight_decay']:g}, "
-            f"StepLR({d['step_size']}, {d['gamma']}), E_att {d['e_att']} (l2l, gradcam-kl), lambda0 160 ramped (l2l) / "
-            f"10 (rrr), {d['target']} target. A validation subset of a fifth of the training subset is used when "
+            f"StepLR({d['step_size']}, {d['gamma']}), E_att {d['e_att']} (l2l, gradcam-kl), lambda0 "
+            f"{METHODS['l2l'].default_lambda:g} ramped (l2l, gradcam-kl) / {METHODS['rrr'].default_lambda:g} (rrr), "
+            f"{d['target']} target. A validation subset of a fifth of the training subset is used when "
             "`train_subset` is set.")
 
 
@@ -241,7 +246,7 @@ def render_markdown(rows: list[dict[str, Any]], published: list[dict[str, Any]],
     ]
     main = [r for r in rows if r["role"] != "sensitivity"]
     body = [[DATASET_NAMES.get(r["dataset"], r["dataset"]), r["method"] + (" (colour-invariant input)" if r["input_transform"] != "none" else ""),
-             r["backbone"], r["maps"], r["role"], str(r["n_seeds"]), _acc(r["test_acc_mean"], r["test_acc_std"]),
+             r["backbone"], r["maps"], r["role"], str(r["n_seeds"]), _acc(r["test_acc_mean"], r["test_acc_std"], r["n_seeds"]),
              _num(r["cam_on_digit"]), _num(r["cam_on_decoy"]),
              "—" if r["map_iou"] is None else f"{r['map_iou']:.2f} / {_num(r['map_auroc'])}",
              _num(r["seconds_per_run"], 0), "—" if r["published_acc"] is None else f"{r['published_acc']} (published)"]
@@ -252,7 +257,7 @@ def render_markdown(rows: list[dict[str, Any]], published: list[dict[str, Any]],
               "Copied from the papers named; their networks and maps differ from ours where noted. The measured column "
               "is the matching row above.", ""]
     body = [[p["method"], DATASET_NAMES[p["dataset"]], str(p["published_acc"]),
-             "not run here" if p["measured_acc_mean"] is None else f"{_acc(p['measured_acc_mean'], p['measured_acc_std'])} (n={p['measured_n']}; {p['measured_as']})",
+             "not run here" if p["measured_acc_mean"] is None else f"{_acc(p['measured_acc_mean'], p['measured_acc_std'], p['measured_n'])} (n={p['measured_n']}; {p['measured_as']})",
              p["published_source"]] for p in published]
     parts += [_table(["method (published)", "data set", "published test acc %", "measured here", "source"], body), ""]
     if sens:
@@ -261,7 +266,7 @@ def render_markdown(rows: list[dict[str, Any]], published: list[dict[str, Any]],
                   "Map quality is measured on training images. Use it to judge a VLM: measure its maps the same way "
                   "(`learning_to_look.maps.map_quality`) and read the expected accuracy off `sensitivity.png`.", ""]
         body = [[DATASET_NAMES.get(s["dataset"], s["dataset"]), s["degradation"], f"{s['strength']:g}", _num(s["map_iou"]),
-                 _num(s["map_auroc"]), _acc(s["test_acc_mean"], s["test_acc_std"]), str(s["n_seeds"])] for s in sens]
+                 _num(s["map_auroc"]), _acc(s["test_acc_mean"], s["test_acc_std"], s["n_seeds"]), str(s["n_seeds"])] for s in sens]
         parts += [_table(["data set", "degradation", "strength", "map IoU", "map AUROC", "test acc %", "n"], body), ""]
     parts += ["## Figures", "",
               "- `qualitative.png`: the first test image of each of the first classes, the CAM of the selected vanilla "
