@@ -10,7 +10,7 @@ import typer
 
 from ..config import TrainConfig
 from ..errors import L2LError
-from ..report import mean_std
+from ..report import maps_label, mean_std
 from .app import DATA_DIR, app
 
 RUNS_DIR = typer.Option(None, "--runs-dir", envvar="L2L_RUNS_DIR", help="Folder of run folders [default: ./runs].")
@@ -70,7 +70,7 @@ def train(
         extra = f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
         typer.echo(f"seed {seed}: test acc {t['accuracy']:.2f}%  (epoch {r['selection']['epoch']}, "
                    f"val acc {r['selection']['val']['val_acc']:.2f}%)  CAM on digit {t['cam_on_digit']:.2f}{extra}  "
-                   f"{r['seconds_per_epoch']:.1f}s/epoch  maps: {r['maps']['name']} ({r['maps']['kind']})")
+                   f"{r['seconds_per_epoch']:.1f}s/epoch  maps: {maps_label(r['maps'])}")
         results.append(r)
     if len(results) > 1:
         m, s = mean_std([r["test"]["accuracy"] for r in results])
