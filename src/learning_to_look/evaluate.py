@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .attribution import cam, grad_cam, input_gradients, minmax_normalize
 from .data.pipeline import as_rgb, to_input
 from .data.store import Split
-from .losses import outline_target
+from .losses import forward_kl, outline_target
 from .models import Backbone
 
 ORACLE_THRESHOLD = 10
@@ -36,12 +36,10 @@ def mass_share(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
 
 
 def kl_per_image(s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """KL(q || softmax(s)) per image, as in :func:`~learning_to_look.losses.forward_kl`;
-    NaN where the target is empty, so those images are left out of the mean."""
-    logp = F.log_softmax(s.flatten(1), 1)
-    qf = q.flatten(1)
-    kl = torch.where(qf > 0, qf * (qf.clamp_min(1e-30).log() - logp), torch.zeros_like(qf)).sum(1)
-    return torch.where(qf.sum(1) > 0, kl, torch.full_like(kl, float("nan")))
+    """:func:`~learning_to_look.losses.forward_kl` per image, NaN where the target is
+    empty, so those images are left out of the mean instead of counting as 0."""
+    kl = forward_kl(s, q, reduction="none")
+    return torch.where(q.flatten(1).sum(1) > 0, kl, torch.full_like(kl, float("nan")))
 
 
 def raw_attention(model: Backbone, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from .data.pipeline import as_rgb, batch_indices
 from .errors import L2LError
 from .evaluate import evaluate_split, kl_per_image
 from .io import atomic_torch_save, atomic_write_json, read_json
-from .losses import make_target
+from .losses import make_target, reverse_kl
 from .maps import resolve_maps, validate_maps
 from .methods import Batch, Method, get_method, resolve
 from .models import Backbone, build_backbone
@@ -119,10 +119,7 @@ def _eval_batches(model: Backbone, method: Method, t: Tensors, device: torch.dev
             logits, s = method.attention(model, b.x, b.y, create_graph=False)
             s, q = s.detach().float().cpu(), b.target.float().cpu()
             fkl.append(kl_per_image(s, q))
-            p = F.softmax(s.flatten(1), 1)
-            qf = q.flatten(1).clamp_min(1e-8)
-            qf = qf / qf.sum(1, keepdim=True)
-            rkl.append((p * (p.clamp_min(1e-30).log() - qf.log())).sum(1))
+            rkl.append(reverse_kl(s, q, reduction="none"))
         correct += int((logits.argmax(1) == b.y).sum())
     out = {"val_acc": 100.0 * correct / len(t)}
     if fkl:
