@@ -266,6 +266,16 @@ def test_corrupt_chunk_is_detected_and_regenerated(tmp_path, ramp, capsys):
     assert gen.calls == 3 and "does not match" in capsys.readouterr().err
 
 
+def test_not_decoy_zeroes_exactly_the_decoy_square(datasets):
+    split = datasets["decoymnist"].train.subset(np.arange(50))
+    maps = get_map_source("not-decoy").generate(split)
+    assert maps.shape == (50, 28, 28) and set(np.unique(maps)) == {0.0, 1.0}
+    for m, (top, left) in zip(maps, split.corners):
+        assert (m == 0).sum() == 25 and (m[top:top + 5, left:left + 5] == 0).all()
+    with pytest.raises(L2LError, match="needs a data set with a decoy square"):
+        get_map_source("not-decoy").generate(datasets["colormnist"].train.subset(np.arange(5)))
+
+
 def test_cheap_sources_bypass_the_cache(tmp_path, digits):
     maps = cached_maps(get_map_source("intensity"), "toy", digits, cache_dir=tmp_path)
     assert maps.shape == (6, 28, 28) and not any(tmp_path.iterdir())

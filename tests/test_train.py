@@ -138,6 +138,7 @@ def test_nan_map_source_stops_training(data_dir, tmp_path, monkeypatch):
     (["--seeds", "1,1"], "malformed --seeds"),
     (["--dataset", "nope"], "unknown data set"),
     (["--maps", "nope"], "no cached map set matches"),
+    (["--maps", "not-decoy"], "needs a data set with a decoy square"),
     (["--e-att", "40"], "E_att"),
     (["--selection", "best"], "unknown selection rule"),
     (["--method", "l2l", "--backbone", "cdep-cnn"], "global-average-pooling"),

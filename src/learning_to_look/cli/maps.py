@@ -17,7 +17,7 @@ maps_app = typer.Typer(help="Generate, check and show attention maps.\n\n"
                        no_args_is_help=True)
 app.add_typer(maps_app, name="maps")
 
-BACKEND = typer.Option("clip", "--backend", help="clip | maskclip | sclip | clearclip | naclip | weclip | precomputed | oracle | intensity")
+BACKEND = typer.Option("clip", "--backend", help="clip | maskclip | sclip | clearclip | naclip | weclip | precomputed | oracle | intensity | not-decoy")
 DATASET = typer.Option("decoymnist", "--dataset", help="mnist | colormnist | decoymnist")
 SPLIT = typer.Option("train", "--split", help="train | test")
 LIMIT = typer.Option(None, "--limit", help="Only the first N images of the split (smoke tests).")

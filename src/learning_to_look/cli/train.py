@@ -35,7 +35,7 @@ def parse_seeds(text: str) -> list[int]:
 def train(
     dataset: Optional[str] = typer.Option(None, help="colormnist | decoymnist | mnist  [default: colormnist]"),
     method: Optional[str] = typer.Option(None, help="vanilla | l2l | rrr | gradcam-kl  [default: l2l]"),
-    maps: Optional[str] = typer.Option(None, help="Map source: oracle | intensity | a VLM backend  [default: oracle]"),
+    maps: Optional[str] = typer.Option(None, help="Map source: oracle | intensity | not-decoy | a VLM backend  [default: oracle]"),
     backbone: Optional[str] = typer.Option(None, help="lenet-gap | cdep-cnn  [default: lenet-gap]"),
     seeds: str = typer.Option("37", help="Seeds, e.g. 0,1,2 or 0-4."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings; flags override it."),

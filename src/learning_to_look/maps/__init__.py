@@ -1,7 +1,7 @@
 """Map sources: VLM backends and the non-VLM references, behind one registry."""
 
-from .base import (KINDS, MAP_SOURCES, IntensityMaps, MapGenerator, OracleMaps, PromptSpec, get_map_source,
-                   register_map_source, validate_maps)
+from .base import (KINDS, MAP_SOURCES, IntensityMaps, MapGenerator, NotDecoyMaps, OracleMaps, PromptSpec,
+                   get_map_source, register_map_source, validate_maps)
 from .cache import cache_meta, cached_maps, default_cache_dir, list_cached, load_map_set, resolve_maps
 from .clip import VARIANTS, ClipMaps
 from .degraded import DEGRADATIONS, DegradedOracleMaps, map_quality
@@ -11,8 +11,8 @@ from .precomputed import PrecomputedMaps
 from .weclip import WeCLIPMaps
 from .weights import DEFAULT_CLIP, Pretrained, load_clip, load_dino
 
-__all__ = ["KINDS", "MAP_SOURCES", "IntensityMaps", "MapGenerator", "OracleMaps", "PromptSpec", "get_map_source",
-           "register_map_source", "validate_maps", "cache_meta", "cached_maps", "default_cache_dir", "list_cached",
+__all__ = ["KINDS", "MAP_SOURCES", "IntensityMaps", "MapGenerator", "NotDecoyMaps", "OracleMaps", "PromptSpec",
+           "get_map_source", "register_map_source", "validate_maps", "cache_meta", "cached_maps", "default_cache_dir", "list_cached",
            "load_map_set", "resolve_maps", "VARIANTS", "ClipMaps", "format_report", "map_report", "ImageSplit",
            "as_split", "folder_maps", "load_image_folder", "PrecomputedMaps", "WeCLIPMaps", "DEFAULT_CLIP",
            "Pretrained", "load_clip", "load_dino"]

@@ -133,5 +133,25 @@ class IntensityMaps(MapGenerator):
         return (np.asarray(split.images).max(axis=1) > self.threshold).astype(np.float32)
 
 
+@dataclass
+class NotDecoyMaps(MapGenerator):
+    """Everything except the decoy square: the shortcut annotation that Ross et al.
+    and CDEP penalise on DecoyMNIST (with ``rrr`` the irrelevant region is then the
+    decoy alone, as in their published 99.0 %). It names the shortcut, which a VLM
+    prompted with the object cannot; use it to separate that from map quality."""
+
+    name: ClassVar[str] = "not-decoy"
+    kind: ClassVar[str] = "annotation"
+    cacheable: ClassVar[bool] = False
+
+    def generate(self, split: Any) -> np.ndarray:
+        decoys = split.decoy_masks()
+        if decoys is None:
+            raise L2LError("map source not-decoy needs a data set with a decoy square and this one has none; "
+                           "use --dataset decoymnist, or --maps oracle")
+        return 1.0 - decoys.astype(np.float32)
+
+
 register_map_source(OracleMaps)
 register_map_source(IntensityMaps)
+register_map_source(NotDecoyMaps)
