@@ -139,6 +139,7 @@ def test_nan_map_source_stops_training(data_dir, tmp_path, monkeypatch):
     (["--dataset", "nope"], "unknown data set"),
     (["--maps", "nope"], "no cached map set matches"),
     (["--maps", "not-decoy"], "needs a data set with a decoy square"),
+    (["--method", "rrr", "--lr", "1e8"], "lower --lr or --lambda0"),
     (["--e-att", "40"], "E_att"),
     (["--selection", "best"], "unknown selection rule"),
     (["--method", "l2l", "--backbone", "cdep-cnn"], "global-average-pooling"),
