@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import TrainConfig
-from .data import Split, load_dataset, to_input, train_val
+from .data import Dataset, Split, load_dataset, to_input, train_val
 from .data.pipeline import as_rgb, batch_indices
 from .errors import L2LError
 from .evaluate import evaluate_split, kl_per_image
@@ -258,16 +258,21 @@ def run_dir_for(cfg: TrainConfig, runs_dir: Path | None = None) -> Path:
     return Path(runs_dir or default_runs_dir()) / cfg.dataset / f"{cfg.method}-{cfg.maps}-{cfg.backbone}-{cfg.fingerprint()}" / f"seed{cfg.seed}"
 
 
-def run(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Path | None = None,
-        progress: bool = True, on_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Train, select on validation, then evaluate the test split once; returns (and
-    writes) the result. A finished run found on disk is returned as it is."""
+@dataclass
+class Prepared:
+    """Everything a run trains on; the test split rides along untouched for the end."""
+
+    dataset: Dataset
+    train_split: Split
+    val_split: Split
+    train: Tensors
+    val: Tensors
+    maps_info: dict[str, Any]
+
+
+def prepare(cfg: TrainConfig, data_dir: Path | None = None, progress: bool = True) -> Prepared:
+    """Load the data set, cut train/validation, get the maps and build the tensors."""
     cfg = resolve(cfg)
-    out = run_dir_for(cfg, runs_dir)
-    result_file = out / "result.json"
-    if result_file.exists():
-        return read_json(result_file)
-    t0 = time.perf_counter()
     dataset = load_dataset(cfg.dataset, data_dir)
     train_split, val_split = train_val(dataset)
     if cfg.train_subset:
@@ -281,11 +286,25 @@ def run(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Path | None
         maps_train, maps_val = all_maps[train_split.indices], all_maps[val_split.indices]
     probe = build_backbone(cfg.backbone)
     method = method_cls(cfg)
-    train_t = make_tensors(train_split, maps_train, cfg, probe, method)
-    val_t = make_tensors(val_split, maps_val, cfg, probe, method)
+    return Prepared(dataset, train_split, val_split, make_tensors(train_split, maps_train, cfg, probe, method),
+                    make_tensors(val_split, maps_val, cfg, probe, method), maps_info)
+
+
+def run(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Path | None = None,
+        progress: bool = True, on_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train, select on validation, then evaluate the test split once; returns (and
+    writes) the result. A finished run found on disk is returned as it is."""
+    cfg = resolve(cfg)
+    out = run_dir_for(cfg, runs_dir)
+    result_file = out / "result.json"
+    if result_file.exists():
+        return read_json(result_file)
+    t0 = time.perf_counter()
+    prep = prepare(cfg, data_dir, progress)
+    dataset, train_split, val_split, maps_info = prep.dataset, prep.train_split, prep.val_split, prep.maps_info
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
-    fitted = fit(cfg, train_t, val_t, checkpoint=out / "checkpoint.pt", progress=progress, on_epoch=on_epoch)
+    fitted = fit(cfg, prep.train, prep.val, checkpoint=out / "checkpoint.pt", progress=progress, on_epoch=on_epoch)
     atomic_torch_save(out / "model.pt", fitted.model.state_dict())
     # The test split is read here for the first and only time, after selection.
     test = evaluate_split(fitted.model, dataset.test, cfg.input_transform, device=pick_device(cfg.device))

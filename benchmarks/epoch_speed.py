@@ -1,0 +1,47 @@
+"""Seconds per training epoch on the full 50,400 training images, per backbone and method.
+
+Each configuration trains two epochs with the paper's settings (E_att = 1, so
+two-phase methods time both phases), validation included, exactly as `l2l train`
+does; nothing is written to ./runs. Run one benchmark at a time on a small machine.
+
+    python benchmarks/epoch_speed.py                       # all six configurations
+    python benchmarks/epoch_speed.py --only lenet-gap:l2l --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from learning_to_look.config import TrainConfig
+from learning_to_look.train import fit, prepare
+
+CONFIGS = ("lenet-gap:vanilla", "lenet-gap:l2l", "lenet-gap:rrr",
+           "cdep-cnn:vanilla", "cdep-cnn:gradcam-kl", "cdep-cnn:rrr")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="decoymnist")
+    ap.add_argument("--only", nargs="*", default=list(CONFIGS), help="backbone:method pairs")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--train-subset", type=int, default=None, help="fewer images, for a smoke run")
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{args.dataset}, {args.threads} thread(s), torch {torch.__version__}")
+    print("| backbone | method | s, epoch 0 | s, epoch 1 | images/s, epoch 1 (validation included) |")
+    print("|---|---|---|---|---|")
+    for pair in args.only:
+        backbone, method = pair.split(":")
+        cfg = TrainConfig(dataset=args.dataset, backbone=backbone, method=method, epochs=2, e_att=1, seed=0,
+                          maps="oracle", train_subset=args.train_subset)
+        prep = prepare(cfg, args.data_dir, progress=False)
+        fitted = fit(cfg, prep.train, prep.val, progress=False)
+        secs = [row["seconds"] for row in fitted.history]
+        print(f"| {backbone} | {method} | {secs[0]:.1f} | {secs[1]:.1f} | {len(prep.train) / secs[1]:,.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
