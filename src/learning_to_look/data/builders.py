@@ -16,6 +16,10 @@ import numpy as np
 
 from .mnist import MNISTArrays
 
+#: A pixel of the clean grey digit is one brighter than this (of 255): the ground truth
+#: for oracle maps, map quality and attention evaluation. Declared once, here.
+DIGIT_THRESHOLD = 10
+
 SPLITS = ("train", "test")
 
 
