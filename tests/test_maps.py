@@ -4,23 +4,24 @@ models, the cache's resume and corruption handling, precomputed maps, diagnostic
 import math
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
+from learning_to_look.data import DIGIT_THRESHOLD, Split
 from learning_to_look.errors import L2LError
-from learning_to_look.maps import (ClipMaps, MapGenerator, PrecomputedMaps, PromptSpec, WeCLIPMaps, as_split, cached_maps,
-                                   folder_maps, get_map_source, load_clip, load_map_set, map_report)
+from learning_to_look.maps import (ClipMaps, ImageSet, MapGenerator, PrecomputedMaps, PromptSpec, WeCLIPMaps, as_split,
+                                   cached_maps, folder_maps, get_map_source, load_clip, load_map_set, map_quality,
+                                   map_report)
 from learning_to_look.maps.cache import cache_folder
 from learning_to_look.maps.clip import (VARIANTS, artefact_mask, foreground_probability, gaussian_window,
                                         neighbour_median, self_similarity, to_image_size, variant_mix)
 from learning_to_look.maps.diagnostics import auroc, mass_share, pointing_game
 from learning_to_look.maps.refine import pamr
-from learning_to_look.maps.testing import save_tiny_clip, tiny_clip, tiny_dino
 from learning_to_look.maps.weclip import affinity_refine, pseudo_labels
+from tiny_models import save_tiny_clip, tiny_clip, tiny_dino
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +111,7 @@ def test_auroc_hand_case_with_ties():
     assert auroc(np.ones(3), np.ones(3)) is None
 
 
-def test_pointing_game_and_mass_share():
+def test_pointing_game():
     maps = np.zeros((2, 4, 4))
     maps[0, 1, 1] = 1
     maps[1, 3, 3] = 1
@@ -118,14 +119,20 @@ def test_pointing_game_and_mass_share():
     masks[:, 1, 1] = True
     assert pointing_game(maps, masks, tolerance=0) == 0.5
     assert pointing_game(maps, masks, tolerance=2) == 1.0
-    region = np.zeros((4, 4), bool)
-    region[3, 3] = True
-    assert mass_share(maps, region) == 0.5
+
+
+def test_mass_share_per_image_with_nan_for_an_empty_map():
+    maps = torch.zeros(2, 2, 2, dtype=torch.float64)
+    maps[0] = torch.tensor([[1.0, 3.0], [0.0, 4.0]])  # mass 8, of which 3 + 4 inside the region
+    region = torch.tensor([[False, True], [False, True]])
+    share = mass_share(maps, region)
+    assert share.dtype == torch.float64 and share.shape == (2,)
+    assert share[0].item() == 7 / 8 and share[1].isnan()
 
 
 def test_report_warns_on_inverted_map(digits):
-    digits_split = SimpleNamespace(images=digits.images, digits=digits.images[:, 0])
-    good = (digits.images[:, 0] > 10).astype(np.float32)
+    digits_split = Split("train", digits.images, np.zeros(len(digits), np.int64), digits.images[:, 0])
+    good = (digits.images[:, 0] > DIGIT_THRESHOLD).astype(np.float32)
     assert map_report(good, digits_split)["auroc"] == 1.0
     assert not map_report(good, digits_split)["warnings"]
     bad = map_report(1 - good, digits_split)
@@ -147,7 +154,8 @@ def test_clip_variants_shape_and_range(variant, clip_pair, digits):
 def test_clip_fingerprint_and_weights_identity(clip_pair):
     a = ClipMaps(vlm=clip_pair, input_size=32)
     assert a.fingerprint() == ClipMaps(vlm=clip_pair, input_size=32, batch_size=3).fingerprint()
-    assert a.fingerprint() != ClipMaps(vlm=clip_pair, input_size=32, prompts=PromptSpec(positive=("a digit",))).fingerprint()
+    other_prompt = PromptSpec(positive=("a digit",))
+    assert a.fingerprint() != ClipMaps(vlm=clip_pair, input_size=32, prompts=other_prompt).fingerprint()
     assert a.fingerprint() != ClipMaps(vlm=tiny_clip(seed=1), input_size=32).fingerprint()
     d = a.describe()
     assert d["kind"] == "vlm" and d["real_vlm"] is False and "random-init test model" in d["weights"]
@@ -223,7 +231,7 @@ class Counting(MapGenerator):
     def config(self) -> dict:
         return {}
 
-    def generate(self, split: Any) -> np.ndarray:
+    def generate(self, split: ImageSet) -> np.ndarray:
         self.calls += 1
         if self.calls == self.fail_on_call:
             raise KeyboardInterrupt
@@ -274,6 +282,24 @@ def test_not_decoy_zeroes_exactly_the_decoy_square(datasets):
         assert (m == 0).sum() == 25 and (m[top:top + 5, left:left + 5] == 0).all()
     with pytest.raises(L2LError, match="needs a data set with a decoy square"):
         get_map_source("not-decoy").generate(datasets["colormnist"].train.subset(np.arange(5)))
+
+
+def test_digit_sources_refuse_images_without_a_digit(digits):
+    for source in ("oracle", "degraded-oracle"):
+        with pytest.raises(L2LError, match=f"map source {source} needs the clean digit") as e:
+            get_map_source(source).generate(digits)
+        assert "\n" not in str(e.value) and "--dataset" in str(e.value)
+    with pytest.raises(L2LError, match="map quality needs the clean digit"):
+        map_quality(np.zeros((6, 28, 28)), digits)
+
+
+def test_stats_default_is_empty_and_never_shared():
+    a, b = Counting(), Counting()
+    assert a.last_stats == {} and a.device_used == "cpu"
+    with pytest.raises(TypeError):
+        a.last_stats["patches"] = 1  # the class default is read-only: generators assign their own dict
+    a.last_stats = {"patches": 1}
+    assert b.last_stats == {}
 
 
 def test_cheap_sources_bypass_the_cache(tmp_path, digits):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from learning_to_look.cli import main
-from learning_to_look.maps.testing import save_tiny_clip
+from tiny_models import save_tiny_clip
 
 
 @pytest.fixture(autouse=True)
@@ -74,4 +74,15 @@ def test_image_folder_via_cli(vlm, tmp_path, capsys):
     assert "2 maps from clip (vlm)" in capsys.readouterr().out
     with Image.open(tmp_path / "out" / "im0.png") as im:
         assert im.size == (40, 24)
-    assert main(["maps", "show", "--images", str(src), "--vlm", vlm, "--input-size", "32", "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["maps", "show", "--images", str(src), "--vlm", vlm, "--input-size", "32",
+                 "--out", str(tmp_path / "g.png")]) == 0
+
+
+def test_oracle_on_an_image_folder_is_one_line_exit_2(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "a.png")
+    rc = main(["maps", "generate", "--images", str(tmp_path), "--backend", "oracle"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: map source oracle needs the clean digit") and "--dataset" in err

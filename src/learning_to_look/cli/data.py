@@ -11,7 +11,6 @@ import typer
 
 from ..data import DATASETS, build_dataset, dataset_path, load_dataset
 from ..data.preview import preview_dataset
-from ..errors import L2LError
 from .app import DATA_DIR, MNIST_DIR, app
 
 data_app = typer.Typer(help="Build and inspect data sets.\n\nExample: l2l data build colormnist", no_args_is_help=True)
@@ -19,15 +18,12 @@ app.add_typer(data_app, name="data")
 
 
 def _names(name: str) -> list[str]:
-    names = list(DATASETS) if name == "all" else [name]
-    for n in names:
-        if n not in DATASETS:
-            raise L2LError(f"unknown data set {n!r}; choose one of: {', '.join(DATASETS)}, all")
-    return names
+    """Every registered data set for ``all``, else the one called ``name`` (an unknown name is a one-line error)."""
+    return list(DATASETS) if name == "all" else [DATASETS.get(name).name]
 
 
 @data_app.command("build")
-def build(name: str = typer.Argument("all", help=f"One of {', '.join(DATASETS)}, or all."),
+def build(name: str = typer.Argument("all", help=f"{DATASETS.help()} | all"),
           data_dir: Optional[Path] = DATA_DIR, mnist_dir: Optional[Path] = MNIST_DIR,
           force: bool = typer.Option(False, "--force", help="Rebuild even if a verified file exists.")) -> None:
     """Build a data set from verified MNIST (seconds).
@@ -44,7 +40,7 @@ def build(name: str = typer.Argument("all", help=f"One of {', '.join(DATASETS)},
 
 
 @data_app.command("info")
-def info(name: str = typer.Argument(..., help=f"One of {', '.join(DATASETS)}."),
+def info(name: str = typer.Argument(..., help=DATASETS.help()),
          data_dir: Optional[Path] = DATA_DIR, mnist_dir: Optional[Path] = MNIST_DIR) -> None:
     """Sizes, label counts, protocol and array hashes of a built data set.
 
@@ -64,7 +60,7 @@ def info(name: str = typer.Argument(..., help=f"One of {', '.join(DATASETS)}."),
 
 
 @data_app.command("show")
-def show(name: str = typer.Argument(..., help=f"One of {', '.join(DATASETS)}."),
+def show(name: str = typer.Argument(..., help=DATASETS.help()),
          out: Path = typer.Option(..., "--out", help="PNG file to write."),
          data_dir: Optional[Path] = DATA_DIR, mnist_dir: Optional[Path] = MNIST_DIR) -> None:
     """Write a grid of train and test images with labels.

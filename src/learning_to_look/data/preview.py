@@ -3,13 +3,12 @@ flip of ColorMNIST and the decoy flip of DecoyMNIST are visible at a glance."""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..plotting import pyplot, save_figure, to_display
 from .store import Dataset
 
 
@@ -17,28 +16,8 @@ def _first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
 
 
-def to_display(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, C, H, W) -> (N, H, W, 3) for imshow."""
-    images = np.asarray(images)
-    return np.repeat(images, 3, axis=1).transpose(0, 2, 3, 1) if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
-
-
-def save_figure(fig, out: str | os.PathLike) -> Path:
-    """Render a matplotlib figure to PNG and write it atomically."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(out, buf.getvalue())
-
-
 def preview_dataset(ds: Dataset, out: str | os.PathLike, per_class: int = 2) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = []
     for split in (ds.train, ds.test):
         idx = _first_per_class(split.labels, per_class)

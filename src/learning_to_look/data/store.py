@@ -31,18 +31,13 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or "data")
 
 
-def get_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise L2LError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
-    return DATASETS[name]
-
-
 @dataclass(frozen=True)
 class Split:
     """One split held in memory as uint8 arrays.
 
     ``digits`` is the clean grey digit under any colour or decoy, the ground truth
     for the oracle map and for attention evaluation; ``corners`` locates the decoy.
+    It is a :class:`~learning_to_look.maps.base.ImageSet`, what map generators read.
     """
 
     name: str
@@ -56,6 +51,11 @@ class Split:
     @property
     def is_test(self) -> bool:
         return self.name == "test"
+
+    @property
+    def names(self) -> None:
+        """No file names: images of a built data set are keyed by :attr:`indices`."""
+        return None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -87,7 +87,7 @@ def dataset_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
 
 def build_dataset(name: str, data_dir: str | os.PathLike | None = None, mnist_dir: str | None = None) -> Path:
     """Build ``name`` from verified MNIST and write it atomically; returns the file."""
-    spec = get_spec(name)
+    spec = DATASETS.get(name)
     t0 = time.perf_counter()
     mnist = load_mnist(mnist_dir)
     arrays = spec.build(mnist)
@@ -99,7 +99,8 @@ def build_dataset(name: str, data_dir: str | os.PathLike | None = None, mnist_di
         "description": spec.description,
         "decoy_size": spec.decoy_size,
         "mnist_source": mnist.source,
-        "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": sha256_array(v)} for k, v in arrays.items()},
+        "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": sha256_array(v)}
+                   for k, v in arrays.items()},
         "build_seconds": round(time.perf_counter() - t0, 3),
     }
     path = dataset_path(name, data_dir)
@@ -112,21 +113,23 @@ def read_header(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as z:
             return json.loads(str(z["header"]))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise L2LError(f"data file {path} is corrupt ({type(e).__name__}); rebuild it with `l2l data build --force`") from None
+        raise L2LError(f"data file {path} is corrupt ({type(e).__name__}); "
+                       "rebuild it with `l2l data build --force`") from None
 
 
 def _read_verified(path: Path, spec: DatasetSpec) -> tuple[dict, dict[str, np.ndarray]]:
     header = read_header(path)
+    fix = f"rebuild it with `l2l data build {spec.name} --force`"
     if header.get("protocol_version") != spec.version or header.get("format_version") != FORMAT_VERSION:
-        raise L2LError(f"data file {path} was built by another protocol version; rebuild it with `l2l data build {spec.name} --force`")
+        raise L2LError(f"data file {path} was built by another protocol version; {fix}")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in header["arrays"]}
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise L2LError(f"data file {path} is corrupt ({type(e).__name__}); rebuild it with `l2l data build {spec.name} --force`") from None
+        raise L2LError(f"data file {path} is corrupt ({type(e).__name__}); {fix}") from None
     for k, meta in header["arrays"].items():
         if sha256_array(arrays[k]) != meta["sha256"]:
-            raise L2LError(f"data file {path}: array {k} fails its SHA-256 check; rebuild it with `l2l data build {spec.name} --force`")
+            raise L2LError(f"data file {path}: array {k} fails its SHA-256 check; {fix}")
     return header, arrays
 
 
@@ -137,7 +140,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, build:
     A file that fails verification is reported, never used; with ``build=True`` a
     stale or corrupt file is rebuilt from MNIST once.
     """
-    spec = get_spec(name)
+    spec = DATASETS.get(name)
     path = dataset_path(name, data_dir)
     if not path.exists():
         if not build:

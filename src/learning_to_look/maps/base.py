@@ -11,18 +11,69 @@ from __future__ import annotations
 import dataclasses
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping, Protocol
 
 import numpy as np
 
+from ..data.builders import DIGIT_THRESHOLD
 from ..errors import L2LError
 from ..io import sha256_text
+from ..registry import Registry
 
 #: What a map is made from. Only ``vlm`` maps may be called VLM maps.
 KINDS = ("vlm", "annotation", "image-statistic", "external")
 
 MAP_CODE_VERSION = 1
+
+
+class ImageSet(Protocol):
+    """Everything a generator may read from the images it maps. A built data set's
+    :class:`~learning_to_look.data.Split` and a folder's
+    :class:`~learning_to_look.maps.images.ImageSplit` both are one; what only one of
+    them knows (the clean digit, file names, the decoy) is None in the other, so a
+    generator that needs it checks for None and says what to use instead."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def images(self) -> np.ndarray:
+        """uint8 (N, C, H, W)."""
+
+    @property
+    def indices(self) -> np.ndarray | None:
+        """(N,) positions in the full split (what per-image randomness is keyed by), or None for the full split."""
+
+    @property
+    def names(self) -> tuple[str, ...] | None:
+        """File names of an image folder; None for a built data set."""
+
+    @property
+    def digits(self) -> np.ndarray | None:
+        """uint8 (N, H, W) clean grey digit (the ground truth of oracle maps); None for an image folder."""
+
+    @property
+    def is_test(self) -> bool:
+        """The test split, read only for final metrics, never for map quality."""
+
+    def __len__(self) -> int: ...
+
+    def subset(self, idx: np.ndarray, name: str | None = None) -> ImageSet: ...
+
+    def decoy_masks(self) -> np.ndarray | None:
+        """bool (N, H, W) decoy squares, or None where there is no decoy."""
+
+
+def digit_masks(split: ImageSet, threshold: int, user: str) -> np.ndarray:
+    """bool (N, H, W): the clean digit's pixels of ``split``. ``user`` names what needs
+    them in the one-line error raised for images without a known digit (a folder)."""
+    if split.digits is None:
+        raise L2LError(f"{user} needs the clean digit of each image and {split.name} has none; "
+                       "use a built data set (--dataset) instead of --images, or a VLM backend such as clip")
+    return np.asarray(split.digits) > threshold
 
 
 @dataclass(frozen=True)
@@ -51,14 +102,20 @@ class MapGenerator(ABC):
     kind: ClassVar[str]
     #: Worth a disk cache: False for sources cheaper to recompute than to load.
     cacheable: ClassVar[bool] = True
+    #: Counts from the last :meth:`generate` call (e.g. artefact patches), summed over
+    #: chunks into the cache sidecar. Read-only and empty until a generator assigns its
+    #: own dict, so no instance can write into a default that all of them share.
+    last_stats: Mapping[str, float] = MappingProxyType({})
+    #: The device the maps were made on, recorded in the cache sidecar.
+    device_used: str = "cpu"
 
-    def prepare(self, split: Any, workdir: Any = None) -> None:
+    def prepare(self, split: ImageSet, workdir: Path | None = None) -> None:
         """Hook run once on the whole split before :meth:`generate` sees it in chunks:
         for sources that train on it or check its keys. ``workdir`` is a folder in the
         cache where such work can be kept across a resume."""
 
     @abstractmethod
-    def generate(self, split: Any) -> np.ndarray:
+    def generate(self, split: ImageSet) -> np.ndarray:
         """float32 maps (N, H, W) in [0, 1] for the N images of ``split``."""
 
     def config(self) -> dict:
@@ -77,31 +134,32 @@ class MapGenerator(ABC):
         return {"name": self.name, "kind": self.kind, "fingerprint": self.fingerprint(), "config": self.config()}
 
 
-MAP_SOURCES: dict[str, type[MapGenerator]] = {}
+MAP_SOURCES: Registry[type[MapGenerator]] = Registry("map source")
 
 
 def register_map_source(cls: type[MapGenerator]) -> type[MapGenerator]:
+    """Add a generator class under its ``name``; its ``kind`` must be one of ``KINDS``."""
     if cls.kind not in KINDS:
         raise ValueError(f"{cls.__name__}.kind must be one of {KINDS}")
-    MAP_SOURCES[cls.name] = cls
-    return cls
+    return MAP_SOURCES.register(cls)
 
 
 def get_map_source(name: str, **options: Any) -> MapGenerator:
-    if name not in MAP_SOURCES:
-        raise L2LError(f"unknown map source {name!r}; choose one of: {', '.join(sorted(MAP_SOURCES))}")
-    return MAP_SOURCES[name](**options)
+    """The generator called ``name`` built with ``options`` (its dataclass fields)."""
+    return MAP_SOURCES.get(name)(**options)
 
 
 def validate_maps(maps: np.ndarray, n: int, hw: tuple[int, int], source: str) -> np.ndarray:
     """Shape, finiteness and range checks that every map set passes before training."""
     maps = np.asarray(maps)
     if maps.shape != (n, *hw):
-        raise L2LError(f"maps from {source} have shape {maps.shape}, expected {(n, *hw)}; regenerate them for this data set")
+        raise L2LError(f"maps from {source} have shape {maps.shape}, expected {(n, *hw)}; "
+                       "regenerate them for this data set")
     if not np.isfinite(maps).all():
         raise L2LError(f"maps from {source} contain NaN or infinite values; regenerate them or fix the source")
     if maps.size and (maps.min() < 0 or maps.max() > 1):
-        raise L2LError(f"maps from {source} fall outside [0, 1] ({maps.min():.3g}..{maps.max():.3g}); rescale them to [0, 1]")
+        raise L2LError(f"maps from {source} fall outside [0, 1] ({maps.min():.3g}..{maps.max():.3g}); "
+                       "rescale them to [0, 1]")
     return maps.astype(np.float32, copy=False)
 
 
@@ -113,10 +171,10 @@ class OracleMaps(MapGenerator):
     name: ClassVar[str] = "oracle"
     kind: ClassVar[str] = "annotation"
     cacheable: ClassVar[bool] = False
-    threshold: int = 10
+    threshold: int = DIGIT_THRESHOLD
 
-    def generate(self, split: Any) -> np.ndarray:
-        return (np.asarray(split.digits) > self.threshold).astype(np.float32)
+    def generate(self, split: ImageSet) -> np.ndarray:
+        return digit_masks(split, self.threshold, f"map source {self.name}").astype(np.float32)  # (N, H, W)
 
 
 @dataclass
@@ -127,10 +185,10 @@ class IntensityMaps(MapGenerator):
     name: ClassVar[str] = "intensity"
     kind: ClassVar[str] = "image-statistic"
     cacheable: ClassVar[bool] = False
-    threshold: int = 10
+    threshold: int = DIGIT_THRESHOLD
 
-    def generate(self, split: Any) -> np.ndarray:
-        return (np.asarray(split.images).max(axis=1) > self.threshold).astype(np.float32)
+    def generate(self, split: ImageSet) -> np.ndarray:
+        return (np.asarray(split.images).max(axis=1) > self.threshold).astype(np.float32)  # (N, H, W)
 
 
 @dataclass
@@ -144,8 +202,8 @@ class NotDecoyMaps(MapGenerator):
     kind: ClassVar[str] = "annotation"
     cacheable: ClassVar[bool] = False
 
-    def generate(self, split: Any) -> np.ndarray:
-        decoys = split.decoy_masks()
+    def generate(self, split: ImageSet) -> np.ndarray:
+        decoys = split.decoy_masks()  # (N, H, W) bool
         if decoys is None:
             raise L2LError("map source not-decoy needs a data set with a decoy square and this one has none; "
                            "use --dataset decoymnist, or --maps oracle")

@@ -23,29 +23,32 @@ import numpy as np
 
 from ..errors import L2LError
 from ..io import atomic_write_bytes, atomic_write_json, read_json, sha256_array
-from .base import MAP_SOURCES, MapGenerator, get_map_source, validate_maps
+from .base import MAP_SOURCES, ImageSet, MapGenerator, get_map_source, validate_maps
 
 CACHE_ENV = "L2L_MAPS_DIR"
+DEFAULT_CACHE_DIR = "maps_cache"
 CACHE_FORMAT = 1
 DEFAULT_CHUNK = 1024
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or "maps_cache")
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
 
 
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
-def split_key(split: Any) -> str:
+def split_key(split: ImageSet) -> str:
     """Split name, size and image hash: a subset or a rebuilt data set gets its own entry."""
     images = np.asarray(split.images)
     return f"{split.name}-{len(images)}-{sha256_array(images)[:10]}"
 
 
-def cache_folder(generator: MapGenerator, dataset_name: str, split: Any, cache_dir: str | os.PathLike | None = None) -> Path:
-    return Path(cache_dir or default_cache_dir()) / dataset_name / split_key(split) / f"{generator.name}-{generator.fingerprint()}"
+def cache_folder(generator: MapGenerator, dataset_name: str, split: ImageSet,
+                 cache_dir: str | os.PathLike | None = None) -> Path:
+    entry = f"{generator.name}-{generator.fingerprint()}"
+    return Path(cache_dir or default_cache_dir()) / dataset_name / split_key(split) / entry
 
 
 def quantise(maps: np.ndarray) -> np.ndarray:
@@ -79,7 +82,7 @@ def _read_chunk(folder: Path, i: int, sha: str, shape: tuple) -> np.ndarray | No
     return q
 
 
-def _expected(generator: MapGenerator, dataset_name: str, split: Any, chunk_size: int) -> dict:
+def _expected(generator: MapGenerator, dataset_name: str, split: ImageSet, chunk_size: int) -> dict:
     images = np.asarray(split.images)
     return {"format": CACHE_FORMAT, "dataset": dataset_name, "split": split_key(split), "n": len(images),
             "shape": list(images.shape[-2:]), "fingerprint": generator.fingerprint(), "chunk_size": chunk_size}
@@ -111,8 +114,9 @@ def _merge_stats(per_chunk: dict) -> dict:
     return total
 
 
-def cached_maps(generator: MapGenerator, dataset_name: str, split: Any, *, cache_dir: str | os.PathLike | None = None,
-                progress: bool = True, chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+def cached_maps(generator: MapGenerator, dataset_name: str, split: ImageSet, *,
+                cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
     """float32 (N, H, W) maps in [0, 1] for ``split``, generated once and cached.
 
     Sources with ``cacheable = False`` (oracle, intensity) are computed directly.
@@ -125,11 +129,12 @@ def cached_maps(generator: MapGenerator, dataset_name: str, split: Any, *, cache
         return validate_maps(generator.generate(split), n, hw, generator.name)
     folder = cache_folder(generator, dataset_name, split, cache_dir)
     expected = _expected(generator, dataset_name, split, chunk_size)
-    meta = _read_meta(folder, expected) or {**expected, "describe": generator.describe(), "chunks": {}, "chunk_stats": {},
-                                            "complete": False, "device": None, "seconds": 0.0}
+    meta = _read_meta(folder, expected) or {**expected, "describe": generator.describe(), "chunks": {},
+                                            "chunk_stats": {}, "complete": False, "device": None, "seconds": 0.0}
     size = meta["chunk_size"]
     n_chunks = max(1, math.ceil(n / size))
-    done = {i: q for i in range(n_chunks) if (q := _read_chunk(folder, i, meta["chunks"].get(str(i), ""), hw)) is not None}
+    chunks = {i: _read_chunk(folder, i, meta["chunks"].get(str(i), ""), hw) for i in range(n_chunks)}
+    done = {i: q for i, q in chunks.items() if q is not None}
     todo = [i for i in range(n_chunks) if i not in done]
     if todo:
         _generate_chunks(generator, split, folder, meta, todo, done, progress)
@@ -140,7 +145,7 @@ def cached_maps(generator: MapGenerator, dataset_name: str, split: Any, *, cache
     return validate_maps(maps, n, hw, f"{generator.name} cache {folder}")
 
 
-def _generate_chunks(generator: MapGenerator, split: Any, folder: Path, meta: dict, todo: list[int],
+def _generate_chunks(generator: MapGenerator, split: ImageSet, folder: Path, meta: dict, todo: list[int],
                      done: dict, progress: bool) -> None:
     from tqdm import tqdm
 
@@ -158,9 +163,9 @@ def _generate_chunks(generator: MapGenerator, split: Any, folder: Path, meta: di
         maps = validate_maps(generator.generate(split.subset(idx)), len(idx), hw, generator.name)
         q = quantise(maps)
         meta["chunks"][str(i)] = _write_chunk(folder, i, q)
-        meta["chunk_stats"][str(i)] = getattr(generator, "last_stats", {}) or {}
+        meta["chunk_stats"][str(i)] = dict(generator.last_stats)
         meta["stats"] = _merge_stats(meta["chunk_stats"])
-        meta["device"] = getattr(generator, "device_used", "") or "cpu"
+        meta["device"] = generator.device_used
         meta["seconds"] = round(meta["seconds"] + time.perf_counter() - t0, 3)
         meta["complete"] = len(meta["chunks"]) == math.ceil(n / size)
         atomic_write_json(folder / "meta.json", meta)
@@ -169,7 +174,8 @@ def _generate_chunks(generator: MapGenerator, split: Any, folder: Path, meta: di
     bar.close()
 
 
-def cache_meta(generator: MapGenerator, dataset_name: str, split: Any, cache_dir: str | os.PathLike | None = None) -> dict | None:
+def cache_meta(generator: MapGenerator, dataset_name: str, split: ImageSet,
+               cache_dir: str | os.PathLike | None = None) -> dict | None:
     """The sidecar of a cache entry, or None when nothing was generated yet."""
     path = cache_folder(generator, dataset_name, split, cache_dir) / "meta.json"
     return read_json(path) if path.exists() else None
@@ -187,7 +193,8 @@ def list_cached(cache_dir: str | os.PathLike | None = None) -> list[tuple[Path, 
     return out
 
 
-def load_map_set(ref: str, dataset_name: str, split: Any, cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, dict]:
+def load_map_set(ref: str, dataset_name: str, split: ImageSet,
+                 cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, dict]:
     """A complete cached map set named by its folder name (``clip-<fingerprint>``), a
     fingerprint prefix, or its source name when only one such set is cached, for this
     data set split; returns (maps, describe)."""
@@ -209,12 +216,13 @@ def load_map_set(ref: str, dataset_name: str, split: Any, cache_dir: str | os.Pa
     n_chunks = max(1, math.ceil(len(images) / meta["chunk_size"]))
     chunks = [_read_chunk(folder, i, meta["chunks"].get(str(i), ""), hw) for i in range(n_chunks)]
     if not meta.get("complete") or any(c is None for c in chunks):
-        raise L2LError(f"cached map set {folder} is incomplete or corrupt; rerun `l2l maps generate` with its options to finish it")
+        raise L2LError(f"cached map set {folder} is incomplete or corrupt; "
+                       "rerun `l2l maps generate` with its options to finish it")
     maps = np.concatenate(chunks).astype(np.float32) / 255.0
     return validate_maps(maps, len(images), hw, str(folder)), meta["describe"]
 
 
-def resolve_maps(name: str, dataset_name: str, split: Any, *, cache_dir: str | os.PathLike | None = None,
+def resolve_maps(name: str, dataset_name: str, split: ImageSet, *, cache_dir: str | os.PathLike | None = None,
                  progress: bool = True, **options: Any) -> tuple[np.ndarray, dict]:
     """``--maps NAME``: a backend (generated or read from the cache) or a cached map
     set's folder name / fingerprint. Returns (maps, describe) for the result record."""

@@ -24,7 +24,9 @@ embeddings of positive and negative prompts.
 from __future__ import annotations
 
 import dataclasses
+from abc import abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import L2LError
-from .base import MapGenerator, PromptSpec, register_map_source
+from .base import ImageSet, MapGenerator, PromptSpec, register_map_source
 from .refine import pamr
 from .runtime import autocast, resolve_device
 from .weights import DEFAULT_CLIP, Pretrained, load_clip
@@ -230,12 +232,117 @@ def _prompt_spec(prompts: Any) -> PromptSpec:
     raise L2LError(f"prompts must be a PromptSpec or a dict of its fields, got {type(prompts).__name__}")
 
 
+class ClipBackedMaps(MapGenerator):
+    """What every generator that reads CLIP shares, written once: the option checks,
+    the weights (loaded on first use; their identity goes into the fingerprint and
+    every result, so a test model never passes for real CLIP), the dense model on
+    the device, prompt scoring and the batched loop with its artefact counts.
+
+    Subclasses are dataclasses that declare the fields annotated here and turn one
+    batch into maps in :meth:`_batch_maps`."""
+
+    kind: ClassVar[str] = "vlm"
+    vlm: Any
+    prompts: PromptSpec
+    variant: str
+    input_size: int
+    refine: str
+    guard_z: float
+    batch_size: int
+    device: str | None
+
+    def __post_init__(self) -> None:
+        self.prompts = _prompt_spec(self.prompts)
+        if self.variant not in VARIANTS:
+            raise L2LError(f"unknown CLIP variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}")
+        if self.refine not in REFINEMENTS:
+            raise L2LError(f"unknown refinement {self.refine!r}; choose one of: {', '.join(REFINEMENTS)}")
+        if not self.prompts.negative:
+            raise L2LError(f"the {self.name} backend scores positive against negative prompts; "
+                           "pass --negatives \"background,black,dark\"")
+        self._clip: DenseCLIP | None = None
+
+    @property
+    def weights(self) -> Pretrained:
+        if not isinstance(self.vlm, Pretrained):
+            self.vlm = load_clip(self.vlm)
+        return self.vlm
+
+    @property
+    def real_vlm(self) -> bool:
+        """Whether every model behind the maps has real pretrained weights."""
+        return self.weights.is_real
+
+    @cached_property
+    def torch_device(self) -> torch.device:
+        """Resolved on first use, not at construction: resolving sets torch's CPU
+        thread count, which a generator built only for its fingerprint must not do."""
+        device = resolve_device(self.device)
+        self.device_used = str(device)
+        return device
+
+    def dense(self) -> DenseCLIP:
+        """CLIP on the device, built once; the input size must be a multiple of its patch."""
+        if self._clip is None:
+            self._clip = DenseCLIP(self.weights, self.torch_device)
+            patch = self._clip.patch
+            if self.input_size % patch:
+                raise L2LError(f"--input-size {self.input_size} is not a multiple of the patch size {patch}; "
+                               f"use e.g. {patch * max(1, round(self.input_size / patch))}")
+        return self._clip
+
+    def _weights_config(self) -> dict:
+        """The weights part of :meth:`config`: which weights, and whether they are real."""
+        return {"weights": self.weights.identity, "real_vlm": self.real_vlm}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "weights": self.weights.identity, "real_vlm": self.real_vlm}
+
+    def foreground(self, patch_emb: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) share of each patch's softmax over all prompts on the positive ones."""
+        clip = self.dense()
+        pos = clip.prompt_embeddings(self.prompts.positive, self.prompts.templates)  # (P, E)
+        neg = clip.prompt_embeddings(self.prompts.negative, self.prompts.templates)  # (Q, E)
+        return foreground_probability(patch_emb, pos, neg, self.prompts.temperature)
+
+    def _pixels(self, batch: np.ndarray) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> normalised (B, 3, input_size, input_size)."""
+        return to_pixels(batch, self.input_size, self.weights.mean, self.weights.std)
+
+    def _refined(self, batch: np.ndarray, maps: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) maps snapped to the edges of the uint8 (B, C, H, W) images when ``refine`` is pamr."""
+        if self.refine == "pamr":
+            return pamr(torch.as_tensor(batch).float() / 255.0, maps)
+        return maps
+
+    @property
+    def inference_batch(self) -> int:
+        """Images per forward pass in :meth:`generate`."""
+        return self.batch_size
+
+    @abstractmethod
+    def _batch_maps(self, batch: np.ndarray, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W) maps and the (B, h, w) artefact mask for uint8 (B, C, H, W) images."""
+
+    def generate(self, split: ImageSet) -> np.ndarray:
+        self.dense()
+        images = np.asarray(split.images)  # (N, C, H, W)
+        hw = images.shape[-2:]
+        out, flagged, total = [], 0, 0
+        for i in range(0, len(images), self.inference_batch):
+            maps, artefacts = self._batch_maps(images[i:i + self.inference_batch], hw)  # (B, H, W), (B, h, w)
+            out.append(maps.clamp(0, 1).numpy())
+            flagged += int(artefacts.sum())
+            total += artefacts.numel()
+        self.last_stats = {"artefact_patches": flagged, "patches": total}
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, *hw), np.float32)
+
+
 @dataclass
-class ClipMaps(MapGenerator):
+class ClipMaps(ClipBackedMaps):
     """Training-free CLIP maps: positive-vs-negative prompt softmax per patch."""
 
     name: ClassVar[str] = "clip"
-    kind: ClassVar[str] = "vlm"
     vlm: Any = DEFAULT_CLIP
     variant: str = "naclip"
     prompts: PromptSpec = field(default_factory=PromptSpec)
@@ -247,78 +354,27 @@ class ClipMaps(MapGenerator):
     batch_size: int = 32
     device: str | None = None
 
-    def __post_init__(self) -> None:
-        self.prompts = _prompt_spec(self.prompts)
-        if self.variant not in VARIANTS:
-            raise L2LError(f"unknown CLIP variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}")
-        if self.refine not in REFINEMENTS:
-            raise L2LError(f"unknown refinement {self.refine!r}; choose one of: {', '.join(REFINEMENTS)}")
-        if not self.prompts.negative:
-            raise L2LError("the clip backend scores positive against negative prompts; pass --negatives \"background,black,dark\"")
-        self._clip: DenseCLIP | None = None
-        self.last_stats: dict = {}
-        self.device_used = ""
-
-    @property
-    def weights(self) -> Pretrained:
-        if not isinstance(self.vlm, Pretrained):
-            self.vlm = load_clip(self.vlm)
-        return self.vlm
-
-    def dense(self) -> DenseCLIP:
-        if self._clip is None:
-            self._clip = DenseCLIP(self.weights, resolve_device(self.device))
-            self.device_used = str(self._clip.device)
-        return self._clip
-
     def config(self) -> dict:
         """Everything that changes the maps; batch size and device do not."""
-        cfg = {"weights": self.weights.identity, "real_vlm": self.weights.is_real, "variant": self.variant,
-               "prompts": dataclasses.asdict(self.prompts), "input_size": self.input_size, "flip": self.flip,
-               "refine": self.refine, "guard_z": self.guard_z}
+        cfg = {**self._weights_config(), "variant": self.variant, "prompts": dataclasses.asdict(self.prompts),
+               "input_size": self.input_size, "flip": self.flip, "refine": self.refine, "guard_z": self.guard_z}
         if self.variant == "naclip":
             cfg["sigma"] = self.sigma
         return cfg
 
-    def _check_size(self) -> None:
-        if self.input_size % self.dense().patch:
-            raise L2LError(f"--input-size {self.input_size} is not a multiple of the patch size {self.dense().patch}; "
-                           f"use e.g. {self.dense().patch * max(1, round(self.input_size / self.dense().patch))}")
-
     def patch_scores(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, h, w) foreground probability per patch and the artefact mask."""
         clip = self.dense()
-        pos = clip.prompt_embeddings(self.prompts.positive, self.prompts.templates)
-        neg = clip.prompt_embeddings(self.prompts.negative, self.prompts.templates)
         enc = clip.encode(pixels, self.variant, self.guard_z, self.sigma)
-        scores = foreground_probability(enc.patch_emb, pos, neg, self.prompts.temperature)
+        scores = self.foreground(enc.patch_emb)  # (B, h, w)
         if self.flip:
             flipped = clip.encode(pixels.flip(-1), self.variant, self.guard_z, self.sigma)
-            scores = (scores + foreground_probability(flipped.patch_emb, pos, neg, self.prompts.temperature).flip(-1)) / 2
+            scores = (scores + self.foreground(flipped.patch_emb).flip(-1)) / 2  # (B, h, w)
         return scores, enc.artefacts
 
-    def generate(self, split: Any) -> np.ndarray:
-        self._check_size()
-        images = np.asarray(split.images)
-        hw = images.shape[-2:]
-        out, flagged, total = [], 0, 0
-        for i in range(0, len(images), self.batch_size):
-            batch = images[i:i + self.batch_size]
-            scores, artefacts = self.patch_scores(to_pixels(batch, self.input_size, self.weights.mean, self.weights.std))
-            maps = to_image_size(scores.cpu(), self.input_size, hw)
-            if self.refine == "pamr":
-                maps = pamr(torch.as_tensor(batch).float() / 255.0, maps)
-            out.append(maps.clamp(0, 1).numpy())
-            flagged += int(artefacts.sum())
-            total += artefacts.numel()
-        self.last_stats = {"artefact_patches": flagged, "patches": total}
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, *hw), np.float32)
-
-    def describe(self) -> dict:
-        d = super().describe()
-        d["weights"] = self.weights.identity
-        d["real_vlm"] = self.weights.is_real
-        return d
+    def _batch_maps(self, batch: np.ndarray, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, artefacts = self.patch_scores(self._pixels(batch))  # (B, h, w)
+        return self._refined(batch, to_image_size(scores.cpu(), self.input_size, hw)), artefacts
 
 
 register_map_source(ClipMaps)
@@ -327,7 +383,8 @@ register_map_source(ClipMaps)
 def _variant_source(variant: str) -> type[ClipMaps]:
     """``--maps naclip`` etc.: the clip backend with its variant fixed by the name."""
     cls = dataclasses.make_dataclass(f"{variant.capitalize()}Maps", [("variant", str, field(default=variant))],
-                                     bases=(ClipMaps,), namespace={"name": variant, "__doc__": f"ClipMaps with variant {variant}."})
+                                     bases=(ClipMaps,),
+                                     namespace={"name": variant, "__doc__": f"ClipMaps with variant {variant}."})
     return register_map_source(cls)
 
 

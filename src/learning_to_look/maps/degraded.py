@@ -14,16 +14,15 @@ subset gets exactly the maps the full split gives those images.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.builders import square_masks
+from ..data.builders import DIGIT_THRESHOLD, square_masks
 from ..errors import L2LError
-from .base import MapGenerator, register_map_source
-from .diagnostics import auroc
+from .base import ImageSet, MapGenerator, digit_masks, register_map_source
 
 #: degradation -> what ``strength`` means.
 DEGRADATIONS = {
@@ -31,7 +30,8 @@ DEGRADATIONS = {
     "blur": "Gaussian blur, standard deviation in pixels",
     "shift": "shift by this many pixels in a random direction per image",
     "drop": "fraction of the digit's pixels removed, as one contiguous part cut by a random line",
-    "decoy": "fraction of images whose map also covers the 5x5 decoy square (a random corner where the data set has none)",
+    "decoy": "fraction of images whose map also covers the 5x5 decoy square "
+             "(a random corner where the data set has none)",
     "noise": "probability that each pixel of the mask is flipped",
 }
 UNIT_RANGE = ("drop", "decoy", "noise")
@@ -93,7 +93,7 @@ class DegradedOracleMaps(MapGenerator):
     degradation: str = "none"
     strength: float = 0.0
     seed: int = 0
-    threshold: int = 10
+    threshold: int = DIGIT_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.degradation not in DEGRADATIONS:
@@ -102,48 +102,36 @@ class DegradedOracleMaps(MapGenerator):
             limit = "in [0, 1]" if self.degradation in UNIT_RANGE else ">= 0"
             raise L2LError(f"strength of {self.degradation} must be {limit}, got {self.strength}")
 
-    def generate(self, split: Any) -> np.ndarray:
-        masks = (np.asarray(split.digits) > self.threshold).astype(np.float32)
-        n = len(masks)
-        indices = np.arange(n) if getattr(split, "indices", None) is None else np.asarray(split.indices)
+    def generate(self, split: ImageSet) -> np.ndarray:
+        masks = digit_masks(split, self.threshold, f"map source {self.name}").astype(np.float32)  # (N, H, W)
+        indices = np.arange(len(masks)) if split.indices is None else np.asarray(split.indices)  # (N,)
         d, s = self.degradation, float(self.strength)
         if d == "none" or s == 0:
             return masks
         if d == "blur":
             return gaussian_blur(masks, s)
         if d == "noise":
-            flips = _per_image(self.seed, indices, masks[0].size).reshape(masks.shape) < s
+            flips = _per_image(self.seed, indices, masks[0].size).reshape(masks.shape) < s  # (N, H, W)
             return np.where(flips, 1.0 - masks, masks).astype(np.float32)
-        u = _per_image(self.seed, indices, 3)
+        u = _per_image(self.seed, indices, 3)  # (N, 3)
         if d == "shift":
             angle = 2 * np.pi * u[:, 0]
             return shift(masks, np.round(s * np.sin(angle)).astype(int), np.round(s * np.cos(angle)).astype(int))
         if d == "drop":
             return drop_part(masks, s, 2 * np.pi * u[:, 0])
-        corners = getattr(split, "corners", None)
-        if corners is None:
-            far = masks.shape[-1] - DECOY_SIZE
-            corners = np.stack([np.where(u[:, 1] < 0.5, 0, far), np.where(u[:, 2] < 0.5, 0, far)], 1)
-            region = square_masks(corners, DECOY_SIZE, masks.shape[-1])
-        else:
-            region = split.decoy_masks()
-        return np.maximum(masks, region & (u[:, 0] < s)[:, None, None]).astype(np.float32)
+        added = _decoy_region(split, u, masks.shape[-1]) & (u[:, 0] < s)[:, None, None]  # (N, H, W)
+        return np.maximum(masks, added).astype(np.float32)
+
+
+def _decoy_region(split: ImageSet, u: np.ndarray, size: int) -> np.ndarray:
+    """bool (N, size, size): the data set's decoy squares, or where it has none a 5x5
+    square in the corner that the (N, 3) uniforms ``u`` pick for each image."""
+    region = split.decoy_masks()
+    if region is not None:
+        return region
+    far = size - DECOY_SIZE
+    corners = np.stack([np.where(u[:, 1] < 0.5, 0, far), np.where(u[:, 2] < 0.5, 0, far)], 1)  # (N, 2)
+    return square_masks(corners, DECOY_SIZE, size)
 
 
 register_map_source(DegradedOracleMaps)
-
-
-def map_quality(maps: np.ndarray, split: Any, threshold: float = 10 / 255, digit_threshold: int = 10) -> dict[str, float]:
-    """How well ``maps`` find the clean digit of each image of a *training* split:
-    mean IoU of ``map > threshold`` (the binarisation the outline target applies)
-    and mean AUROC of the map as a digit-pixel detector. Refuses the test split,
-    which is only ever read for the final metrics."""
-    if getattr(split, "is_test", False):
-        raise L2LError("map quality is measured on training images only, never on the test split")
-    digit = np.asarray(split.digits) > digit_threshold
-    pred = np.asarray(maps) > threshold
-    inter = (pred & digit).reshape(len(digit), -1).sum(1)
-    union = (pred | digit).reshape(len(digit), -1).sum(1)
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    aurocs = [a for m, t in zip(maps, digit) if (a := auroc(m, t)) is not None]
-    return {"iou": float(iou.mean()), "auroc": float(np.mean(aurocs)) if aurocs else None, "n_images": int(len(digit))}

@@ -21,12 +21,26 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 @dataclass(frozen=True)
 class ImageSplit:
-    """The Split-like view generators need: uint8 (N, 3, H, W) images plus names."""
+    """An :class:`~learning_to_look.maps.base.ImageSet` of ordinary images: uint8
+    (N, 3, H, W) plus file names, and nothing a built data set knows besides (no
+    clean digit, no decoy), so sources that need those refuse it in one line."""
 
     name: str
     images: np.ndarray
     names: tuple[str, ...]
     indices: np.ndarray | None = None
+
+    @property
+    def digits(self) -> None:
+        return None
+
+    @property
+    def is_test(self) -> bool:
+        """Never the held-out test split: its images are the user's own."""
+        return False
+
+    def decoy_masks(self) -> None:
+        return None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -68,7 +82,8 @@ def load_image_folder(folder: str | os.PathLike) -> list[ImageSplit]:
             for (h, w), items in groups.items()]
 
 
-def folder_maps(generator: MapGenerator, folder: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+def folder_maps(generator: MapGenerator, folder: str | os.PathLike,
+                out_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
     """Maps for every image in ``folder`` at its own size, keyed by file name; with
     ``out_dir`` each is also written there as a grey PNG (0..255) named like its image."""
     result: dict[str, np.ndarray] = {}

@@ -18,9 +18,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import L2LError
-from .base import MapGenerator, register_map_source
+from .base import ImageSet, MapGenerator, register_map_source
 
 PNG_MODES = ("nonblack", "grey")
+KEYS = ("index", "name")
 _SHOW = 5
 
 
@@ -29,14 +30,13 @@ def _first(items: list, n: int = _SHOW) -> str:
     return head + (f" ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def split_keys(split: Any, key: str) -> list[str]:
+def split_keys(split: ImageSet, key: str) -> list[str]:
     """The key of each image in ``split``: its index in the full split, or its name."""
     if key == "name":
-        names = getattr(split, "names", None)
-        if names is None:
+        if split.names is None:
             raise L2LError("maps keyed by file name need an image folder; use --key index for built data sets")
-        return [str(Path(n).stem) for n in names]
-    idx = split.indices if getattr(split, "indices", None) is not None else np.arange(len(split.images))
+        return [str(Path(n).stem) for n in split.names]
+    idx = split.indices if split.indices is not None else np.arange(len(split.images))  # (N,)
     return [str(int(i)) for i in idx]
 
 
@@ -82,8 +82,8 @@ class PrecomputedMaps(MapGenerator):
     def __post_init__(self) -> None:
         if not self.path:
             raise L2LError("the precomputed backend needs --path to a folder of PNGs or an .npy/.npz file")
-        if self.key not in ("index", "name"):
-            raise L2LError(f"--key must be index or name, got {self.key!r}")
+        if self.key not in KEYS:
+            raise L2LError(f"--key must be {' or '.join(KEYS)}, got {self.key!r}")
         if self.png_mode not in PNG_MODES:
             raise L2LError(f"--png-mode must be one of {', '.join(PNG_MODES)}, got {self.png_mode!r}")
         if not Path(self.path).exists():
@@ -94,7 +94,8 @@ class PrecomputedMaps(MapGenerator):
 
     def config(self) -> dict:
         """Content identity, not the path: the same maps moved keep their cache."""
-        return {"source": self.kind_of_source, "key": self.key, "png_mode": self.png_mode, "content": self._content_hash()}
+        return {"source": self.kind_of_source, "key": self.key, "png_mode": self.png_mode,
+                "content": self._content_hash()}
 
     def _content_hash(self) -> str:
         p = Path(self.path)
@@ -131,32 +132,33 @@ class PrecomputedMaps(MapGenerator):
     def _index(self) -> dict[str, Any]:
         return self._png_index() if self.kind_of_source == "png" else self._array_index()
 
-    def prepare(self, split: Any, workdir: Any = None) -> None:
+    def prepare(self, split: ImageSet, workdir: Path | None = None) -> None:
         """Check the key set against the whole split: missing and extra keys both fail."""
         wanted = split_keys(split, self.key)
         have = self._index()
         missing = [k for k in wanted if k not in have]
         if missing:
-            raise L2LError(f"precomputed maps {self.path} lack {len(missing)} of {len(wanted)} images: {_first(missing)}; "
-                           f"regenerate them for this split (keys are {self.key}s)")
+            raise L2LError(f"precomputed maps {self.path} lack {len(missing)} of {len(wanted)} images: "
+                           f"{_first(missing)}; regenerate them for this split (keys are {self.key}s)")
         extra = sorted(set(have) - set(wanted), key=lambda k: (len(k), k))
         if extra:
-            raise L2LError(f"precomputed maps {self.path} have {len(extra)} keys not in split {split.name}: {_first(extra)}; "
-                           f"point --path at the maps of this split only")
+            raise L2LError(f"precomputed maps {self.path} have {len(extra)} keys not in split {split.name}: "
+                           f"{_first(extra)}; point --path at the maps of this split only")
 
-    def generate(self, split: Any) -> np.ndarray:
-        if getattr(split, "indices", None) is None:
+    def generate(self, split: ImageSet) -> np.ndarray:
+        if split.indices is None:  # the whole split, not a chunk: check its key set first
             self.prepare(split)
         hw = tuple(np.asarray(split.images).shape[-2:])
         have = self._index()
         keys = split_keys(split, self.key)
         missing = [k for k in keys if k not in have]
         if missing:
-            raise L2LError(f"precomputed maps {self.path} lack {len(missing)} images: {_first(missing)}; regenerate them for this split")
-        out, unreadable, wrong = np.zeros((len(keys), *hw), np.float32), [], []
+            raise L2LError(f"precomputed maps {self.path} lack {len(missing)} images: {_first(missing)}; "
+                           "regenerate them for this split")
+        out, unreadable, wrong = np.zeros((len(keys), *hw), np.float32), [], []  # out: (N, H, W)
         for j, k in enumerate(keys):
             try:
-                m = read_png_map(have[k], self.png_mode) if self.kind_of_source == "png" else _to_unit(np.asarray(have[k]()), self.path)
+                m = self._read(have[k])
             except (OSError, ValueError, SyntaxError):
                 unreadable.append(k)
                 continue
@@ -165,11 +167,18 @@ class PrecomputedMaps(MapGenerator):
                 continue
             out[j] = m
         if unreadable:
-            raise L2LError(f"{len(unreadable)} precomputed maps in {self.path} cannot be read: {_first(unreadable)}; re-export them")
+            raise L2LError(f"{len(unreadable)} precomputed maps in {self.path} cannot be read: {_first(unreadable)}; "
+                           "re-export them")
         if wrong:
             raise L2LError(f"{len(wrong)} precomputed maps in {self.path} are not {hw[0]}x{hw[1]}: {_first(wrong)}; "
                            "resize them to the image size")
         return out
+
+    def _read(self, entry: Any) -> np.ndarray:
+        """(H, W) float map in [0, 1] from an index entry: a PNG path or an array loader."""
+        if self.kind_of_source == "png":
+            return read_png_map(entry, self.png_mode)
+        return _to_unit(np.asarray(entry()), self.path)
 
 
 register_map_source(PrecomputedMaps)

@@ -9,23 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.preview import save_figure
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 (C, H, W) -> (H, W, 3)."""
-    image = np.asarray(image)
-    return np.repeat(image, 3, 0).transpose(1, 2, 0) if image.shape[0] == 1 else image[:3].transpose(1, 2, 0)
+from ..plotting import pyplot, save_figure, to_display
 
 
 def overlay_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], out: str | os.PathLike, title: str = "",
                  labels: Sequence[str] | None = None, cols: int = 8) -> Path:
     """Rows of (image, image with map in a heat colour map) pairs, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(images)
     cols = max(1, min(cols, n))
     rows = max(1, int(np.ceil(n / cols)))
@@ -34,8 +24,9 @@ def overlay_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], out: 
         ax.set_axis_off()
     for i, (img, m) in enumerate(zip(images, maps)):
         r, c = 2 * (i // cols), i % cols
-        axes[r, c].imshow(_rgb(img), interpolation="nearest")
-        axes[r + 1, c].imshow(_rgb(img), interpolation="nearest")
+        shown = to_display(np.asarray(img)[None])[0]  # (H,W,3)
+        axes[r, c].imshow(shown, interpolation="nearest")
+        axes[r + 1, c].imshow(shown, interpolation="nearest")
         axes[r + 1, c].imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="nearest")
         if labels is not None:
             axes[r, c].set_title(str(labels[i])[:14], fontsize=6)

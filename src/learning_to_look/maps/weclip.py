@@ -25,12 +25,10 @@ import torch.nn.functional as F
 
 from ..errors import L2LError
 from ..io import atomic_torch_save
-from .base import MapGenerator, PromptSpec, register_map_source
-from .clip import (VARIANTS, DenseCLIP, _prompt_spec, foreground_probability, self_similarity, split_heads,
-                   to_image_size, to_pixels)
-from .refine import pamr
-from .runtime import autocast, resolve_device
-from .weights import DEFAULT_CLIP, Pretrained, load_clip, load_dino
+from .base import ImageSet, PromptSpec, register_map_source
+from .clip import ClipBackedMaps, self_similarity, split_heads, to_image_size, to_pixels
+from .runtime import autocast
+from .weights import DEFAULT_CLIP, Pretrained, load_dino
 
 GPU_SCHEDULE = (30000, None)
 CPU_SCHEDULE = (300, 1024)
@@ -91,11 +89,10 @@ class Decoder(nn.Module):
 
 
 @dataclass
-class WeCLIPMaps(MapGenerator):
+class WeCLIPMaps(ClipBackedMaps):
     """Decoder-on-frozen-CLIP maps trained from the prompt alone (see module doc)."""
 
     name: ClassVar[str] = "weclip"
-    kind: ClassVar[str] = "vlm"
     vlm: Any = DEFAULT_CLIP
     dino: Any = None
     prompts: PromptSpec = field(default_factory=PromptSpec)
@@ -116,32 +113,15 @@ class WeCLIPMaps(MapGenerator):
     device: str | None = None
 
     def __post_init__(self) -> None:
-        self.prompts = _prompt_spec(self.prompts)
-        if self.variant not in VARIANTS:
-            raise L2LError(f"unknown CLIP variant {self.variant!r} for pseudo-labels; choose one of: {', '.join(VARIANTS)}")
-        if self.refine not in ("none", "pamr"):
-            raise L2LError(f"unknown refinement {self.refine!r}; choose none or pamr")
-        if not self.prompts.negative:
-            raise L2LError("weclip pseudo-labels need negative prompts; pass --negatives \"background,black,dark\"")
+        super().__post_init__()
         if not 0 <= self.bg_threshold < self.fg_threshold <= 1:
             raise L2LError("need 0 <= bg_threshold < fg_threshold <= 1 for weclip pseudo-labels")
-        self._device = resolve_device(self.device)
-        self.device_used = str(self._device)
-        gpu = self._device.type == "cuda"
-        default_iters, default_n = GPU_SCHEDULE if gpu else CPU_SCHEDULE
+        default_iters, default_n = GPU_SCHEDULE if self.torch_device.type == "cuda" else CPU_SCHEDULE
         self.iterations = self.iterations if self.iterations is not None else default_iters
         self.train_images = self.train_images if self.train_images is not None else default_n
-        self._clip: DenseCLIP | None = None
         self._dino: Pretrained | None = None
         self.decoder: Decoder | None = None
-        self.last_stats: dict = {}
         self.train_log: list[float] = []
-
-    @property
-    def weights(self) -> Pretrained:
-        if not isinstance(self.vlm, Pretrained):
-            self.vlm = load_clip(self.vlm)
-        return self.vlm
 
     @property
     def dino_weights(self) -> Pretrained | None:
@@ -149,25 +129,22 @@ class WeCLIPMaps(MapGenerator):
             self._dino = load_dino(self.dino)
         return self._dino
 
-    def dense(self) -> DenseCLIP:
-        if self._clip is None:
-            self._clip = DenseCLIP(self.weights, self._device)
-            if self.input_size % self._clip.patch:
-                raise L2LError(f"--input-size {self.input_size} is not a multiple of the patch size {self._clip.patch}")
-        return self._clip
+    @property
+    def real_vlm(self) -> bool:
+        return self.weights.is_real and (self.dino is None or self.dino_weights.is_real)
+
+    @property
+    def inference_batch(self) -> int:
+        """Inference keeps no activations for a backward pass, so it takes 4 training batches at once."""
+        return max(1, self.batch_size * 4)
 
     def config(self) -> dict:
+        """Every field that changes the maps (the resolved schedule too), with weights identities for models."""
         skip = {"vlm", "dino", "batch_size", "device", "prompts"}
         cfg = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
-        cfg.update(weights=self.weights.identity, real_vlm=self.weights.is_real and (self.dino is None or self.dino_weights.is_real),
-                   dino=self.dino_weights.identity if self.dino is not None else None, prompts=dataclasses.asdict(self.prompts))
+        cfg.update(**self._weights_config(), dino=self.dino_weights.identity if self.dino is not None else None,
+                   prompts=dataclasses.asdict(self.prompts))
         return cfg
-
-    def describe(self) -> dict:
-        d = super().describe()
-        d["weights"] = d["config"]["weights"]
-        d["real_vlm"] = d["config"]["real_vlm"]
-        return d
 
     # ---- features and pseudo-labels ------------------------------------------------
 
@@ -175,14 +152,10 @@ class WeCLIPMaps(MapGenerator):
     def features(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """(layer tokens (B, L, h, w, D), DINO tokens or None, refined CAM (B, h, w),
         artefact mask) for uint8 images."""
-        clip = self.dense()
-        pixels = to_pixels(images, self.input_size, self.weights.mean, self.weights.std)
-        enc = clip.encode(pixels, self.variant, self.guard_z, keep_hidden=True)
+        enc = self.dense().encode(self._pixels(images), self.variant, self.guard_z, keep_hidden=True)
         b, h, w, _ = enc.patch_emb.shape
         tokens = torch.stack(enc.hidden[-self.layers:], 1).view(b, -1, h, w, enc.hidden[-1].shape[-1])
-        pos = clip.prompt_embeddings(self.prompts.positive, self.prompts.templates)
-        neg = clip.prompt_embeddings(self.prompts.negative, self.prompts.templates)
-        cam = foreground_probability(enc.patch_emb, pos, neg, self.prompts.temperature).flatten(1)
+        cam = self.foreground(enc.patch_emb).flatten(1)  # (B, h * w)
         cam = affinity_refine(cam, self._affinity(enc.last_input), self.affinity_steps).view(b, h, w)
         return tokens, self._dino_tokens(images, (h, w)), cam, enc.artefacts
 
@@ -191,8 +164,8 @@ class WeCLIPMaps(MapGenerator):
         over patches: which patches the frozen model itself considers alike."""
         layer = self.dense().model.vision_model.encoder.layers[-1]
         attn = layer.self_attn
-        with autocast(self._device):
-            p = layer.layer_norm1(last_input[:, 1:].to(self._device))
+        with autocast(self.torch_device):
+            p = layer.layer_norm1(last_input[:, 1:].to(self.torch_device))
             q, k = split_heads(attn.q_proj(p), attn.num_heads), split_heads(attn.k_proj(p), attn.num_heads)
             aff = (self_similarity(q, attn.scale) + self_similarity(k, attn.scale)) / 2
         return aff.float().mean(1)
@@ -201,11 +174,12 @@ class WeCLIPMaps(MapGenerator):
         dino = self.dino_weights
         if dino is None:
             return None
-        model = dino.model.to(self._device)
+        model = dino.model.to(self.torch_device)
         patch = model.config.patch_size
         size = patch * max(1, round(self.input_size / patch))
-        with autocast(self._device):
-            out = model(pixel_values=to_pixels(images, size, dino.mean, dino.std).to(self._device)).last_hidden_state
+        with autocast(self.torch_device):
+            pixels = to_pixels(images, size, dino.mean, dino.std).to(self.torch_device)
+            out = model(pixel_values=pixels).last_hidden_state
         n = size // patch
         tokens = out[:, -n * n:].float().reshape(len(images), n, n, -1).permute(0, 3, 1, 2)
         return F.interpolate(tokens, size=grid, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
@@ -214,18 +188,18 @@ class WeCLIPMaps(MapGenerator):
 
     def _new_decoder(self) -> Decoder:
         torch.manual_seed(self.seed)
-        dim = self.dense().model.config.vision_config.hidden_size
+        vision = self.dense().model.config.vision_config
         extra = self.dino_weights.model.config.hidden_size if self.dino is not None else 0
-        return Decoder(min(self.layers, self.dense().model.config.vision_config.num_hidden_layers), dim, extra).to(self._device)
+        return Decoder(min(self.layers, vision.num_hidden_layers), vision.hidden_size, extra).to(self.torch_device)
 
-    def prepare(self, split: Any, workdir: Any = None) -> None:
+    def prepare(self, split: ImageSet, workdir: Path | None = None) -> None:
         """Train the decoder (or reload it from ``workdir`` after a kill)."""
         if self.decoder is not None:
             return
         saved = Path(workdir) / f"decoder-{self.fingerprint()}.pt" if workdir else None
         decoder = self._new_decoder()
         if saved is not None and saved.exists():
-            decoder.load_state_dict(torch.load(saved, map_location=self._device, weights_only=True))
+            decoder.load_state_dict(torch.load(saved, map_location=self.torch_device, weights_only=True))
         else:
             self._train(decoder, np.asarray(split.images))
             if saved is not None:
@@ -248,7 +222,8 @@ class WeCLIPMaps(MapGenerator):
             if rng.random() < 0.5:
                 batch = batch[..., ::-1].copy()
             tokens, extra, cam, _ = self.features(batch)
-            loss = masked_bce(decoder(tokens, extra).float(), pseudo_labels(cam, self.fg_threshold, self.bg_threshold))
+            labels = pseudo_labels(cam, self.fg_threshold, self.bg_threshold)  # (B, h, w)
+            loss = masked_bce(decoder(tokens, extra).float(), labels)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -256,26 +231,17 @@ class WeCLIPMaps(MapGenerator):
             self.train_log.append(loss.item())
             bar.set_postfix(loss=f"{self.train_log[-1]:.3f}")
 
-    def generate(self, split: Any) -> np.ndarray:
+    def generate(self, split: ImageSet) -> np.ndarray:
         if self.decoder is None:
             self.prepare(split)
-        images = np.asarray(split.images)
-        hw = images.shape[-2:]
-        out, flagged, total = [], 0, 0
-        for i in range(0, len(images), max(1, self.batch_size * 4)):
-            batch = images[i:i + self.batch_size * 4]
-            tokens, extra, _, artefacts = self.features(batch)
-            with torch.no_grad(), autocast(self._device):
-                probs = self.decoder(tokens, extra).float().sigmoid().cpu()
-            maps = to_image_size(probs, self.input_size, hw)
-            if self.refine == "pamr":
-                maps = pamr(torch.as_tensor(batch).float() / 255.0, maps)
-            if self.hard:
-                maps = (maps > 0.5).float()
-            out.append(maps.clamp(0, 1).numpy())
-            flagged, total = flagged + int(artefacts.sum()), total + artefacts.numel()
-        self.last_stats = {"artefact_patches": flagged, "patches": total}
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, *hw), np.float32)
+        return super().generate(split)
+
+    def _batch_maps(self, batch: np.ndarray, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, extra, _, artefacts = self.features(batch)
+        with torch.no_grad(), autocast(self.torch_device):
+            probs = self.decoder(tokens, extra).float().sigmoid().cpu()  # (B, h, w)
+        maps = self._refined(batch, to_image_size(probs, self.input_size, hw))  # (B, H, W)
+        return ((maps > 0.5).float() if self.hard else maps), artefacts
 
 
 register_map_source(WeCLIPMaps)

@@ -51,7 +51,8 @@ def hub_offline() -> bool:
 def hub_reachable(timeout: float = 1.5) -> bool:
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
         return True
     except OSError:
         return False
@@ -110,7 +111,8 @@ def _locate(source: str, what: str) -> tuple[str, bool, str]:
     if folder.is_dir():
         return str(folder), True, f"local:{_folder_hash(folder)}"
     if _looks_like_path(source):
-        raise L2LError(f"no {what} folder at {source}; pass --vlm PATH to a folder written by save_pretrained, or a hub id like {DEFAULT_CLIP}")
+        raise L2LError(f"no {what} folder at {source}; pass --vlm PATH to a folder written by save_pretrained, "
+                       f"or a hub id like {DEFAULT_CLIP}")
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(source, "config.json")

@@ -1,4 +1,5 @@
-"""Tiny randomly initialised CLIP and DINOv2 models, built offline from configs.
+"""Tiny randomly initialised CLIP and DINOv2 models, built offline from configs, for
+the tests (imported as ``tiny_models``: pytest puts ``tests/`` on the path).
 
 They exercise the real code path (same classes, same tokenizer type, same
 ``save_pretrained`` folders) on machines without weights or network. Their configs
@@ -13,7 +14,7 @@ import string
 import tempfile
 from pathlib import Path
 
-from .weights import RANDOM_INIT
+from learning_to_look.maps.weights import RANDOM_INIT
 
 _CHARS = string.ascii_lowercase + string.digits + ".,{}'-"
 
@@ -62,8 +63,8 @@ def tiny_dino(image_size: int = 28, patch_size: int = 7, hidden: int = 24, layer
     import torch
     from transformers import Dinov2Config, Dinov2Model
 
-    config = Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=2 * hidden,
-                          image_size=image_size, patch_size=patch_size)
+    config = Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                          intermediate_size=2 * hidden, image_size=image_size, patch_size=patch_size)
     config.l2l_weights = RANDOM_INIT
     torch.manual_seed(seed)
     return Dinov2Model(config).eval()

@@ -1,0 +1,37 @@
+"""Matplotlib plumbing shared by every figure: a headless pyplot, images made ready
+for ``imshow``, and atomic PNG writes (a killed process never leaves half a file)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write_bytes
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: figures render without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def to_display(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, C, H, W) -> (N, H, W, 3) for imshow."""
+    images = np.asarray(images)
+    return np.repeat(images, 3, axis=1).transpose(0, 2, 3, 1) if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
+
+
+def save_figure(fig, out: str | os.PathLike) -> Path:
+    """Render a matplotlib figure to PNG, write it atomically and close it."""
+    plt = pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(out, buf.getvalue())
