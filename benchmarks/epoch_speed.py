@@ -15,6 +15,7 @@ import argparse
 import torch
 
 from learning_to_look.config import TrainConfig
+from learning_to_look.methods import resolve
 from learning_to_look.train import fit, prepare
 
 CONFIGS = ("lenet-gap:vanilla", "lenet-gap:l2l", "lenet-gap:rrr",
@@ -35,12 +36,13 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for pair in args.only:
         backbone, method = pair.split(":")
-        cfg = TrainConfig(dataset=args.dataset, backbone=backbone, method=method, epochs=2, e_att=1, seed=0,
-                          maps="oracle", train_subset=args.train_subset)
+        cfg = resolve(TrainConfig(dataset=args.dataset, backbone=backbone, method=method, epochs=2, e_att=1, seed=0,
+                                  maps="oracle", train_subset=args.train_subset))
         prep = prepare(cfg, args.data_dir, progress=False)
         fitted = fit(cfg, prep.train, prep.val, progress=False)
         secs = [row["seconds"] for row in fitted.history]
-        print(f"| {backbone} | {method} | {secs[0]:.1f} | {secs[1]:.1f} | {len(prep.train) / secs[1]:,.0f} |", flush=True)
+        rate = len(prep.train) / secs[1]
+        print(f"| {backbone} | {method} | {secs[0]:.1f} | {secs[1]:.1f} | {rate:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,11 @@ from learning_to_look.config import TrainConfig
 from learning_to_look.data import Split
 from learning_to_look.errors import L2LError
 from learning_to_look.maps import get_map_source, map_quality
-from learning_to_look.report import PUBLISHED, aggregate, maps_kind, maps_label, mean_std
+from learning_to_look.methods import resolve
+from learning_to_look.records import MapsInfo, Record, TestMetrics, aggregate, collect, mean_std
+from learning_to_look.report import attach_published
+
+PUBLISHED = rep.PAPER.published
 
 FIGURES = ("qualitative.png", "maps_colormnist.png", "maps_decoymnist.png", "curves.png", "accuracy.png",
            "sensitivity.png")
@@ -91,7 +96,7 @@ def test_degradations_are_keyed_by_image_and_seed():
 
 def test_map_options_are_part_of_the_run_identity(tmp_path):
     a, b = (TrainConfig(maps="degraded-oracle", map_options={"degradation": "blur", "strength": s}) for s in (1.0, 2.0))
-    assert train_mod.run_dir_for(a, tmp_path) != train_mod.run_dir_for(b, tmp_path)
+    assert train_mod.run_dir_for(resolve(a), tmp_path) != train_mod.run_dir_for(resolve(b), tmp_path)
 
 
 def test_map_quality_on_hand_cases():
@@ -109,32 +114,55 @@ def test_map_quality_on_hand_cases():
 
 # ---- aggregation ----------------------------------------------------------------------
 
-def fake_entry(group: str, seed: int, acc: float, method: str = "vanilla", dataset: str = "decoymnist",
-               maps: dict | None = None, role: str = "method") -> dict:
-    cfg = TrainConfig(dataset=dataset, method=method, seed=seed).to_dict()
-    test = {"accuracy": acc, "cam_on_digit": 0.5, "grad_on_digit": 0.4, "kl_to_oracle": 1.0, "n": 10_000}
-    return {"cell": {"role": role, "map_options": {}}, "run_dir": f"/runs/{group}/seed{seed}", "cached": False,
-            "result": {"config": cfg, "maps": maps or {"name": "none", "kind": "none"}, "test": test,
-                       "wall_seconds": 10.0, "seconds_per_epoch": 1.0}}
+def fake_record(group: str, seed: int, acc: float, method: str = "vanilla", dataset: str = "decoymnist",
+                maps: dict | None = None, role: str = "method") -> Record:
+    test = TestMetrics(accuracy=acc, cam_on_digit=0.5, grad_on_digit=0.4, kl_to_oracle=1.0, n=10_000)
+    return Record(run_dir=Path(f"/runs/{group}/seed{seed}"), role=role,
+                  config=TrainConfig(dataset=dataset, method=method, seed=seed),
+                  maps=MapsInfo.from_result(maps or {"name": "none", "kind": "none"}), test=test, history=(),
+                  selected_epoch=0, seconds_per_epoch=1.0, wall_seconds=10.0, device="cpu", environment={})
 
 
 def test_mean_std_and_aggregation():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert mean_std([5.0]) == (5.0, 0.0)
     assert all(math.isnan(v) for v in mean_std([]))
-    rows = aggregate([fake_entry("a", 0, 50.0), fake_entry("a", 1, 60.0), fake_entry("b", 0, 90.0, method="rrr")])
-    assert [(r["method"], r["n_seeds"], r["seeds"]) for r in rows] == [("vanilla", 2, [0, 1]), ("rrr", 1, [0])]
-    assert rows[0]["test_acc_mean"] == 55.0 and rows[0]["test_acc_std"] == pytest.approx(math.sqrt(50))
-    assert rows[0]["published_acc"] == 60.1 and "CDEP" in rows[0]["published_source"]
-    assert rows[1]["published_acc"] == 99.0
+    records = [fake_record("b", 0, 90.0, method="rrr"), fake_record("a", 1, 60.0), fake_record("a", 0, 50.0)]
+    rows = aggregate(records, runs_dir="/runs")
+    attach_published(rows, PUBLISHED)
+    assert [(r.method, r.n_seeds, r.seeds, r.run_group) for r in rows] == [("rrr", 1, [0], "b"), ("vanilla", 2, [0, 1], "a")]
+    assert rows[1].test_acc_mean == 55.0 and rows[1].test_acc_std == pytest.approx(math.sqrt(50))
+    assert rows[1].published_acc == 60.1 and "CDEP" in rows[1].published_source
+    assert rows[0].published_acc == 99.0
+    assert [r.method for r in aggregate(records[::-1])] == [r.method for r in rows]  # order-free
 
 
 def test_a_test_model_is_never_labelled_a_vlm():
-    fake = {"name": "clip", "kind": "vlm", "real_vlm": False, "config": {"variant": "naclip"}}
-    assert maps_kind(fake) != "vlm" and "(vlm)" not in maps_label(fake) and "not a VLM" in maps_label(fake)
-    real = fake | {"real_vlm": True}
-    assert maps_kind(real) == "vlm" and maps_label(real) == "clip/naclip (vlm)"
-    assert maps_label({"name": "oracle", "kind": "annotation"}) == "oracle (annotation)"
+    fake = MapsInfo.from_result({"name": "clip", "kind": "vlm", "real_vlm": False, "config": {"variant": "naclip"}})
+    assert fake.display_kind != "vlm" and "(vlm)" not in fake.label and "not a VLM" in fake.label
+    real = MapsInfo.from_result({"name": "clip", "kind": "vlm", "real_vlm": True, "config": {"variant": "naclip"}})
+    assert real.display_kind == "vlm" and real.label == "clip/naclip (vlm)"
+    assert MapsInfo.from_result({"name": "oracle", "kind": "annotation"}).label == "oracle (annotation)"
+
+
+def test_collect_reads_records_and_skips_broken_ones(tmp_path, capsys):
+    good = tmp_path / "decoymnist" / "g" / "seed0"
+    good.mkdir(parents=True)
+    result = {"config": TrainConfig(dataset="decoymnist", method="vanilla", seed=0).to_dict(), "role": "upper-bound",
+              "maps": {"name": "none", "kind": "none"}, "selection": {"epoch": 1},
+              "test": {"accuracy": 97.5, "cam_on_digit": 0.5, "grad_on_digit": 0.4, "kl_to_oracle": 1.0, "n": 10},
+              "history": [{"epoch": 0, "phase": "ce", "val_acc": 90.0}, {"epoch": 1, "phase": "ce", "val_acc": 95.0}],
+              "seconds_per_epoch": 1.0, "wall_seconds": 2.0, "device": "cpu"}
+    (good / "result.json").write_text(json.dumps(result))
+    broken = tmp_path / "decoymnist" / "b" / "seed0"
+    broken.mkdir(parents=True)
+    (broken / "result.json").write_text("{not json")
+    records = collect(tmp_path)
+    assert len(records) == 1 and "skipping" in capsys.readouterr().err
+    r = records[0]
+    assert (r.role, r.config.method, r.test.accuracy, r.selected_epoch) == ("upper-bound", "vanilla", 97.5, 1)
+    assert r.curve("val_acc") == [90.0, 95.0] and r.curve("val_kl") is None and r.joint_from is None
+    assert r.examples() is None and r.test.cam_on_decoy is None
 
 
 # ---- the command end to end -------------------------------------------------------------
@@ -142,7 +170,7 @@ def test_a_test_model_is_never_labelled_a_vlm():
 def test_profiles_are_well_formed():
     for name, profile in rep.PROFILES.items():
         jobs = rep.plan(profile)
-        assert jobs and all(cfg.validate() for _, cfg in jobs), name
+        assert jobs and all(cfg.lambda0 is not None and cfg.selection for _, cfg in jobs), name  # resolved
         assert len({train_mod.run_dir_for(cfg) for _, cfg in jobs}) == len(jobs), name  # no run twice
     assert rep.PROFILES["full"].seeds == [0, 1, 2, 3, 4]
     with_vlm = rep.plan(rep.PROFILES["quick"], vlm="some/clip")
@@ -170,7 +198,7 @@ def small_test_split(monkeypatch):
 def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, monkeypatch, capsys, small_test_split):
     args = reproduce_args(tmp_path, data_dir)
     jobs = rep.plan(rep.PROFILES["quick"])
-    real_run, real_fit = train_mod.run, train_mod.fit
+    real_run, real_fit = train_mod.run_resolved, train_mod.fit
     calls = []
 
     class Killed(Exception):
@@ -183,7 +211,7 @@ def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, mo
         calls.append(cfg)
         return real_run(cfg, **kw, **({"on_epoch": kill} if len(calls) == 2 else {}))
 
-    monkeypatch.setattr(train_mod, "run", killed_in_second_run)
+    monkeypatch.setattr(train_mod, "run_resolved", killed_in_second_run)
     with pytest.raises(Killed):  # the process dies after the first epoch of the second run
         main(args)
     capsys.readouterr()
@@ -193,7 +221,7 @@ def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, mo
     assert (second / "checkpoint.pt").exists() and not (second / "result.json").exists()
 
     fits = []
-    monkeypatch.setattr(train_mod, "run", real_run)
+    monkeypatch.setattr(train_mod, "run_resolved", real_run)
     monkeypatch.setattr(train_mod, "fit", lambda *a, **kw: fits.append(kw["checkpoint"].exists()) or real_fit(*a, **kw))
     assert main(args) == 0
     assert len(fits) == len(jobs) - 1 and fits[0]  # the first run reused, the second resumed from its checkpoint
@@ -216,6 +244,7 @@ def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, mo
     measured = [r for r in rows if r["origin"] == "measured"]
     published = [r for r in rows if r["origin"] == "published"]
     assert len(measured) == len(results["rows"]) == len({train_mod.run_dir_for(c, tmp_path) for _, c in jobs})
+    assert all(not Path(r["run_group"]).is_absolute() for r in measured)  # relative to the runs folder
     assert len(published) == 2 * len(PUBLISHED)
     assert {r["maps_kind"] for r in measured} <= {"none", "annotation", "image-statistic"}
     assert "Published numbers (not measured here)" in md and "no number in this report comes from VLM maps" in md
@@ -225,15 +254,29 @@ def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, mo
     assert {"upper-bound", "control", "sensitivity"} <= {r["role"] for r in measured}
     assert all(float(r["test_acc_mean"]) >= 0 and r["n_seeds"] == "1" for r in measured)
     assert [s["degradation"] for s in results["sensitivity"]] == ["none", "drop", "shift"]
-    assert results["settings"]["run"] == {"train_subset": 500, "epochs": 2, "e_att": 1}
+    assert results["shared_settings"] == {"train_subset": 500, "epochs": 2, "e_att": 1}
     for name in FIGURES:
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    # `l2l report` rebuilds the same tables from the runs folder alone: nothing trains, nothing is loaded.
+    monkeypatch.setattr(train_mod, "prepare", no_training)
+    monkeypatch.setattr(train_mod, "load_dataset", no_training)
+    again = tmp_path / "again"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(again)]) == 0
+    assert (again / "results.csv").read_text() == (report / "results.csv").read_text()
+    body = lambda p: p.read_text().split("\n", 3)[3]  # noqa: E731  (all but the title lines)
+    assert body(again / "report.md") == body(report / "report.md")
+    for name in FIGURES:
+        assert (again / name).exists(), name
 
 
 def test_usage_errors_are_one_line(tmp_path, data_dir, capsys, monkeypatch):
     monkeypatch.setattr(train_mod, "fit", lambda *a, **kw: pytest.fail("nothing may train"))
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 2
     assert main(reproduce_args(tmp_path, data_dir) + ["--full"]) == 2
     assert main(reproduce_args(tmp_path, data_dir) + ["--seeds", "1,1"]) == 2
     assert main(reproduce_args(tmp_path, data_dir) + ["--vlm", "openai/clip-vit-base-patch16"]) == 2
     err = capsys.readouterr().err
-    assert err.count("error: ") == 3 and "Traceback" not in err
+    assert err.count("error: ") == 5 and "Traceback" not in err

@@ -12,7 +12,9 @@ from learning_to_look import train as train_mod
 from learning_to_look.cli import main
 from learning_to_look.config import TrainConfig
 from learning_to_look.errors import L2LError
-from learning_to_look.maps import validate_maps
+from learning_to_look.maps import MapGenerator, register_map_source, validate_maps
+from learning_to_look.methods import METHODS, resolve
+from learning_to_look.records import collect, load_record
 from learning_to_look.train import run
 
 SMALL = dict(epochs=2, e_att=1, train_subset=2000)
@@ -35,20 +37,33 @@ def test_each_method_runs_end_to_end(method, backbone, dataset, data_dir, tmp_pa
     assert r["maps"]["kind"] in ("none", "annotation")
     assert len(r["history"]) == 2 and r["dataset"]["n_train"] == 2000
     run_dir = next(tmp_path.rglob("result.json")).parent
-    assert {"config.json", "model.pt", "result.json"} <= {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "model.pt", "result.json", "examples.npz"} <= {p.name for p in run_dir.iterdir()}
+    assert r["role"] == "method"
+    quality = r["maps"]["quality"]
+    assert quality is None if method == "vanilla" else (quality["iou"] == 1.0 and quality["n_images"] == 1000)
+    record = load_record(run_dir)
+    ex = record.examples()
+    assert list(ex["test_labels"]) == list(range(6)) and ex["test_cams"].shape == (6, 28, 28)
+    assert 0 <= ex["test_cams"].min() and ex["test_cams"].max() <= 1
+    assert ("train_maps" in ex) == (method != "vanilla") and ex["train_images"].shape[0] == 6
 
 
-def test_l2l_schedule_lambda_ramp_and_optimizer_reset(data_dir, tmp_path, monkeypatch):
-    made = []
-    real = train_mod._optimizer
-    monkeypatch.setattr(train_mod, "_optimizer", lambda m, c: made.append(1) or real(m, c))
+def test_role_given_later_replaces_the_recorded_one(data_dir, tmp_path):
+    cfg = TrainConfig(dataset="mnist", method="vanilla", epochs=1, train_subset=200)
+    assert run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False)["role"] == "method"
+    assert run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False, role="upper-bound")["role"] == "upper-bound"
+    assert collect(tmp_path)[0].role == "upper-bound"
+
+
+def test_l2l_schedule_lambda_ramp_and_optimizer_reset(data_dir, tmp_path):
     cfg = TrainConfig(dataset="decoymnist", method="l2l", epochs=4, e_att=2, step_size=1, gamma=0.1, train_subset=500)
     r = run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False)
     h = r["history"]
     assert [row["phase"] for row in h] == ["attention", "attention", "joint", "joint"]
     assert [row["lambda"] for row in h] == [0.0, 0.0, 160.0, 176.0]
     assert [row["lr"] for row in h] == pytest.approx([1e-3, 1e-4, 1e-3, 1e-4])  # scheduler restarts at E_att
-    assert len(made) == 2  # a fresh optimizer (momentum buffers) at E_att
+    l2l = METHODS.get("l2l")(resolve(cfg))
+    assert [l2l.resets_optimizer(e) for e in range(4)] == [False, False, True, False]  # fresh momentum at E_att
     assert [row["eligible"] for row in h] == [False, False, True, True]
     assert r["selection"]["epoch"] >= 2
 
@@ -124,11 +139,22 @@ def test_map_of_wrong_shape_or_nan_is_rejected():
         validate_maps(np.full((5, 28, 28), 2.0), 5, (28, 28), "test")
 
 
-def test_nan_map_source_stops_training(data_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "training_maps",
-                        lambda cfg, name, split, progress=True: validate_maps(np.full((len(split), 28, 28), np.nan), len(split), (28, 28), "x"))
+@register_map_source
+class NanMaps(MapGenerator):
+    """A broken map source, registered for this test only."""
+
+    name = "test-nan"
+    kind = "external"
+    cacheable = False
+
+    def generate(self, split):
+        return np.full((len(split), 28, 28), np.nan, np.float32)
+
+
+def test_nan_map_source_stops_training(data_dir, tmp_path):
     with pytest.raises(L2LError, match="NaN"):
-        run(TrainConfig(dataset="decoymnist", method="l2l", **SMALL), runs_dir=tmp_path, data_dir=data_dir, progress=False)
+        run(TrainConfig(dataset="decoymnist", method="l2l", maps="test-nan", **SMALL), runs_dir=tmp_path,
+            data_dir=data_dir, progress=False)
 
 
 @pytest.mark.parametrize("args,needle", [

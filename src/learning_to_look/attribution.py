@@ -14,6 +14,8 @@ from torch import Tensor
 from .errors import L2LError
 
 INPUT_GRADIENT_TARGETS = ("sum-log-prob", "true-logit")
+#: "auto": CAM where the backbone ends in GAP + linear, Grad-CAM otherwise.
+ATTENTION_KINDS = ("auto", "cam", "grad-cam")
 
 
 def cam(features: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
@@ -76,3 +78,25 @@ def input_gradients(
         scalar = logits.gather(1, labels.view(-1, 1)).sum()
     (grads,) = torch.autograd.grad(scalar, inputs, create_graph=create_graph, retain_graph=True)
     return grads
+
+
+def attention(model, x: Tensor, y: Tensor, create_graph: bool = True, kind: str = "auto") -> tuple[Tensor, Tensor]:
+    """(logits (B,K), raw non-negative map (B,h,w) of each sample's label) from one forward pass.
+
+    The one place that decides between CAM and Grad-CAM, for training losses and
+    evaluation alike. CAM is exact only for a GAP + linear head, so asking for it on
+    another backbone is an error. Grad-CAM needs gradients even under
+    ``torch.no_grad()`` (validation), so it enables them itself.
+    """
+    if kind not in ATTENTION_KINDS:
+        raise L2LError(f"unknown attention kind {kind!r}; choose one of: {', '.join(ATTENTION_KINDS)}")
+    use_cam = kind == "cam" or (kind == "auto" and model.has_gap_classifier)
+    if use_cam and not model.has_gap_classifier:
+        raise L2LError(f"CAM needs a global-average-pooling backbone and {model.name} has none; "
+                       "use Grad-CAM (--method gradcam-kl) or --backbone lenet-gap")
+    if use_cam:
+        logits, feats = model(x)  # (B,K), (B,C,h,w)
+        return logits, cam(feats, model.classifier_weight, y)  # (B,h,w)
+    with torch.enable_grad():
+        logits, feats = model(x)
+        return logits, grad_cam(feats, logits, y, create_graph=create_graph)  # (B,h,w)

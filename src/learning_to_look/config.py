@@ -15,37 +15,49 @@ from typing import Any
 
 from .errors import L2LError
 from .io import sha256_text
+from .losses import OUTLINE_THRESHOLD
 
 SELECTION_RULES = ("val_acc", "acc_x_1mkl", "acc_exp_rkl")
+#: With ``train_subset = N`` validation uses the first N // 5 validation images (at
+#: least 2), about the full split's 9,600 : 50,400.
+SUBSET_VAL_DIVISOR = 5
 PHASE1_CHOICES = ("attention", "ce")
+
+
+def _field(default: Any, help: str) -> Any:
+    """A config field whose default is declared here once and whose ``help`` the CLI shows."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
-    dataset: str = "colormnist"
-    method: str = "l2l"
-    backbone: str = "lenet-gap"
-    maps: str = "oracle"
-    map_options: dict[str, Any] = field(default_factory=dict)
-    target: str = "outline"
-    target_threshold: float = 10 / 255
-    input_transform: str = "none"
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    momentum: float = 0.98
-    weight_decay: float = 1e-4
-    step_size: int = 7
-    gamma: float = 0.1
-    e_att: int = 11
-    phase1: str = "attention"
-    lambda0: float | None = None
-    lambda_ramp: float = 10.0
-    selection: str | None = None
-    selection_beta: float = 1.0
-    seed: int = 37
-    train_subset: int | None = None
-    device: str = "auto"
+    dataset: str = _field("colormnist", "Data set to train on.")
+    method: str = _field("l2l", "Training method.")
+    backbone: str = _field("lenet-gap", "Network: the paper's LeNet-GAP or the CDEP CNN.")
+    maps: str = _field("oracle", "Map source: a registered source or a cached map set (`l2l maps list`).")
+    map_options: dict[str, Any] = _field({}, "Options of the map source (YAML/JSON config only).")
+    target: str = _field("outline", "Attention target built from the maps: the reference's outline, or the filled map.")
+    target_threshold: float = _field(OUTLINE_THRESHOLD, "Map value above which a pixel counts for the outline target.")
+    input_transform: str = _field("none", "Input transform; colour-invariant is the ColorMNIST upper bound.")
+    epochs: int = _field(30, "Training epochs (PROTOCOL 3.5).")
+    batch_size: int = _field(32, "Mini-batch size.")
+    lr: float = _field(1e-3, "SGD learning rate.")
+    momentum: float = _field(0.98, "SGD momentum.")
+    weight_decay: float = _field(1e-4, "SGD weight decay.")
+    step_size: int = _field(7, "StepLR: epochs between learning-rate drops.")
+    gamma: float = _field(0.1, "StepLR: factor of each drop.")
+    e_att: int = _field(11, "First epoch of phase 2 (two-phase methods); optimiser and scheduler restart there.")
+    phase1: str = _field("attention", "Phase 1: alignment loss alone (paper) or CE alone (reference's later variant).")
+    lambda0: float | None = _field(None, "Weight of the alignment or penalty term; None: the method's default.")
+    lambda_ramp: float = _field(10.0, "lambda_t = lambda0 * (1 + (t - E_att) / ramp) in phase 2.")
+    selection: str | None = _field(None, "Model-selection rule on validation data; None: the method's default.")
+    selection_beta: float = _field(1.0, "beta of the acc_exp_rkl rule: val_acc * exp(-beta * reverse KL).")
+    seed: int = _field(37, "Seed of initialisation and data order.")
+    train_subset: int | None = _field(None, f"Use only the first N training images "
+                                            f"(and N/{SUBSET_VAL_DIVISOR} validation images).")
+    device: str = _field("auto", "auto (CUDA when present) | cpu | cuda.")
 
     def validate(self) -> "TrainConfig":
         def bad(msg: str) -> None:
@@ -68,6 +80,15 @@ class TrainConfig:
         if self.train_subset is not None and self.train_subset < 2:
             bad(f"train subset must hold at least 2 images, got {self.train_subset}")
         return self
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The CLI help of field ``name``: its description and its declared default."""
+        f = {f.name: f for f in fields(cls)}[name]
+        if f.default is None or f.default is dataclasses.MISSING:
+            return f.metadata["help"]
+        shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+        return f"{f.metadata['help']}  [default: {shown}]"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

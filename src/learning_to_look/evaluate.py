@@ -13,42 +13,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attribution import cam, grad_cam, input_gradients, minmax_normalize
+from .attribution import attention, input_gradients, minmax_normalize
+from .data.builders import DIGIT_THRESHOLD
 from .data.pipeline import as_rgb, to_input
 from .data.store import Split
-from .losses import forward_kl, outline_target
+from .losses import kl_per_image, outline_target
+from .maps.diagnostics import mass_share
 from .models import Backbone
 
-ORACLE_THRESHOLD = 10
+#: Classes shown in the qualitative figure: the first test image of each of 0..N-1.
+N_EXAMPLES = 6
 
 
 def digit_masks(digits: np.ndarray, dilate: int = 3) -> torch.Tensor:
-    """The clean digit's pixels (> 10 of 255), dilated with a ``dilate`` square: (N, 28, 28) float."""
-    m = torch.as_tensor(digits > ORACLE_THRESHOLD, dtype=torch.float32)[:, None]
+    """The clean digit's pixels, dilated with a ``dilate`` square: (N, 28, 28) float."""
+    m = torch.as_tensor(digits > DIGIT_THRESHOLD, dtype=torch.float32)[:, None]  # (N,1,28,28)
     return F.max_pool2d(m, dilate, stride=1, padding=dilate // 2)[:, 0]
-
-
-def mass_share(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """Per-image share of non-negative map mass inside ``region``; NaN where the map is empty."""
-    total = maps.flatten(1).sum(1)
-    inside = (maps * region).flatten(1).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(1e-12), torch.full_like(total, float("nan")))
-
-
-def kl_per_image(s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """:func:`~learning_to_look.losses.forward_kl` per image, NaN where the target is
-    empty, so those images are left out of the mean instead of counting as 0."""
-    kl = forward_kl(s, q, reduction="none")
-    return torch.where(q.flatten(1).sum(1) > 0, kl, torch.full_like(kl, float("nan")))
-
-
-def raw_attention(model: Backbone, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, non-negative class map of the true class): CAM for GAP networks, Grad-CAM otherwise."""
-    with torch.enable_grad():
-        logits, feats = model(x)
-        if model.has_gap_classifier:
-            return logits, cam(feats, model.classifier_weight, y)
-        return logits, grad_cam(feats, logits, y, create_graph=False)
 
 
 def evaluate_split(model: Backbone, split: Split, input_transform: str = "none", batch_size: int = 1000,
@@ -61,15 +41,16 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
     digit = digit_masks(split.digits)
     decoy = split.decoy_masks()
     decoy = None if decoy is None else torch.as_tensor(decoy, dtype=torch.float32)
-    oracle = torch.as_tensor(split.digits > ORACLE_THRESHOLD, dtype=torch.float32)
-    sums: dict[str, list[torch.Tensor]] = {k: [] for k in ("correct", "cam_digit", "grad_digit", "cam_decoy", "grad_decoy", "kl")}
+    oracle = torch.as_tensor(split.digits > DIGIT_THRESHOLD, dtype=torch.float32)
+    keys = ("correct", "cam_digit", "grad_digit", "cam_decoy", "grad_decoy", "kl")
+    sums: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for i in range(0, len(y_all), batch_size):
         sl = slice(i, i + batch_size)
         x = as_rgb(x_all[sl]).to(device).requires_grad_(True)
         y = y_all[sl].to(device)
-        logits, att = raw_attention(model, x, y)
-        grads = input_gradients(logits, x, create_graph=False, target="true-logit", labels=y)
-        att28 = F.interpolate(att.detach()[:, None], size=(28, 28), mode="bilinear", align_corners=False)[:, 0].clamp_min(0).cpu()
+        logits, att = attention(model, x, y, create_graph=False)  # (B,K), (B,h,w)
+        grads = input_gradients(logits, x, create_graph=False, target="true-logit", labels=y)  # (B,3,H,W)
+        att28 = _to_28(att.detach()).clamp_min(0).cpu()  # (B,28,28)
         grad28 = F.interpolate(grads.detach().abs().sum(1, keepdim=True), size=(28, 28), mode="area")[:, 0].cpu()
         q = outline_target(oracle[sl], threshold=0.5, upsample=size, size=att.shape[-1])
         sums["correct"].append((logits.argmax(1) == y).cpu())
@@ -90,3 +71,27 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
         out["cam_on_decoy"] = float(torch.nanmean(torch.cat(sums["cam_decoy"])))
         out["grad_on_decoy"] = float(torch.nanmean(torch.cat(sums["grad_decoy"])))
     return out
+
+
+def _to_28(maps: torch.Tensor) -> torch.Tensor:
+    """(B,h,w) feature-resolution maps -> (B,28,28) at the image's resolution."""
+    return F.interpolate(maps[:, None], size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
+
+
+def example_indices(labels: np.ndarray, n: int = N_EXAMPLES) -> np.ndarray:
+    """The first image of each class 0..n-1: fixed in advance, never picked by outcome."""
+    return np.array([np.flatnonzero(labels == c)[0] for c in range(n) if (labels == c).any()], dtype=np.int64)
+
+
+def examples(model: Backbone, split: Split, input_transform: str = "none",
+             device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+    """What the qualitative figure shows of a selected model on ``split``: the fixed
+    example images, their labels, the model's predictions and its CAM (Grad-CAM where
+    there is no GAP head) of the true class, min-max normalised, at 28x28."""
+    model.eval()
+    idx = example_indices(split.labels)
+    x = as_rgb(to_input(split.images[idx], model.input_size, input_transform)).to(device)  # (n,3,S,S)
+    logits, att = attention(model, x, torch.as_tensor(split.labels[idx]).to(device), create_graph=False)
+    cams = _to_28(minmax_normalize(att.detach())).clamp(0, 1).cpu()  # (n,28,28)
+    return {"index": idx, "images": split.images[idx], "labels": split.labels[idx],
+            "predictions": logits.argmax(1).cpu().numpy(), "cams": cams.numpy()}

@@ -1,4 +1,5 @@
-"""The report's figures, drawn from finished runs only (result.json and model.pt).
+"""The report's figures, drawn from run records only (``result.json`` and the
+``examples.npz`` each run saves after selection).
 
 Each figure answers one question at a glance: where do the models look
 (qualitative), what were they told to look at (maps), how did training go
@@ -11,200 +12,161 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .attribution import minmax_normalize
-from .data import load_dataset, train_val
-from .data.preview import save_figure, to_display
-from .report import DATASET_NAMES, PUBLISHED
-
-BENCHMARKS = ("colormnist", "decoymnist")
-N_EXAMPLES = 6
+from .plotting import pyplot, save_figure, to_display
+from .records import DATASET_NAMES, PAPER_CONFIG, Row
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _name(ds: str) -> str:
+    return DATASET_NAMES.get(ds, ds)
 
 
-def _short(row: dict[str, Any]) -> str:
+def _short(row: Row) -> str:
     """A legend / tick label: method, non-default backbone and input, then the map source."""
-    head = " ".join([row["method"]] + ([row["backbone"]] if row["backbone"] != "lenet-gap" else [])
-                    + (["colour-inv."] if row["input_transform"] != "none" else []))
-    return head if row["maps_name"] == "none" else f"{head}\n{row['maps']}"
+    head = " ".join([row.method] + ([row.backbone] if row.backbone != PAPER_CONFIG.backbone else [])
+                    + ([row.input_transform] if row.input_transform != "none" else []))
+    return f"{head}\n{row.maps.label}" if row.uses_maps else head
 
 
-def _first_run(entries: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, Any]:
-    return next(e for e in entries if str(Path(e["run_dir"]).parent) == row["run_group"])
+def benchmarks(rows: Sequence[Row]) -> list[str]:
+    """Data sets with a compared method, in the rows' order (bounds alone get no panel)."""
+    return list(dict.fromkeys(r.dataset for r in rows if r.compared))
 
 
-def _load_model(run_dir: str, backbone: str):
-    from .models import build_backbone
-
-    model = build_backbone(backbone)
-    model.load_state_dict(torch.load(Path(run_dir) / "model.pt", map_location="cpu", weights_only=True))
-    return model.eval()
-
-
-def _cams(model, images: np.ndarray, labels: np.ndarray, input_transform: str) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions, true-class CAM at 28x28 in [0, 1])."""
-    from .data.pipeline import as_rgb, to_input
-    from .evaluate import raw_attention
-
-    x = as_rgb(to_input(images, model.input_size, input_transform))
-    logits, att = raw_attention(model, x, torch.as_tensor(labels))
-    att = F.interpolate(minmax_normalize(att.detach())[:, None], size=images.shape[-2:], mode="bilinear",
-                        align_corners=False)[:, 0]
-    return logits.argmax(1).numpy(), att.clamp(0, 1).numpy()
+def _baseline_and_guided(rows: Sequence[Row], ds: str) -> tuple[Row, Row] | None:
+    """The unguided baseline and the paper's method (real VLM maps first, then the paper's
+    maps) on the paper's network, for the qualitative figure."""
+    paper = [r for r in rows if r.dataset == ds and r.compared and r.on_paper_network]
+    base = next((r for r in paper if not r.uses_maps), None)
+    guided = sorted((r for r in paper if r.method == PAPER_CONFIG.method and r.uses_maps),
+                    key=lambda r: (not r.maps.is_real_vlm, r.maps.name != PAPER_CONFIG.maps))
+    return (base, guided[0]) if base and guided else None
 
 
-def _guided_row(rows: list[dict[str, Any]], dataset: str) -> dict[str, Any] | None:
-    cands = [r for r in rows if r["dataset"] == dataset and r["method"] == "l2l" and r["backbone"] == "lenet-gap"
-             and r["role"] in ("method", "vlm")]
-    cands.sort(key=lambda r: (not r["real_vlm"], r["maps_name"] != "oracle"))
-    return cands[0] if cands else None
-
-
-def qualitative(out: Path, entries: list[dict[str, Any]], rows: list[dict[str, Any]], data_dir: Any = None) -> Path | None:
-    """The paper's figure: input, vanilla CAM, guided CAM, for the first test image of
-    each of the first classes (not picked by outcome)."""
+def qualitative(out: Path, rows: Sequence[Row]) -> Path | None:
+    """The paper's figure: input, baseline CAM, guided CAM, for the first test image of
+    each of the first classes (fixed before training, not picked by outcome)."""
     blocks = []
-    for ds in BENCHMARKS:
-        van = next((r for r in rows if r["dataset"] == ds and r["method"] == "vanilla" and r["backbone"] == "lenet-gap"
-                    and r["role"] == "method"), None)
-        guided = _guided_row(rows, ds)
-        if van and guided:
-            blocks.append((ds, van, guided))
+    for ds in benchmarks(rows):
+        pair = _baseline_and_guided(rows, ds)
+        shown = [r.members[0].examples() for r in pair] if pair else []
+        if pair and all(e is not None for e in shown):
+            blocks.append((ds, list(zip(pair, shown))))
     if not blocks:
         return None
-    plt = _plt()
-    fig, axes = plt.subplots(3 * len(blocks), N_EXAMPLES, figsize=(N_EXAMPLES * 1.35 + 1.2, 3 * len(blocks) * 1.45 + 0.5),
+    n = min(len(e["test_labels"]) for _, pairs in blocks for _, e in pairs)
+    plt = pyplot()
+    fig, axes = plt.subplots(3 * len(blocks), n, figsize=(n * 1.35 + 1.2, 3 * len(blocks) * 1.45 + 0.5),
                              dpi=110, squeeze=False)
-    for b, (ds, van, guided) in enumerate(blocks):
-        test = load_dataset(ds, data_dir).test
-        idx = np.array([np.flatnonzero(test.labels == c)[0] for c in range(N_EXAMPLES)])
-        images, labels = test.images[idx], test.labels[idx]
-        shown = to_display(images)
-        panels = [("input", None, None)]
-        for row in (van, guided):
-            model = _load_model(_first_run(entries, row)["run_dir"], row["backbone"])
-            panels.append((f"{row['method']} CAM\n{row['maps'] if row['maps_name'] != 'none' else '(no maps)'}",
-                           *_cams(model, images, labels, row["input_transform"])))
+    for b, (ds, pairs) in enumerate(blocks):
+        first = pairs[0][1]
+        images, labels = to_display(first["test_images"][:n]), first["test_labels"][:n]
+        panels = [("input", None, None)] + [(f"{row.method} CAM\n{row.maps.label if row.uses_maps else '(no maps)'}",
+                                             e["test_predictions"], e["test_cams"]) for row, e in pairs]
         for p, (title, pred, cams) in enumerate(panels):
-            r = 3 * b + p
-            for c in range(N_EXAMPLES):
-                ax = axes[r, c]
-                ax.imshow(shown[c], interpolation="nearest")
+            for c in range(n):
+                ax = axes[3 * b + p, c]
+                ax.imshow(images[c], interpolation="nearest")
                 if cams is not None:
                     ax.imshow(cams[c], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-                    ok = pred[c] == labels[c]
-                    ax.set_title(f"pred {pred[c]}", fontsize=7, color="green" if ok else "red", pad=2)
-                elif p == 0:
+                    ax.set_title(f"pred {pred[c]}", fontsize=7, color="green" if pred[c] == labels[c] else "red", pad=2)
+                else:
                     ax.set_title(f"label {labels[c]}", fontsize=7, pad=2)
                 ax.set_xticks([])
                 ax.set_yticks([])
-            axes[r, 0].set_ylabel(f"{DATASET_NAMES[ds]}\n{title}" if p == 0 else title, fontsize=7)
+            axes[3 * b + p, 0].set_ylabel(f"{_name(ds)}\n{title}" if p == 0 else title, fontsize=7)
     fig.suptitle("Where the models look on the shifted test set (first seed; CAM of the true class)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out)
 
 
-def _map_rows(rows: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
-    """One row per map source used on ``dataset``; of the degraded ones, the middle strength of each kind."""
-    seen, by_kind = {}, {}
+def _map_rows(rows: Sequence[Row], dataset: str) -> list[Row]:
+    """One row per map source used on ``dataset``; of degraded ones, the middle strength of each kind."""
+    seen: dict[str, Row] = {}
+    by_kind: dict[Any, list[Row]] = {}
     for r in rows:
-        if r["dataset"] != dataset or r["maps_name"] == "none":
+        if r.dataset != dataset or not r.uses_maps:
             continue
-        if r["maps_name"] == "degraded-oracle":
-            by_kind.setdefault(r["map_options"].get("degradation"), []).append(r)
+        if "degradation" in r.map_options:
+            by_kind.setdefault(r.map_options["degradation"], []).append(r)
         else:
-            seen.setdefault(r["maps"], r)
+            seen.setdefault(r.maps.label, r)
     for kind_rows in by_kind.values():
-        kind_rows.sort(key=lambda r: r["map_options"].get("strength", 0))
+        kind_rows.sort(key=lambda r: r.map_options.get("strength", 0))
         r = kind_rows[len(kind_rows) // 2]
-        seen.setdefault(r["maps"], r)
+        seen.setdefault(r.maps.label, r)
     return list(seen.values())
 
 
-def guidance_maps(out_dir: Path, entries: list[dict[str, Any]], rows: list[dict[str, Any]], data_dir: Any = None) -> list[Path]:
+def guidance_maps(out_dir: Path, rows: Sequence[Row]) -> list[Path]:
     """Per data set: training images, and under them the map of each source used for guidance."""
-    from .config import TrainConfig
-    from .maps import cached_maps, get_map_source
-
     written = []
-    for ds in BENCHMARKS:
-        map_rows = _map_rows(rows, ds)
-        if not map_rows:
+    for ds in benchmarks(rows):
+        saved = [(r, e) for r in _map_rows(rows, ds)
+                 if (e := r.members[0].examples()) is not None and "train_maps" in e]
+        if not saved:
             continue
-        dataset = load_dataset(ds, data_dir)
-        train, _ = train_val(dataset)
-        images = train.subset(np.arange(N_EXAMPLES))
-        plt = _plt()
-        fig, axes = plt.subplots(1 + len(map_rows), N_EXAMPLES, dpi=110, squeeze=False,
-                                 figsize=(N_EXAMPLES * 1.2 + 1.6, (1 + len(map_rows)) * 1.25 + 0.5))
-        shown = to_display(images.images)
-        for c in range(N_EXAMPLES):
+        n = min(len(e["train_labels"]) for _, e in saved)
+        first = saved[0][1]
+        plt = pyplot()
+        fig, axes = plt.subplots(1 + len(saved), n, dpi=110, squeeze=False,
+                                 figsize=(n * 1.2 + 1.6, (1 + len(saved)) * 1.25 + 0.5))
+        shown = to_display(first["train_images"][:n])
+        for c in range(n):
             axes[0, c].imshow(shown[c], interpolation="nearest")
-            axes[0, c].set_title(f"label {images.labels[c]}", fontsize=7, pad=2)
+            axes[0, c].set_title(f"label {first['train_labels'][c]}", fontsize=7, pad=2)
         axes[0, 0].set_ylabel("training\nimage", fontsize=7)
-        for i, row in enumerate(map_rows, 1):
-            cfg = TrainConfig.from_dict(_first_run(entries, row)["result"]["config"])
-            source = get_map_source(cfg.maps, **cfg.map_options)
-            maps = (cached_maps(source, ds, dataset.train, progress=False)[images.indices] if source.cacheable
-                    else source.generate(images))
-            for c in range(N_EXAMPLES):
-                axes[i, c].imshow(maps[c], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            axes[i, 0].set_ylabel(row["maps"].replace(" (", "\n(").replace("oracle ", "oracle\n"), fontsize=7)
+        for i, (row, e) in enumerate(saved, 1):
+            for c in range(n):
+                axes[i, c].imshow(e["train_maps"][c], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            axes[i, 0].set_ylabel(row.maps.label.replace(" (", "\n(").replace("oracle ", "oracle\n"), fontsize=7)
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.suptitle(f"{DATASET_NAMES[ds]}: maps used for guidance (white = look here)", fontsize=9)
+        fig.suptitle(f"{_name(ds)}: maps used for guidance (white = look here)", fontsize=9)
         fig.tight_layout()
         written.append(save_figure(fig, Path(out_dir) / f"maps_{ds}.png"))
     return written
 
 
-def curves(out: Path, entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> Path | None:
+def _band(ax, series: list[list[float]], colour, label: str) -> None:
+    """Mean over seeds with a ± std band."""
+    arr = np.array(series, dtype=float)  # (seeds, epochs)
+    epochs = np.arange(arr.shape[1])
+    mean, std = arr.mean(0), arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
+    ax.plot(epochs, mean, color=colour, label=label, marker="." if len(epochs) < 10 else None)
+    ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2)
+
+
+def curves(out: Path, rows: Sequence[Row]) -> Path | None:
     """Validation accuracy and alignment KL per epoch, mean over seeds with a ± std band."""
-    shown = [r for r in rows if r["role"] != "sensitivity" and r["dataset"] in BENCHMARKS]
-    datasets = [ds for ds in BENCHMARKS if any(r["dataset"] == ds for r in shown)]
+    datasets = benchmarks(rows)
     if not datasets:
         return None
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, len(datasets), figsize=(5.2 * len(datasets), 6.4), dpi=110, squeeze=False)
     colours = plt.get_cmap("tab10")
     for c, ds in enumerate(datasets):
-        for k, row in enumerate(r for r in shown if r["dataset"] == ds):
-            members = [e for e in entries if str(Path(e["run_dir"]).parent) == row["run_group"]]
+        shown = [r for r in rows if r.dataset == ds and r.role != "sensitivity"]
+        for k, row in enumerate(shown):
             for a, key in enumerate(("val_acc", "val_kl")):
-                series = [[h.get(key) for h in e["result"]["history"]] for e in members]
-                if any(v is None for s in series for v in s):
-                    continue
-                arr = np.array(series, dtype=float)
-                epochs = np.arange(arr.shape[1])
-                mean, std = arr.mean(0), arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
-                label = _short(row).replace("\n", " ")
-                axes[a, c].plot(epochs, mean, color=colours(k % 10), label=label, marker="." if len(epochs) < 10 else None)
-                axes[a, c].fill_between(epochs, mean - std, mean + std, color=colours(k % 10), alpha=0.2)
-        e_att = {e["result"]["config"]["e_att"] for e in entries
-                 if e["result"]["config"]["method"] in ("l2l", "gradcam-kl") and e["result"]["config"]["dataset"] == ds}
+                series = [m.curve(key) for m in row.members]
+                if all(s is not None for s in series):
+                    _band(axes[a, c], series, colours(k % 10), _short(row).replace("\n", " "))
+        e_att = sorted({m.joint_from for r in shown for m in r.members if m.joint_from is not None})
         for a in range(2):
-            for k, x in enumerate(sorted(e_att)):
-                axes[a, c].axvline(x - 0.5, color="black", ls=":", lw=1, label="E_att: l2l phase 2 starts" if k == 0 else None)
+            for k, x in enumerate(e_att):
+                axes[a, c].axvline(x - 0.5, color="black", ls=":", lw=1,
+                                   label="E_att: joint phase starts" if k == 0 else None)
             axes[a, c].xaxis.set_major_locator(MaxNLocator(integer=True))
             axes[a, c].grid(alpha=0.3)
             axes[a, c].legend(fontsize=6.5, loc="best")
-        axes[0, c].set_title(DATASET_NAMES[ds], fontsize=10)
+        axes[0, c].set_title(_name(ds), fontsize=10)
         axes[0, c].set_ylabel("validation accuracy %")
         axes[1, c].set_ylabel("validation alignment KL(target || CAM)")
         axes[1, c].set_xlabel("epoch")
@@ -213,40 +175,46 @@ def curves(out: Path, entries: list[dict[str, Any]], rows: list[dict[str, Any]])
     return save_figure(fig, out)
 
 
-def accuracy_bars(out: Path, rows: list[dict[str, Any]]) -> Path | None:
-    """Test accuracy per configuration with error bars; published numbers as markers."""
-    datasets = [ds for ds in BENCHMARKS if any(r["dataset"] == ds for r in rows)]
+def _published_markers(ax, mine: Sequence[Row], ds: str, published: Sequence[dict[str, Any]]) -> list[str]:
+    """Red diamonds: published numbers beside their measured bars, and published-only
+    methods after them; returns the tick labels of the latter."""
+    px = [x for x, r in enumerate(mine) if r.published_acc is not None]
+    py = [r.published_acc for r in mine if r.published_acc is not None]
+    extra = [p for p in published if p["method"] is None and ds in p]
+    px += list(range(len(mine), len(mine) + len(extra)))
+    py += [p[ds] for p in extra]
+    ax.scatter(px, py, marker="D", color="tab:red", zorder=3, clip_on=False, label="published (other papers)")
+    for x, y in zip(px, py):
+        ax.annotate(f"{y}", (x, y), textcoords="offset points", xytext=(6, -3), fontsize=7, color="tab:red")
+    return [f"{p['label']}\n(published only)" for p in extra]
+
+
+def accuracy_bars(out: Path, rows: Sequence[Row], published: Sequence[dict[str, Any]]) -> Path | None:
+    """Test accuracy per configuration with error bars; published numbers as markers;
+    upper bounds measured on another data set (clean MNIST) as a dashed line."""
+    datasets = benchmarks(rows)
     if not datasets:
         return None
-    clean = next((r for r in rows if r["dataset"] == "mnist"), None)
-    plt = _plt()
+    bounds = [r for r in rows if r.role == "upper-bound" and r.dataset not in datasets]
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 5.2), dpi=110, squeeze=False)
+    colour = {"upper-bound": "tab:green", "control": "tab:gray"}
     for c, ds in enumerate(datasets):
         ax = axes[0, c]
-        mine = [r for r in rows if r["dataset"] == ds and r["role"] != "sensitivity"]
+        mine = [r for r in rows if r.dataset == ds and r.role != "sensitivity"]
         x = np.arange(len(mine))
-        colours = ["tab:green" if r["role"] == "upper-bound" else "tab:gray" if r["role"] == "control" else "tab:blue"
-                   for r in mine]
-        ax.bar(x, [r["test_acc_mean"] for r in mine], yerr=[r["test_acc_std"] for r in mine], color=colours,
-               capsize=3, label="measured here (mean ± std)")
+        ax.bar(x, [r.test_acc_mean for r in mine], yerr=[r.test_acc_std for r in mine], capsize=3,
+               color=[colour.get(r.role, "tab:blue") for r in mine], label="measured here (mean ± std)")
         for xi, r in zip(x, mine):
-            ax.text(xi, r["test_acc_mean"] + r["test_acc_std"] + 1.5, f"{r['test_acc_mean']:.1f}", ha="center", fontsize=7)
-        pub_x = [xi for xi, r in zip(x, mine) if r["published_acc"] is not None]
-        pub_y = [r["published_acc"] for r in mine if r["published_acc"] is not None]
-        extra = [p for p in PUBLISHED if p["method"] is None]
-        ex = np.arange(len(mine), len(mine) + len(extra))
-        px, py = list(pub_x) + list(ex), pub_y + [p[ds] for p in extra]
-        ax.scatter(px, py, marker="D", color="tab:red", zorder=3, clip_on=False, label="published (other papers)")
-        for xi, yi in zip(px, py):
-            ax.annotate(f"{yi}", (xi, yi), textcoords="offset points", xytext=(6, -3), fontsize=7, color="tab:red")
-        labels = [_short(r) for r in mine] + [f"{p['label']}\n(published only)" for p in extra]
+            ax.text(xi, r.test_acc_mean + r.test_acc_std + 1.5, f"{r.test_acc_mean:.1f}", ha="center", fontsize=7)
+        labels = [_short(r) for r in mine] + _published_markers(ax, mine, ds, published)
         ax.set_xticks(np.arange(len(labels)))
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-        if clean is not None:
-            ax.axhline(clean["test_acc_mean"], color="tab:green", ls="--", lw=1, label="upper bound: clean MNIST")
+        for b in bounds:
+            ax.axhline(b.test_acc_mean, color="tab:green", ls="--", lw=1, label=f"upper bound: {_name(b.dataset)}")
         ax.set_ylim(0, 109)
         ax.set_ylabel("test accuracy % (shifted test set)")
-        ax.set_title(DATASET_NAMES[ds], fontsize=10)
+        ax.set_title(_name(ds), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     fig.suptitle("Test accuracy per method (green: upper bounds, grey: negative control)", fontsize=10)
@@ -254,54 +222,49 @@ def accuracy_bars(out: Path, rows: list[dict[str, Any]]) -> Path | None:
     return save_figure(fig, out)
 
 
-def sensitivity(out: Path, sens: list[dict[str, Any]], rows: list[dict[str, Any]] = ()) -> Path | None:
+def sensitivity(out: Path, sens: Sequence[dict[str, Any]], rows: Sequence[Row] = ()) -> Path | None:
     """Test accuracy against map IoU, one line per degradation from the clean oracle
-    outwards; l2l with other map sources (intensity, a VLM) placed on the same axes."""
-    datasets = [ds for ds in BENCHMARKS if any(s["dataset"] == ds for s in sens)]
+    outwards; the same method with other map sources (intensity, a VLM) on the same axes."""
+    datasets = list(dict.fromkeys(s["dataset"] for s in sens))
     if not datasets:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.4), dpi=110, squeeze=False)
     colours = plt.get_cmap("tab10")
     for c, ds in enumerate(datasets):
         ax = axes[0, c]
         pts = [s for s in sens if s["dataset"] == ds]
         ref = next((s for s in pts if s["degradation"] == "none"), None)
-        kinds = sorted({s["degradation"] for s in pts} - {"none"})
-        for k, kind in enumerate(kinds):
-            line = sorted((s for s in pts if s["degradation"] == kind), key=lambda s: s["strength"])
-            line = ([ref] if ref else []) + line
-            xs = [s["map_iou"] for s in line]
-            ax.errorbar(xs, [s["test_acc_mean"] for s in line], yerr=[s["test_acc_std"] for s in line], marker="o",
-                        color=colours(k % 10), capsize=3, label=kind)
+        for k, kind in enumerate(sorted({s["degradation"] for s in pts} - {"none"})):
+            line = ([ref] if ref else []) + sorted((s for s in pts if s["degradation"] == kind),
+                                                   key=lambda s: s["strength"])
+            ax.errorbar([s["map_iou"] for s in line], [s["test_acc_mean"] for s in line],
+                        yerr=[s["test_acc_std"] for s in line], marker="o", color=colours(k % 10), capsize=3,
+                        label=kind)
             for s in line[1 if ref else 0:]:
                 ax.annotate(f"{s['strength']:g}", (s["map_iou"], s["test_acc_mean"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7, color=colours(k % 10))
         if ref:
             ax.scatter([ref["map_iou"]], [ref["test_acc_mean"]], marker="*", s=160, color="black", zorder=3,
                        label="clean oracle")
-        others = [r for r in rows if r["dataset"] == ds and r["method"] == "l2l" and r["backbone"] == "lenet-gap"
-                  and r["maps_name"] not in ("oracle", "degraded-oracle", "none") and r["map_iou"] is not None]
+        others = [r for r in rows if r.dataset == ds and r.method == pts[0]["method"] and r.on_paper_network
+                  and r.role != "sensitivity" and r.maps.name != PAPER_CONFIG.maps and r.maps.iou is not None]
         for j, r in enumerate(others):
-            ax.errorbar([r["map_iou"]], [r["test_acc_mean"]], yerr=[r["test_acc_std"]], marker="X", ms=9, ls="none",
-                        color=("dimgray", "tab:purple", "tab:brown")[j % 3], capsize=3, label=f"{r['maps']} maps")
-        ax.set_xlabel("map quality: IoU of map > 10/255 with the digit (training images)")
-        ax.set_ylabel("l2l test accuracy %")
-        ax.set_title(DATASET_NAMES[ds], fontsize=10)
+            ax.errorbar([r.maps.iou], [r.test_acc_mean], yerr=[r.test_acc_std], marker="X", ms=9, ls="none",
+                        color=("dimgray", "tab:purple", "tab:brown")[j % 3], capsize=3, label=f"{r.maps.label} maps")
+        ax.set_xlabel("map quality: IoU of the map above the digit threshold with the digit (training images)")
+        ax.set_ylabel(f"{pts[0]['method']} test accuracy %")
+        ax.set_title(_name(ds), fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, title="maps (numbers: degradation strength)", title_fontsize=7)
-    fig.suptitle("How good must the maps be? l2l on degraded oracle maps (annotation, not VLM)", fontsize=10)
+    fig.suptitle("How good must the maps be? Degraded oracle maps (annotation, not VLM)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)
 
 
-def write_figures(out: str | os.PathLike, entries: list[dict[str, Any]], summary: dict[str, Any],
-                  data_dir: Any = None) -> list[Path]:
+def write_figures(out: str | os.PathLike, rows: Sequence[Row], sens: Sequence[dict[str, Any]],
+                  published: Sequence[dict[str, Any]]) -> list[Path]:
     out = Path(out)
-    rows = summary["rows"]
-    written = [qualitative(out / "qualitative.png", entries, rows, data_dir),
-               *guidance_maps(out, entries, rows, data_dir),
-               curves(out / "curves.png", entries, rows),
-               accuracy_bars(out / "accuracy.png", rows),
-               sensitivity(out / "sensitivity.png", summary["sensitivity"], rows)]
+    written = [qualitative(out / "qualitative.png", rows), *guidance_maps(out, rows), curves(out / "curves.png", rows),
+               accuracy_bars(out / "accuracy.png", rows, published), sensitivity(out / "sensitivity.png", sens, rows)]
     return [p for p in written if p is not None]

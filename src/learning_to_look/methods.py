@@ -1,46 +1,75 @@
 """Training methods behind a registry, one class each (in the spirit of DomainBed).
 
 A method says, per epoch, which loss to optimise and which epochs may be
-selected; the trainer does everything else. Adding a method is one class here.
+selected, and builds the per-image tensors its loss needs; the trainer does
+everything else and knows no method by name. Adding a method is one class here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from .attribution import cam, grad_cam, input_gradients, minmax_normalize
+from .attribution import attention, input_gradients, minmax_normalize
 from .config import TrainConfig
+from .data.pipeline import as_rgb
 from .errors import L2LError
-from .losses import forward_kl, lambda_schedule, rrr_penalty
+from .losses import forward_kl, kl_per_image, lambda_schedule, make_target, reverse_kl, rrr_penalty
 from .models import Backbone
+from .registry import Registry
 
 
 @dataclass
 class Batch:
-    """One mini-batch: normalised inputs, labels, the attention target ``q`` at the
-    feature resolution and, for RRR, the irrelevant region at input resolution."""
+    """Inputs, labels and the per-image tensors a method asked for (``aux``): a whole
+    split held in memory, or one mini-batch of it taken with :meth:`take`."""
 
-    x: torch.Tensor
-    y: torch.Tensor
-    target: torch.Tensor | None = None
-    irrelevant: torch.Tensor | None = None
+    x: Tensor  # (N, C, H, W) normalised inputs; C = 1 is widened to 3 by take()
+    y: Tensor  # (N,) labels
+    aux: dict[str, Tensor] = field(default_factory=dict)  # name -> (N, ...)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, idx: Tensor, device: torch.device) -> "Batch":
+        """Rows ``idx`` on ``device``, grey inputs widened to RGB (kept grey in memory)."""
+        return Batch(as_rgb(self.x[idx].to(device, non_blocking=True)), self.y[idx].to(device, non_blocking=True),
+                     {k: v[idx].to(device, non_blocking=True) for k, v in self.aux.items()})
 
 
 class Method:
+    """A training objective. The trainer asks it, per epoch, for the phase, lambda,
+    whether to restart the optimiser and whether the epoch may be selected; per
+    batch, for the loss; and, once per split, which per-image tensors (``aux``) its
+    loss needs, built from the maps. It knows nothing else about the method."""
+
     name: ClassVar[str]
     uses_maps: ClassVar[bool] = False
-    needs_gap: ClassVar[bool] = False
     two_phase: ClassVar[bool] = False
+    #: Default of lambda0, the weight of the method's extra term (declared once, here).
     default_lambda: ClassVar[float] = 0.0
+    #: Default model-selection rule on validation data (PROTOCOL 3.6).
     default_selection: ClassVar[str] = "val_acc"
+    #: Which map :func:`~learning_to_look.attribution.attention` gives this method.
+    attention_kind: ClassVar[str] = "auto"
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+
+    def check_backbone(self, model: Backbone) -> None:
+        """Raise before training when this method cannot work on ``model``."""
+        if self.attention_kind == "cam" and not model.has_gap_classifier:
+            raise L2LError(f"method {self.name} needs CAM, which needs a global-average-pooling backbone; "
+                           f"use --method gradcam-kl with {model.name}, or --backbone lenet-gap")
+
+    def aux(self, maps: Tensor, backbone: type[Backbone]) -> dict[str, Tensor]:
+        """Per-image tensors the loss reads from each batch, built once from the maps (N, H, W)."""
+        return {}
 
     def phase(self, epoch: int) -> str:
         """'ce', 'attention' (alignment only) or 'joint' (CE + lambda * alignment)."""
@@ -56,35 +85,37 @@ class Method:
     def lam(self, epoch: int) -> float:
         return float(self.cfg.lambda0 or 0.0)
 
-    def attention(self, model: Backbone, x: torch.Tensor, y: torch.Tensor,
-                  create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, normalised attention map in [0, 1]) for the true class: CAM where the
-        network ends in GAP + linear, Grad-CAM otherwise."""
-        if model.has_gap_classifier:
-            logits, feats = model(x)
-            return logits, minmax_normalize(cam(feats, model.classifier_weight, y))
-        with torch.enable_grad():
-            logits, feats = model(x)
-            return logits, minmax_normalize(grad_cam(feats, logits, y, create_graph=create_graph))
+    def target(self, maps: Tensor, backbone: type[Backbone]) -> Tensor:
+        """The attention target (N, h, w) at the feature map's resolution, summing to 1 per image."""
+        kw: dict[str, Any] = {"size": backbone.feature_size}
+        if self.cfg.target == "outline":
+            kw |= {"threshold": self.cfg.target_threshold, "upsample": backbone.input_size}
+        return make_target(self.cfg.target, maps, **kw)
 
-    def loss(self, model: Backbone, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits, _ = model(batch.x)
+    def attention(self, model: Backbone, x: Tensor, y: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
+        """(logits (B,K), attention map (B,h,w) of the true class, min-max normalised to [0, 1])."""
+        logits, raw = attention(model, x, y, create_graph=create_graph, kind=self.attention_kind)
+        return logits, minmax_normalize(raw)
+
+    def loss(self, model: Backbone, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        logits, _ = model(batch.x)  # (B,K)
         ce = F.cross_entropy(logits, batch.y)
         return ce, {"ce": ce.detach(), "correct": (logits.argmax(1) == batch.y).sum()}
 
+    @torch.no_grad()
+    def validate(self, model: Backbone, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """(logits, per-image metrics (B,) whose nan-mean is logged as ``val_<name>``): with a
+        target, forward and reverse KL of the attention to it, which selection may use."""
+        if "target" not in batch.aux:
+            logits, _ = model(batch.x)
+            return logits, {}
+        logits, s = self.attention(model, batch.x, batch.y, create_graph=False)
+        s, q = s.detach().float().cpu(), batch.aux["target"].float().cpu()  # (B,h,w) each
+        return logits, {"kl": kl_per_image(s, q), "rkl": reverse_kl(s, q, reduction="none")}
 
-METHODS: dict[str, type[Method]] = {}
 
-
-def register_method(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise L2LError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[name]
+METHODS: Registry[type[Method]] = Registry("method")
+register_method = METHODS.register
 
 
 @register_method
@@ -102,10 +133,13 @@ class L2L(Method):
 
     name = "l2l"
     uses_maps = True
-    needs_gap = True
     two_phase = True
-    default_lambda = 160.0
+    default_lambda = 160.0  # the paper's lambda0 (PROTOCOL 3.5)
     default_selection = "acc_x_1mkl"
+    attention_kind = "cam"  # exact for the paper's GAP network
+
+    def aux(self, maps: Tensor, backbone: type[Backbone]) -> dict[str, Tensor]:
+        return {"target": self.target(maps, backbone)}
 
     def phase(self, epoch: int) -> str:
         if epoch >= self.cfg.e_att:
@@ -121,12 +155,12 @@ class L2L(Method):
     def lam(self, epoch: int) -> float:
         return lambda_schedule(epoch, self.cfg.e_att, float(self.cfg.lambda0), self.cfg.lambda_ramp)
 
-    def loss(self, model: Backbone, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model: Backbone, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
         phase = self.phase(epoch)
         if phase == "ce":
             return super().loss(model, batch, epoch)
-        logits, s = self.attention(model, batch.x, batch.y)
-        kl = forward_kl(s, batch.target)
+        logits, s = self.attention(model, batch.x, batch.y)  # (B,K), (B,h,w)
+        kl = forward_kl(s, batch.aux["target"])
         stats = {"attn": kl.detach(), "correct": (logits.argmax(1) == batch.y).sum()}
         if phase == "attention":
             return kl, stats
@@ -140,12 +174,7 @@ class GradCAMKL(L2L):
     on networks without global average pooling."""
 
     name = "gradcam-kl"
-    needs_gap = False
-
-    def attention(self, model, x, y, create_graph=True):
-        with torch.enable_grad():
-            logits, feats = model(x)
-            return logits, minmax_normalize(grad_cam(feats, logits, y, create_graph=create_graph))
+    attention_kind = "grad-cam"
 
 
 @register_method
@@ -157,20 +186,28 @@ class RRR(Method):
 
     name = "rrr"
     uses_maps = True
-    default_lambda = 100.0
+    default_lambda = 100.0  # Ross et al.'s rule of thumb, see the class docstring
 
-    def loss(self, model: Backbone, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = batch.x.detach().requires_grad_(True)
+    def aux(self, maps: Tensor, backbone: type[Backbone]) -> dict[str, Tensor]:
+        """Where the input gradient is penalised, 1 - map at input resolution (N, 1, H, W);
+        the target too, for the validation alignment diagnostic only (never the loss)."""
+        relevant = F.interpolate(maps[:, None], size=(backbone.input_size,) * 2, mode="bilinear", align_corners=False)
+        return {"target": self.target(maps, backbone), "irrelevant": 1 - relevant.clamp(0, 1)}
+
+    def loss(self, model: Backbone, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        x = batch.x.detach().requires_grad_(True)  # (B,3,H,W)
         logits, _ = model(x)
         ce = F.cross_entropy(logits, batch.y)
-        penalty = rrr_penalty(input_gradients(logits, x, create_graph=True), batch.irrelevant)
+        penalty = rrr_penalty(input_gradients(logits, x, create_graph=True), batch.aux["irrelevant"])
         return ce + self.lam(epoch) * penalty, {"ce": ce.detach(), "rrr": penalty.detach(),
                                                  "correct": (logits.argmax(1) == batch.y).sum()}
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill the method's defaults into ``None`` fields and validate the whole config."""
-    method = get_method(cfg.method)
+    """Fill the method's defaults into ``None`` fields and validate the whole config.
+    Called once, where a run enters (:func:`learning_to_look.train.run`, a profile's
+    plan); everything downstream takes the resolved config as it is."""
+    method = METHODS.get(cfg.method)
     cfg = dataclasses.replace(cfg).validate()
     if method.two_phase and cfg.e_att >= cfg.epochs:
         raise L2LError(f"E_att must lie below the number of epochs, got {cfg.e_att} with {cfg.epochs} epochs; "

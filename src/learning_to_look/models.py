@@ -14,30 +14,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import L2LError
+from .registry import Registry
 
-BACKBONES: dict[str, type[Backbone]] = {}
-
-
-def register_backbone(cls: type[Backbone]) -> type[Backbone]:
-    """Class decorator: make ``cls`` buildable by its ``name``."""
-    if cls.name in BACKBONES:
-        raise ValueError(f"backbone name {cls.name!r} is registered twice")
-    BACKBONES[cls.name] = cls
-    return cls
+BACKBONES: Registry[type[Backbone]] = Registry("backbone")
+#: Class decorator: make a backbone buildable by its ``name``.
+register_backbone = BACKBONES.register
 
 
 def build_backbone(name: str, num_classes: int = 10, in_channels: int = 3) -> Backbone:
-    if name not in BACKBONES:
-        raise L2LError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](num_classes=num_classes, in_channels=in_channels)
+    return BACKBONES.get(name)(num_classes=num_classes, in_channels=in_channels)
 
 
 class Backbone(nn.Module):
     """Base class. ``has_gap_classifier`` is True when the logits are a linear layer on
-    globally average-pooled features: only then is CAM defined, from ``classifier_weight``."""
+    globally average-pooled features: only then is CAM defined, from ``classifier_weight``.
+    ``feature_size`` is the side of the feature map, declared so that attention targets
+    can be built at that resolution without running the network."""
 
     name: ClassVar[str]
     input_size: ClassVar[int]
+    feature_size: ClassVar[int]
     has_gap_classifier: ClassVar[bool]
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
@@ -71,6 +67,7 @@ class LeNetGAP(Backbone):
 
     name = "lenet-gap"
     input_size = 32
+    feature_size = 10  # 32 -conv5-> 28 -pool2-> 14 -conv5-> 10
     has_gap_classifier = True
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
@@ -98,6 +95,7 @@ class CDEPNet(Backbone):
 
     name = "cdep-cnn"
     input_size = 28
+    feature_size = 8  # 28 -conv5-> 24 -pool2-> 12 -conv5-> 8
     has_gap_classifier = False
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:

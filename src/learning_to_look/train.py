@@ -19,22 +19,24 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import TrainConfig
+from .config import SUBSET_VAL_DIVISOR, TrainConfig
 from .data import Dataset, Split, load_dataset, to_input, train_val
-from .data.pipeline import as_rgb, batch_indices
+from .data.pipeline import batch_indices
 from .errors import L2LError
-from .evaluate import evaluate_split, kl_per_image
-from .io import atomic_torch_save, atomic_write_json, read_json
-from .losses import make_target, reverse_kl
-from .maps import resolve_maps, validate_maps
-from .methods import Batch, Method, get_method, resolve
-from .models import Backbone, build_backbone
+from .evaluate import evaluate_split, examples
+from .io import atomic_save_npz, atomic_torch_save, atomic_write_json, read_json
+from .maps import map_quality, resolve_maps, validate_maps
+from .methods import METHODS, Batch, Method, resolve
+from .models import BACKBONES, Backbone, build_backbone
 
 RUNS_DIR_ENV = "L2L_RUNS_DIR"
+#: Training images on which the quality of a run's maps (IoU / AUROC to the digit) is measured.
+QUALITY_IMAGES = 1000
+#: Role of a run when nobody says otherwise (reproduce's profiles name theirs).
+DEFAULT_ROLE = "method"
 
 
 def default_runs_dir() -> Path:
@@ -57,45 +59,13 @@ def set_determinism(seed: int) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-@dataclass
-class Tensors:
-    """A split ready for the network: inputs, labels, and what the method needs."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    target: torch.Tensor | None = None
-    irrelevant: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def batch(self, idx: torch.Tensor, device: torch.device) -> Batch:
-        def take(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[idx].to(device, non_blocking=True)
-
-        return Batch(as_rgb(take(self.x)), take(self.y), take(self.target), take(self.irrelevant))
-
-
-def feature_size(model: Backbone) -> int:
-    with torch.no_grad():
-        _, feats = model(torch.zeros(1, 3, model.input_size, model.input_size))
-    return feats.shape[-1]
-
-
-def make_tensors(split: Split, maps: np.ndarray | None, cfg: TrainConfig, model: Backbone, method: Method) -> Tensors:
-    x = to_input(split.images, model.input_size, cfg.input_transform)
-    y = torch.as_tensor(split.labels, dtype=torch.long)
-    target = irrelevant = None
-    if maps is not None:
-        m = torch.as_tensor(maps)
-        kw: dict[str, Any] = {"size": feature_size(model)}
-        if cfg.target == "outline":
-            kw |= {"threshold": cfg.target_threshold, "upsample": model.input_size}
-        target = make_target(cfg.target, m, **kw)
-        if method.name == "rrr":
-            relevant = F.interpolate(m[:, None], size=(model.input_size,) * 2, mode="bilinear", align_corners=False)
-            irrelevant = (1 - relevant.clamp(0, 1))
-    return Tensors(x, y, target, irrelevant)
+def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: Method) -> Batch:
+    """A whole split ready for the network, with the per-image tensors ``method`` asks for."""
+    backbone = BACKBONES.get(cfg.backbone)
+    x = to_input(split.images, backbone.input_size, cfg.input_transform)  # (N,C,S,S)
+    y = torch.as_tensor(split.labels, dtype=torch.long)  # (N,)
+    aux = {} if maps is None else method.aux(torch.as_tensor(maps), backbone)
+    return Batch(x, y, aux)
 
 
 def training_maps(cfg: TrainConfig, dataset_name: str, split: Split, progress: bool = True) -> tuple[np.ndarray, dict]:
@@ -105,27 +75,19 @@ def training_maps(cfg: TrainConfig, dataset_name: str, split: Split, progress: b
     return validate_maps(maps, len(split), split.images.shape[-2:], info["name"]), info
 
 
-@torch.no_grad()
-def _eval_batches(model: Backbone, method: Method, t: Tensors, device: torch.device, bs: int = 1000) -> dict[str, float]:
-    """Validation metrics used for selection: accuracy, and (when there is a target)
-    forward and reverse KL of the method's attention map to it."""
+def _validate(model: Backbone, method: Method, val: Batch, device: torch.device, bs: int = 1000) -> dict[str, float]:
+    """Validation metrics used for selection: accuracy and the method's own per-image
+    metrics (e.g. the attention's KL to its target), nan-averaged."""
     model.eval()
-    correct, fkl, rkl = 0, [], []
-    for idx in batch_indices(len(t), bs, shuffle=False):
-        b = t.batch(idx, device)
-        if b.target is None:
-            logits, _ = model(b.x)
-        else:
-            logits, s = method.attention(model, b.x, b.y, create_graph=False)
-            s, q = s.detach().float().cpu(), b.target.float().cpu()
-            fkl.append(kl_per_image(s, q))
-            rkl.append(reverse_kl(s, q, reduction="none"))
+    correct, per_image = 0, {}
+    for idx in batch_indices(len(val), bs, shuffle=False):
+        b = val.take(idx, device)
+        logits, metrics = method.validate(model, b)
         correct += int((logits.argmax(1) == b.y).sum())
-    out = {"val_acc": 100.0 * correct / len(t)}
-    if fkl:
-        out["val_kl"] = float(torch.nanmean(torch.cat(fkl)))
-        out["val_rkl"] = float(torch.cat(rkl).mean())
-    return out
+        for k, v in metrics.items():
+            per_image.setdefault(k, []).append(v)
+    return {"val_acc": 100.0 * correct / len(val)} | {f"val_{k}": float(torch.nanmean(torch.cat(v)))
+                                                       for k, v in per_image.items()}
 
 
 def selection_score(rule: str, metrics: dict[str, float], beta: float) -> float:
@@ -152,7 +114,7 @@ class FitResult:
     selected_score: float
 
 
-def _train_epoch(model: Backbone, method: Method, train: Tensors, opt: torch.optim.Optimizer,
+def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim.Optimizer,
                  shuffle: torch.Generator, epoch: int, batch_size: int, device: torch.device,
                  progress: bool) -> dict[str, float]:
     """One pass over ``train``; returns the epoch's mean loss terms and accuracy."""
@@ -162,7 +124,7 @@ def _train_epoch(model: Backbone, method: Method, train: Tensors, opt: torch.opt
     batches = tqdm(batch_indices(len(train), batch_size, shuffle), total=-(-len(train) // batch_size),
                    desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True, mininterval=0.5)
     for step, idx in enumerate(batches):
-        loss, stats = method.loss(model, train.batch(idx, device), epoch)
+        loss, stats = method.loss(model, train.take(idx, device), epoch)
         if not torch.isfinite(loss):
             raise L2LError(f"loss became {loss.item()} at epoch {epoch}; lower --lr or --lambda0")
         opt.zero_grad(set_to_none=True)
@@ -178,21 +140,18 @@ def _train_epoch(model: Backbone, method: Method, train: Tensors, opt: torch.opt
     return {"train_acc": 100.0 * sums.pop("correct") / seen} | {f"train_{k}": v / seen for k, v in sums.items()}
 
 
-def fit(cfg: TrainConfig, train: Tensors, val: Tensors, *, checkpoint: Path | None = None,
+def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None = None,
         progress: bool = True, on_epoch: Callable[[int], None] | None = None) -> FitResult:
-    """Train per ``cfg`` and select an epoch on ``val``; takes no test data at all.
+    """Train per the resolved ``cfg`` and select an epoch on ``val``; takes no test data at all.
 
     With ``checkpoint`` the full state is written atomically after every epoch and a
     run found there is resumed, ending exactly where an uninterrupted run would.
     """
-    cfg = resolve(cfg)
-    method = get_method(cfg.method)(cfg)
+    method = METHODS.get(cfg.method)(cfg)
     device = pick_device(cfg.device)
     set_determinism(cfg.seed)
     model = build_backbone(cfg.backbone).to(device)
-    if method.needs_gap and not model.has_gap_classifier:
-        raise L2LError(f"method {cfg.method} needs CAM, which needs a global-average-pooling backbone; "
-                       f"use --method gradcam-kl with {cfg.backbone}, or --backbone lenet-gap")
+    method.check_backbone(model)
     opt, sched = _optimizer(model, cfg)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
@@ -218,7 +177,7 @@ def fit(cfg: TrainConfig, train: Tensors, val: Tensors, *, checkpoint: Path | No
         row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch), "lr": opt.param_groups[0]["lr"]}
         row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg.batch_size, device, progress)
         sched.step()
-        row |= _eval_batches(model, method, val, device)
+        row |= _validate(model, method, val, device)
         row["eligible"] = method.eligible(epoch)
         row["score"] = selection_score(cfg.selection, row, cfg.selection_beta) if row["eligible"] else None
         row["seconds"] = time.perf_counter() - t0
@@ -254,7 +213,7 @@ def environment() -> dict[str, Any]:
 
 
 def run_dir_for(cfg: TrainConfig, runs_dir: Path | None = None) -> Path:
-    cfg = resolve(cfg)
+    """The folder of the resolved ``cfg``'s run: data set / method-maps-backbone-hash / seed."""
     return Path(runs_dir or default_runs_dir()) / cfg.dataset / f"{cfg.method}-{cfg.maps}-{cfg.backbone}-{cfg.fingerprint()}" / f"seed{cfg.seed}"
 
 
@@ -265,53 +224,85 @@ class Prepared:
     dataset: Dataset
     train_split: Split
     val_split: Split
-    train: Tensors
-    val: Tensors
+    train: Batch
+    val: Batch
     maps_info: dict[str, Any]
+    train_maps: np.ndarray | None  # (N_train, 28, 28) in [0, 1], None for methods without maps
 
 
 def prepare(cfg: TrainConfig, data_dir: Path | None = None, progress: bool = True) -> Prepared:
-    """Load the data set, cut train/validation, get the maps and build the tensors."""
-    cfg = resolve(cfg)
+    """Load the data set, cut train/validation, get the maps and build the batches (resolved ``cfg``)."""
     dataset = load_dataset(cfg.dataset, data_dir)
     train_split, val_split = train_val(dataset)
     if cfg.train_subset:
         train_split = train_split.subset(np.arange(min(cfg.train_subset, len(train_split))))
-        val_split = val_split.subset(np.arange(min(max(cfg.train_subset // 5, 2), len(val_split))))
-    method_cls = get_method(cfg.method)
+        n_val = max(cfg.train_subset // SUBSET_VAL_DIVISOR, 2)
+        val_split = val_split.subset(np.arange(min(n_val, len(val_split))))
+    method = METHODS.get(cfg.method)(cfg)
     maps_info: dict[str, Any] = {"name": "none", "kind": "none"}
     maps_train = maps_val = None
-    if method_cls.uses_maps:
+    if method.uses_maps:
         all_maps, maps_info = training_maps(cfg, cfg.dataset, dataset.train, progress)
         maps_train, maps_val = all_maps[train_split.indices], all_maps[val_split.indices]
-    probe = build_backbone(cfg.backbone)
-    method = method_cls(cfg)
-    return Prepared(dataset, train_split, val_split, make_tensors(train_split, maps_train, cfg, probe, method),
-                    make_tensors(val_split, maps_val, cfg, probe, method), maps_info)
+    return Prepared(dataset, train_split, val_split, make_batch(train_split, maps_train, cfg, method),
+                    make_batch(val_split, maps_val, cfg, method), maps_info, maps_train)
 
 
-def run(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Path | None = None,
-        progress: bool = True, on_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
+def quality_of(prep: Prepared) -> dict[str, Any] | None:
+    """IoU / AUROC to the clean digit of the maps a run trains on, on its first training
+    images (never the test split); None without maps or without a known digit."""
+    if prep.train_maps is None or prep.train_split.digits is None:
+        return None
+    n = min(QUALITY_IMAGES, len(prep.train_split))
+    return map_quality(prep.train_maps[:n], prep.train_split.subset(np.arange(n))) | {"split": "train"}
+
+
+def write_examples(path: Path, model: Backbone, prep: Prepared, cfg: TrainConfig) -> None:
+    """What the report's figures show of this run, so that they never reload models or
+    maps: the selected model's CAMs on fixed test images (the test split's only other
+    use, after selection, shown and never chosen from), and the first training images
+    with the maps the run was told to look at."""
+    test = examples(model, prep.dataset.test, cfg.input_transform, device=pick_device(cfg.device))
+    arrays = {f"test_{k}": v for k, v in test.items()}
+    n = min(len(test["index"]), len(prep.train_split))
+    arrays |= {"train_images": prep.train_split.images[:n], "train_labels": prep.train_split.labels[:n]}
+    if prep.train_maps is not None:
+        arrays["train_maps"] = prep.train_maps[:n]
+    atomic_save_npz(path, **arrays)
+
+
+def run(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True,
+        on_epoch: Callable[[int], None] | None = None, role: str | None = None) -> dict[str, Any]:
     """Train, select on validation, then evaluate the test split once; returns (and
-    writes) the result. A finished run found on disk is returned as it is."""
-    cfg = resolve(cfg)
+    writes) the result. A finished run found on disk is returned as it is. ``role``
+    says how a report reads the run (``method``, ``upper-bound``, ``control``, ...)."""
+    return run_resolved(resolve(cfg), runs_dir=runs_dir, data_dir=data_dir, progress=progress, on_epoch=on_epoch,
+                        role=role)
+
+
+def run_resolved(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Path | None = None,
+                 progress: bool = True, on_epoch: Callable[[int], None] | None = None,
+                 role: str | None = None) -> dict[str, Any]:
+    """:func:`run` for a config already passed through :func:`~learning_to_look.methods.resolve`."""
     out = run_dir_for(cfg, runs_dir)
     result_file = out / "result.json"
     if result_file.exists():
-        return read_json(result_file)
+        return _with_role(result_file, role)
     t0 = time.perf_counter()
     prep = prepare(cfg, data_dir, progress)
-    dataset, train_split, val_split, maps_info = prep.dataset, prep.train_split, prep.val_split, prep.maps_info
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     fitted = fit(cfg, prep.train, prep.val, checkpoint=out / "checkpoint.pt", progress=progress, on_epoch=on_epoch)
     atomic_torch_save(out / "model.pt", fitted.model.state_dict())
     # The test split is read here for the first and only time, after selection.
-    test = evaluate_split(fitted.model, dataset.test, cfg.input_transform, device=pick_device(cfg.device))
+    test = evaluate_split(fitted.model, prep.dataset.test, cfg.input_transform, device=pick_device(cfg.device))
+    write_examples(out / "examples.npz", fitted.model, prep, cfg)
     train_seconds = sum(r["seconds"] for r in fitted.history)
+    dataset = prep.dataset
     result = {
-        "config": cfg.to_dict(), "maps": maps_info, "dataset": {"name": dataset.name, "protocol": dataset.header.get("protocol"),
-                                                              "n_train": len(train_split), "n_val": len(val_split), "n_test": len(dataset.test)},
+        "config": cfg.to_dict(), "role": role or DEFAULT_ROLE, "maps": prep.maps_info | {"quality": quality_of(prep)},
+        "dataset": {"name": dataset.name, "protocol": dataset.header.get("protocol"), "n_train": len(prep.train_split),
+                    "n_val": len(prep.val_split), "n_test": len(dataset.test)},
         "selection": {"rule": cfg.selection, "epoch": fitted.selected_epoch, "score": fitted.selected_score,
                       "val": {k: v for k, v in fitted.history[fitted.selected_epoch].items() if k.startswith("val_")}},
         "test": test, "history": fitted.history,
@@ -320,4 +311,14 @@ def run(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Path | None
     }
     atomic_write_json(result_file, result)
     (out / "checkpoint.pt").unlink(missing_ok=True)
+    return result
+
+
+def _with_role(result_file: Path, role: str | None) -> dict[str, Any]:
+    """A finished run's result; a role given now replaces the recorded one (it is how
+    the run is read, not what it measured), so a run reused by a profile reads right."""
+    result = read_json(result_file)
+    if role is not None and result.get("role") != role:
+        result["role"] = role
+        atomic_write_json(result_file, result)
     return result

@@ -17,6 +17,7 @@ from . import data as _data  # noqa: F401  (registers the `data` commands)
 from . import maps as _maps  # noqa: F401
 from . import train as _train  # noqa: F401
 from . import reproduce as _reproduce  # noqa: F401
+from . import report as _report  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,10 +29,10 @@ def reproduce(
 
     Example: l2l reproduce --quick --out reports/quick
     """
-    from ..reproduce import get_profile, reproduce as run_all
+    from ..reproduce import PROFILES, reproduce as run_all
 
     if quick and full:
         raise L2LError("--quick and --full exclude each other; pass one of them (or neither for the default profile)")
-    profile = get_profile("quick" if quick else "full" if full else "default")
+    profile = PROFILES.get("quick" if quick else "full" if full else "default")
     run_all(profile, seeds=parse_seeds(seeds) if seeds else None, vlm=vlm, out=out, runs_dir=runs_dir,
             data_dir=data_dir, progress=not quiet, echo=typer.echo)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from ..config import TrainConfig
+from ..config import PHASE1_CHOICES, SELECTION_RULES, TrainConfig
+from ..data import DATASETS
+from ..data.pipeline import INPUT_TRANSFORMS
 from ..errors import L2LError
-from ..report import maps_label, mean_std
+from ..losses import TARGETS
+from ..maps import MAP_SOURCES
+from ..methods import METHODS
+from ..models import BACKBONES
+from ..records import MapsInfo, mean_std
 from .app import DATA_DIR, app
 
 RUNS_DIR = typer.Option(None, "--runs-dir", envvar="L2L_RUNS_DIR", help="Folder of run folders [default: ./runs].")
@@ -31,26 +37,39 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _flag(name: str, choices: str | None = None, flag: str | None = None) -> Any:
+    """An option for config field ``name``: help and default from the field, choices from a registry."""
+    text = TrainConfig.help(name)
+    return typer.Option(None, *([flag] if flag else []), help=f"{choices}. {text}" if choices else text)
+
+
+def _per_method(attr: str) -> str:
+    """The methods' own defaults of ``attr``, e.g. 'l2l 160, rrr 100'."""
+    return ", ".join(f"{name} {getattr(cls, attr):g}" if isinstance(getattr(cls, attr), float)
+                     else f"{name} {getattr(cls, attr)}" for name, cls in METHODS.items())
+
+
 @app.command("train")
 def train(
-    dataset: Optional[str] = typer.Option(None, help="colormnist | decoymnist | mnist  [default: colormnist]"),
-    method: Optional[str] = typer.Option(None, help="vanilla | l2l | rrr | gradcam-kl  [default: l2l]"),
-    maps: Optional[str] = typer.Option(None, help="Map source: oracle | intensity | not-decoy | a VLM backend  [default: oracle]"),
-    backbone: Optional[str] = typer.Option(None, help="lenet-gap | cdep-cnn  [default: lenet-gap]"),
+    dataset: Optional[str] = _flag("dataset", DATASETS.help()),
+    method: Optional[str] = _flag("method", METHODS.help()),
+    maps: Optional[str] = _flag("maps", MAP_SOURCES.help() + " | a cached map set"),
+    backbone: Optional[str] = _flag("backbone", BACKBONES.help()),
     seeds: str = typer.Option("37", help="Seeds, e.g. 0,1,2 or 0-4."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings; flags override it."),
-    epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None), momentum: Optional[float] = typer.Option(None),
-    weight_decay: Optional[float] = typer.Option(None), step_size: Optional[int] = typer.Option(None),
-    gamma: Optional[float] = typer.Option(None),
-    e_att: Optional[int] = typer.Option(None, "--e-att", help="First epoch of phase 2 [default: 11]."),
-    phase1: Optional[str] = typer.Option(None, help="attention (paper) | ce (reference's later variant)"),
-    lambda0: Optional[float] = typer.Option(None, help="Alignment weight (l2l: 160, ramped; rrr: 100)."),
-    target: Optional[str] = typer.Option(None, help="outline (reference) | filled"),
-    selection: Optional[str] = typer.Option(None, help="val_acc | acc_x_1mkl | acc_exp_rkl [default: per method]"),
-    input_transform: Optional[str] = typer.Option(None, help="none | colour-invariant (ColorMNIST upper bound)"),
-    train_subset: Optional[int] = typer.Option(None, help="Use only the first N training images (smoke tests)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    epochs: Optional[int] = _flag("epochs"), batch_size: Optional[int] = _flag("batch_size"),
+    lr: Optional[float] = _flag("lr"), momentum: Optional[float] = _flag("momentum"),
+    weight_decay: Optional[float] = _flag("weight_decay"), step_size: Optional[int] = _flag("step_size"),
+    gamma: Optional[float] = _flag("gamma"),
+    e_att: Optional[int] = _flag("e_att", flag="--e-att"),
+    phase1: Optional[str] = _flag("phase1", " | ".join(PHASE1_CHOICES)),
+    lambda0: Optional[float] = _flag("lambda0", f"Per-method default: {_per_method('default_lambda')}"),
+    target: Optional[str] = _flag("target", TARGETS.help()),
+    selection: Optional[str] = _flag("selection", " | ".join(SELECTION_RULES)
+                                     + f"; per-method default: {_per_method('default_selection')}"),
+    input_transform: Optional[str] = _flag("input_transform", " | ".join(INPUT_TRANSFORMS)),
+    train_subset: Optional[int] = _flag("train_subset"),
+    device: Optional[str] = _flag("device"),
     runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -61,7 +80,8 @@ def train(
     from ..train import run
 
     base = TrainConfig.from_file(config) if config else TrainConfig()
-    flags = {k: v for k, v in locals().items() if k in {f.name for f in dataclasses.fields(TrainConfig)} and v is not None}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    flags = {k: v for k, v in locals().items() if k in fields and v is not None}
     cfg = dataclasses.replace(base, **flags)
     results = []
     for seed in parse_seeds(seeds):
@@ -70,7 +90,7 @@ def train(
         extra = f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
         typer.echo(f"seed {seed}: test acc {t['accuracy']:.2f}%  (epoch {r['selection']['epoch']}, "
                    f"val acc {r['selection']['val']['val_acc']:.2f}%)  CAM on digit {t['cam_on_digit']:.2f}{extra}  "
-                   f"{r['seconds_per_epoch']:.1f}s/epoch  maps: {maps_label(r['maps'])}")
+                   f"{r['seconds_per_epoch']:.1f}s/epoch  maps: {MapsInfo.from_result(r['maps']).label}")
         results.append(r)
     if len(results) > 1:
         m, s = mean_std([r["test"]["accuracy"] for r in results])

@@ -1,0 +1,32 @@
+"""`l2l report`: the report of any folder of finished runs, trained by `l2l train`,
+`l2l reproduce` or both, without training or generating anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import L2LError
+from .app import app
+
+
+@app.command("report")
+def report(runs_dir: Path = typer.Argument(..., help="Folder of run folders (<data set>/<run group>/seed<k>/)."),
+           out: Path = typer.Option(..., "--out", help="Folder for report.md, results.csv, results.json and figures.")
+           ) -> None:
+    """Collect every finished run under RUNS_DIR and write its report and figures,
+    beside the papers' published numbers. Reads run records only.
+
+    Example: l2l report runs --out reports/mine
+    """
+    from ..records import collect
+    from ..reproduce import report_runs
+
+    if not runs_dir.is_dir():
+        raise L2LError(f"runs folder {runs_dir} does not exist; pass the --runs-dir that `l2l train` wrote to")
+    records = collect(runs_dir)
+    if not records:
+        raise L2LError(f"no finished runs under {runs_dir} (looked for */*/seed*/result.json); train some first")
+    report_runs(out, records, runs_dir, f"All {len(records)} finished runs in `{runs_dir}`")
+    typer.echo(f"report: {out / 'report.md'} ({len(records)} runs)")

@@ -1,0 +1,286 @@
+"""Run records: what a finished run wrote into its folder, read back typed.
+
+Records are the only interface between training and analysis. The report and its
+figures read them (``result.json`` and ``examples.npz`` of each run) and never load
+a model, a data set or a map source, so any folder of runs can be re-reported on
+its own, as DomainBed's ``collect_results`` does. Aggregation over seeds lives here
+too, so that the tables and the figures are computed once, from the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import TrainConfig
+from .io import read_json
+
+RESULT_FILE = "result.json"
+EXAMPLES_FILE = "examples.npz"
+
+#: The paper's configuration (PROTOCOL 3.1, 3.5): the defaults of :class:`TrainConfig`.
+#: Published numbers and the qualitative figure are set beside runs that match its
+#: method, backbone and input first.
+PAPER_CONFIG = TrainConfig()
+
+#: How a report reads a run, in the order its tables list them.
+ROLES = ("method", "vlm", "upper-bound", "control", "sensitivity")
+#: Data sets in the order reports list them; others follow alphabetically.
+DATASET_ORDER = ("colormnist", "decoymnist", "mnist")
+DATASET_NAMES = {"colormnist": "ColorMNIST", "decoymnist": "DecoyMNIST", "mnist": "MNIST (clean)"}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n-1); std is 0 for a single value."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """Mean of the values that exist; None when none do."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+@dataclass(frozen=True)
+class TestMetrics:
+    """A selected model on the shifted test split (``evaluate.evaluate_split``)."""
+
+    __test__ = False  # a result type, not a pytest test class
+    accuracy: float
+    cam_on_digit: float
+    grad_on_digit: float
+    kl_to_oracle: float
+    n: int
+    cam_on_decoy: float | None = None
+    grad_on_decoy: float | None = None
+
+
+@dataclass(frozen=True)
+class MapsInfo:
+    """The map source a run was guided by, and how good its maps were on training images."""
+
+    name: str = "none"
+    kind: str = "none"
+    config: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None
+    real_vlm: bool = False
+    weights: str | None = None  # identity of the VLM's weights, for VLM sources
+    iou: float | None = None
+    auroc: float | None = None
+
+    @classmethod
+    def from_result(cls, maps: dict[str, Any]) -> "MapsInfo":
+        quality = maps.get("quality") or {}
+        return cls(maps.get("name", "none"), maps.get("kind", "none"), maps.get("config") or {},
+                   maps.get("fingerprint"), bool(maps.get("real_vlm", False)), maps.get("weights"),
+                   quality.get("iou"), quality.get("auroc"))
+
+    @property
+    def is_real_vlm(self) -> bool:
+        """A map is a VLM map only when its kind is ``vlm`` *and* real pretrained weights made it."""
+        return self.kind == "vlm" and self.real_vlm
+
+    @property
+    def display_kind(self) -> str:
+        """The kind to print: ``vlm`` only for real pretrained weights."""
+        return "test model, not a VLM" if self.kind == "vlm" and not self.real_vlm else self.kind
+
+    @property
+    def label(self) -> str:
+        """The source by name and kind, with the options that tell rows apart."""
+        if self.name == "none":
+            return "none"
+        name = self.name
+        if "degradation" in self.config:
+            name = f"{name} {self.config['degradation']}={self.config.get('strength', 0):g}"
+        elif self.kind == "vlm":
+            name = f"{name}/{self.config.get('variant', '')}".rstrip("/")
+        return f"{name} ({self.display_kind})"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One finished run (one config, one seed)."""
+
+    run_dir: Path
+    role: str
+    config: TrainConfig
+    maps: MapsInfo
+    test: TestMetrics
+    history: tuple[dict[str, Any], ...]
+    selected_epoch: int
+    seconds_per_epoch: float
+    wall_seconds: float
+    device: str
+    environment: dict[str, Any]
+
+    @property
+    def group(self) -> Path:
+        """The folder of all seeds of this configuration."""
+        return self.run_dir.parent
+
+    def curve(self, key: str) -> list[float] | None:
+        """``key`` (e.g. ``val_acc``) per epoch, or None when some epoch lacks it."""
+        values = [row.get(key) for row in self.history]
+        return None if any(v is None for v in values) else values
+
+    @property
+    def joint_from(self) -> int | None:
+        """The first epoch of a two-phase method's joint phase (E_att), None for one-phase runs."""
+        return next((row["epoch"] for row in self.history if row.get("phase") == "joint"), None)
+
+    def examples(self) -> dict[str, np.ndarray] | None:
+        """The arrays the run saved for figures, or None for runs that saved none."""
+        path = self.run_dir / EXAMPLES_FILE
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+
+def load_record(run_dir: str | Path) -> Record:
+    """The record of the finished run in ``run_dir``."""
+    run_dir = Path(run_dir)
+    r = read_json(run_dir / RESULT_FILE)
+    metrics = {f.name for f in fields(TestMetrics)}
+    return Record(run_dir=run_dir, role=r.get("role", "method"), config=TrainConfig.from_dict(r["config"]),
+                  maps=MapsInfo.from_result(r["maps"]), test=TestMetrics(**{k: v for k, v in r["test"].items()
+                                                                            if k in metrics}),
+                  history=tuple(r["history"]), selected_epoch=r["selection"]["epoch"],
+                  seconds_per_epoch=r["seconds_per_epoch"], wall_seconds=r["wall_seconds"], device=r["device"],
+                  environment=r.get("environment", {}))
+
+
+def collect(runs_dir: str | Path) -> list[Record]:
+    """Every finished run under ``runs_dir`` (``<dataset>/<group>/seed<k>/result.json``),
+    in path order. An unreadable result is reported on stderr and left out."""
+    records = []
+    for path in sorted(Path(runs_dir).glob(f"*/*/seed*/{RESULT_FILE}")):
+        try:
+            records.append(load_record(path.parent))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"warning: skipping {path}: unreadable ({type(e).__name__}: {e})", file=sys.stderr)
+    return records
+
+
+# ---- aggregation over seeds --------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One configuration: all seeds of one run group, mean ± std over them."""
+
+    dataset: str
+    method: str
+    backbone: str
+    maps: MapsInfo
+    role: str
+    input_transform: str
+    map_options: dict[str, Any]
+    seeds: list[int]
+    test_acc_mean: float
+    test_acc_std: float
+    cam_on_digit: float | None
+    cam_on_decoy: float | None
+    grad_on_digit: float | None
+    grad_on_decoy: float | None
+    seconds_per_run: float | None
+    seconds_per_epoch: float | None
+    epochs: int
+    train_subset: int | None
+    lambda0: float | None
+    run_group: str
+    members: list[Record] = field(repr=False)
+    published_acc: float | None = None
+    published_source: str | None = None
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def uses_maps(self) -> bool:
+        return self.maps.name != "none"
+
+    @property
+    def on_paper_network(self) -> bool:
+        """The paper's backbone on unmodified input."""
+        return self.backbone == PAPER_CONFIG.backbone and self.input_transform == PAPER_CONFIG.input_transform
+
+    @property
+    def compared(self) -> bool:
+        """A compared method (the paper's table), as opposed to a bound, control or sweep."""
+        return self.role in ("method", "vlm")
+
+    def sort_key(self) -> tuple:
+        ds = DATASET_ORDER.index(self.dataset) if self.dataset in DATASET_ORDER else len(DATASET_ORDER)
+        role = ROLES.index(self.role) if self.role in ROLES else len(ROLES)
+        options = sorted((k, str(v)) for k, v in self.map_options.items())
+        return (ds, self.dataset, role, self.uses_maps, self.method, self.backbone, self.input_transform,
+                self.maps.label, options, self.run_group)
+
+    def summary(self) -> dict[str, Any]:
+        """The row as plain data for results.json / results.csv (members left out)."""
+        return {"origin": "measured", "dataset": self.dataset, "method": self.method, "backbone": self.backbone,
+                "maps": self.maps.label, "maps_kind": self.maps.display_kind, "maps_name": self.maps.name,
+                "real_vlm": self.maps.is_real_vlm, "role": self.role, "input_transform": self.input_transform,
+                "map_options": self.map_options,
+                "n_seeds": self.n_seeds, "seeds": self.seeds, "test_acc_mean": self.test_acc_mean,
+                "test_acc_std": self.test_acc_std, "cam_on_digit": self.cam_on_digit, "cam_on_decoy": self.cam_on_decoy,
+                "grad_on_digit": self.grad_on_digit, "grad_on_decoy": self.grad_on_decoy, "map_iou": self.maps.iou,
+                "map_auroc": self.maps.auroc, "seconds_per_run": self.seconds_per_run,
+                "seconds_per_epoch": self.seconds_per_epoch, "epochs": self.epochs, "train_subset": self.train_subset,
+                "lambda0": self.lambda0, "published_acc": self.published_acc,
+                "published_source": self.published_source, "run_group": self.run_group}
+
+
+def _row(group: str, members: list[Record]) -> Row:
+    first = members[0]
+    cfg = first.config
+    acc_mean, acc_std = mean_std([m.test.accuracy for m in members])
+    return Row(dataset=cfg.dataset, method=cfg.method, backbone=cfg.backbone, maps=first.maps, role=first.role,
+               input_transform=cfg.input_transform, map_options=cfg.map_options, seeds=[m.config.seed for m in members], test_acc_mean=acc_mean,
+               test_acc_std=acc_std, cam_on_digit=_mean([m.test.cam_on_digit for m in members]),
+               cam_on_decoy=_mean([m.test.cam_on_decoy for m in members]),
+               grad_on_digit=_mean([m.test.grad_on_digit for m in members]),
+               grad_on_decoy=_mean([m.test.grad_on_decoy for m in members]),
+               seconds_per_run=_mean([m.wall_seconds for m in members]),
+               seconds_per_epoch=_mean([m.seconds_per_epoch for m in members]), epochs=cfg.epochs,
+               train_subset=cfg.train_subset, lambda0=cfg.lambda0 if cfg.lambda0 else None, run_group=group,
+               members=members)
+
+
+def aggregate(records: Sequence[Record], runs_dir: str | Path | None = None) -> list[Row]:
+    """One row per run group (all seeds of a configuration), in a fixed order that
+    does not depend on the order of ``records``: data set, role, then the method.
+    ``run_group`` is written relative to ``runs_dir`` when given."""
+    groups: dict[Path, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[r.group].append(r)
+    rows = []
+    for group, members in groups.items():
+        members.sort(key=lambda m: m.config.seed)
+        name = str(group.relative_to(runs_dir)) if runs_dir is not None and group.is_relative_to(runs_dir) else str(group)
+        rows.append(_row(name, members))
+    return sorted(rows, key=Row.sort_key)
+
+
+def paper_match(rows: Sequence[Row], method: str | None, dataset: str) -> Row | None:
+    """The measured row to set beside a published number: the same method on the
+    paper's network, with a real VLM's maps if there are any, else the paper's maps."""
+    if method is None:
+        return None
+    candidates = [r for r in rows if r.method == method and r.dataset == dataset and r.compared]
+    candidates.sort(key=lambda r: (not r.maps.is_real_vlm, not r.on_paper_network,
+                                   r.maps.name not in (PAPER_CONFIG.maps, "none")))
+    return candidates[0] if candidates else None
