@@ -50,9 +50,9 @@ class TrainConfig:
     gamma: float = _field(0.1, "StepLR: factor of each drop.")
     e_att: int = _field(11, "First epoch of phase 2 (two-phase methods); optimiser and scheduler restart there.")
     phase1: str = _field("attention", "Phase 1: alignment loss alone (paper) or CE alone (reference's later variant).")
-    lambda0: float | None = _field(None, "Weight of the alignment or penalty term; None: the method's default.")
+    lambda0: float | None = _field(None, "Weight of the alignment or penalty term (unset: the method's own default).")
     lambda_ramp: float = _field(10.0, "lambda_t = lambda0 * (1 + (t - E_att) / ramp) in phase 2.")
-    selection: str | None = _field(None, "Model-selection rule on validation data; None: the method's default.")
+    selection: str | None = _field(None, "Model-selection rule on validation data (unset: the method's own default).")
     selection_beta: float = _field(1.0, "beta of the acc_exp_rkl rule: val_acc * exp(-beta * reverse KL).")
     seed: int = _field(37, "Seed of initialisation and data order.")
     train_subset: int | None = _field(None, f"Use only the first N training images "

@@ -1,7 +1,10 @@
-"""Atomic file writes and content hashes.
+"""Atomic file writes, safe reads, locks and content hashes.
 
 Every file the project writes goes through a temporary file and ``os.replace``,
-so a killed process never leaves a half-written file that later loads.
+so a killed process never leaves a half-written file that later loads; the
+temporary files such a kill leaves behind are removed by the next write in that
+folder. Every read of a file a user or a cache provides goes through a function
+here that names a corrupt file as corrupt, with the fix.
 """
 
 from __future__ import annotations
@@ -11,10 +14,21 @@ import io
 import json
 import os
 import tempfile
+import time
+import zipfile
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
+
+from .errors import L2LError, corrupt_file
+
+#: Temporary files of atomic writes: ``.<name>.<random>.tmp`` beside the target.
+TMP_SUFFIX = ".tmp"
+#: A temporary file this old belongs to a write that was killed, not to one in progress.
+STALE_TMP_SECONDS = 3600
+LOCK_NAME = ".lock"
 
 
 def sha256_array(a: np.ndarray) -> str:
@@ -25,15 +39,36 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def clean_stale_tmp(folder: Path, older_than: float = STALE_TMP_SECONDS) -> None:
+    """Remove temporary files left in ``folder`` by atomic writes that were killed."""
+    now = time.time()
+    for tmp in folder.glob(f".*{TMP_SUFFIX}"):
+        try:
+            if now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
+        except OSError:
+            continue
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename; the file gets
+    the permissions the umask gives (0644 by default), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_tmp(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -63,5 +98,73 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike, fix: str = "delete it and rerun the command") -> Any:
+    """The JSON in ``path``; a file that is not valid JSON is named as corrupt, with ``fix``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise corrupt_file(path, f"not valid JSON: {e}", fix) from None
+
+
+def load_npy(path: str | os.PathLike, fix: str = "delete it and rerun the command", **kw: Any) -> Any:
+    """``np.load(path)`` without pickles; an empty, truncated or foreign file is named as corrupt."""
+    try:
+        return np.load(path, allow_pickle=False, **kw)
+    except (ValueError, EOFError, zipfile.BadZipFile, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise corrupt_file(path, f"not a NumPy file: {type(e).__name__}: {e}", fix) from None
+
+
+def torch_load(path: str | os.PathLike, fix: str = "delete it and rerun the command", **kw: Any) -> Any:
+    """``torch.load(path)``; an empty, truncated or random file is named as corrupt."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, **kw)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, zipfile.BadZipFile, AttributeError) as e:
+        raise corrupt_file(path, f"not a PyTorch file: {type(e).__name__}", fix) from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold ``folder/.lock`` while working there, so that a second identical command
+    stops with a clear message instead of duplicating (or corrupting) the work. A lock
+    left by a process that no longer runs (killed with -9) is taken over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                raise L2LError(f"another l2l process (pid {pid}) is already running {what} in {folder}; wait for it "
+                               f"to finish, or delete {lock} if that process is gone") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise L2LError(f"cannot take the lock {lock}; delete it if no l2l process is running there")
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
