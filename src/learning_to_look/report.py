@@ -123,7 +123,7 @@ def _schedule_text(rows: Sequence[Row]) -> str:
 def _settings_text(rows: Sequence[Row], shared: dict[str, Any]) -> str:
     d = PAPER_CONFIG
     over = ", ".join(f"{k} = {v}" for k, v in shared.items()) or "none (the paper's settings throughout)"
-    return (f"Settings shared by every run that differ from the paper's: {over}. Otherwise the paper's (PROTOCOL 3.5): "
+    return (f"Settings shared by every run that differ from the paper's: {over}. Otherwise the paper's (docs/protocol.md §3.5): "
             f"{d.epochs} epochs, batch {d.batch_size}, SGD lr {d.lr:g}, momentum {d.momentum}, weight decay "
             f"{d.weight_decay:g}, StepLR({d.step_size}, {d.gamma}), {d.target} target. Per method: "
             f"{_schedule_text(rows) or 'no extra term'}. A validation subset of a fifth of the training subset is "
@@ -197,7 +197,7 @@ def render_markdown(rows: Sequence[Row], published: Sequence[dict[str, Any]], se
         + (f" (sensitivity seeds: {_seeds([r for r in rows if r.role == 'sensitivity'])})." if sens else "."),
         f"- Methods: {', '.join(methods) or 'none'}; roles: " + ", ".join(sorted({r.role for r in rows})) + ".",
         f"- {_settings_text(rows, shared)}",
-        "- Model selection used the in-distribution validation split only (PROTOCOL 3.6). The shifted test split was "
+        "- Model selection used the in-distribution validation split only (docs/protocol.md §3.6). The shifted test split was "
         "read once per run, after selection, for the test metrics below; nothing was chosen with it. Map quality "
         "(IoU of the map above the digit threshold, AUROC to the clean digit) is measured on training images.",
         "- CAM on digit / decoy: share of the positive class-activation (Grad-CAM where the network has no GAP head) "

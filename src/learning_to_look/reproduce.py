@@ -18,6 +18,7 @@ import yaml
 from .config import TrainConfig
 from .data import dataset_path, load_dataset
 from .methods import resolve
+from .plotting import pyplot
 from .records import PAPER_CONFIG, RESULT_FILE, MapsInfo, Record, load_record
 from .registry import Registry
 
@@ -71,6 +72,8 @@ class Profile:
     run: dict[str, Any]
     cells: list[Cell]
     sensitivity: Sensitivity = field(default_factory=Sensitivity)
+    #: A smoke profile's numbers mean nothing; its figures say so across their face.
+    smoke: bool = False
 
 
 @dataclass
@@ -107,13 +110,14 @@ def load_paper(path: Path = PAPER_FILE) -> Paper:
         sens["datasets"] = _datasets(sens.get("datasets", []), benchmarks)
         profiles.add(name, Profile(name, p["description"], list(p["seeds"]), dict(p["run"]),
                                    _cells(raw["cell_sets"][p["cells"]], benchmarks),
-                                   Sensitivity(raw["sensitivity_method"], **sens)))
+                                   Sensitivity(raw["sensitivity_method"], **sens), bool(p.get("smoke", False))))
     return Paper(benchmarks, published, dict(raw["vlm"]), profiles)
 
 
 PAPER = load_paper()
 PROFILES = PAPER.profiles
 
+SMOKE_STAMP = "smoke run: numbers mean nothing"
 NO_VLM_LINE = ("no VLM weights given (--vlm), so the VLM rows are skipped; guidance uses map sources that need no "
                "weights: oracle (annotation), intensity (image-statistic), degraded-oracle (annotation)")
 
@@ -154,6 +158,7 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
     from .train import default_runs_dir, run_dir_for, run_resolved
 
     t0 = time.perf_counter()
+    pyplot()  # the report ends in figures: fail now, not after hours of training, if matplotlib is missing
     runs_dir = Path(runs_dir or default_runs_dir())
     out = Path(out or Path("reports") / profile.name)
     jobs = plan(profile, seeds, vlm)
@@ -178,17 +183,20 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
         echo(f"[{i}/{len(jobs)}] {cfg.dataset} {cfg.method}{extra} {MapsInfo.from_result(result['maps']).label} "
              f"{cfg.backbone} seed {cfg.seed}: test acc {result['test']['accuracy']:.2f}%  ({when})")
     records = [load_record(run_dir_for(cfg, runs_dir)) for _, cfg in jobs]
-    summary = report_runs(out, records, runs_dir, f"Profile **{profile.name}**: {profile.description}")
+    summary = report_runs(out, records, runs_dir, f"Profile **{profile.name}**: {profile.description}",
+                          stamp=SMOKE_STAMP if profile.smoke else None)
     echo(f"report: {out / 'report.md'} ({trained} runs trained, {len(jobs) - trained} cached, "
          f"{time.perf_counter() - t0:.0f} s)")
     return summary | {"trained": trained, "cached": len(jobs) - trained}
 
 
-def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: str) -> dict[str, Any]:
-    """The report and figures of ``records`` beside the paper's published numbers."""
+def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: str,
+                stamp: str | None = None) -> dict[str, Any]:
+    """The report and figures of ``records`` beside the paper's published numbers;
+    ``stamp`` marks every figure (a smoke profile's)."""
     from . import figures, report
 
     tables = report.build(records, runs_dir, PAPER.published, PAPER.benchmarks)
     summary = report.write_report(out, tables, records, runs_dir, {"title": title})
-    figures.write_figures(out, tables.rows, tables.sensitivity, PAPER.published)
+    figures.write_figures(out, tables.rows, tables.sensitivity, PAPER.published, stamp)
     return summary

@@ -25,9 +25,9 @@ from . import __version__
 from .config import SUBSET_VAL_DIVISOR, TrainConfig
 from .data import Dataset, Split, load_dataset, to_input, train_val
 from .data.pipeline import batch_indices
-from .errors import L2LError
 from .evaluate import evaluate_split, examples
-from .io import atomic_save_npz, atomic_torch_save, atomic_write_json, read_json
+from .errors import L2LError, corrupt_file
+from .io import atomic_save_npz, atomic_torch_save, atomic_write_json, folder_lock, read_json, torch_load
 from .maps import map_quality, resolve_maps, validate_maps
 from .methods import METHODS, Batch, Method, resolve
 from .models import BACKBONES, Backbone, build_backbone
@@ -112,6 +112,7 @@ class FitResult:
     history: list[dict[str, Any]]
     selected_epoch: int
     selected_score: float
+    prior_seconds: float = 0.0  # wall seconds spent by earlier processes of a resumed run
 
 
 def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim.Optimizer,
@@ -140,13 +141,28 @@ def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim
     return {"train_acc": 100.0 * sums.pop("correct") / seen} | {f"train_{k}": v / seen for k, v in sums.items()}
 
 
-def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None = None,
-        progress: bool = True, on_epoch: Callable[[int], None] | None = None) -> FitResult:
+def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.device) -> dict[str, Any]:
+    """The state saved after the last finished epoch, loaded into ``model``."""
+    fix = f"delete {checkpoint} to restart this run from its first epoch"
+    state = torch_load(checkpoint, fix, map_location=device, weights_only=False)
+    if not isinstance(state, dict) or not {"config", "model", "optimizer", "scheduler", "shuffle"} <= set(state):
+        raise corrupt_file(checkpoint, "not a training checkpoint", fix)
+    if state["config"] != cfg.to_dict():
+        raise L2LError(f"checkpoint {checkpoint} belongs to another config; delete it or use another --runs-dir")
+    model.load_state_dict(state["model"])
+    return state
+
+
+def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None = None, progress: bool = True,
+        on_epoch: Callable[[int], None] | None = None, started: float | None = None) -> FitResult:
     """Train per the resolved ``cfg`` and select an epoch on ``val``; takes no test data at all.
 
     With ``checkpoint`` the full state is written atomically after every epoch and a
-    run found there is resumed, ending exactly where an uninterrupted run would.
+    run found there is resumed, ending exactly where an uninterrupted run would. The
+    checkpoint also keeps the wall seconds spent so far (since ``started`` in this
+    process, plus what earlier processes spent), so a resumed run's time counts them all.
     """
+    started = time.perf_counter() if started is None else started
     method = METHODS.get(cfg.method)(cfg)
     device = pick_device(cfg.device)
     set_determinism(cfg.seed)
@@ -156,17 +172,15 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": -1, "score": -float("inf"), "state": None}
-    start = 0
+    start, prior = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state["config"] != cfg.to_dict():
-            raise L2LError(f"checkpoint {checkpoint} belongs to another config; delete it or use another --runs-dir")
-        model.load_state_dict(state["model"])
+        state = _resume(checkpoint, cfg, model, device)
         opt, sched = _optimizer(model, cfg)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         shuffle.set_state(state["shuffle"])
         history, best, start = state["history"], state["best"], state["epoch"] + 1
+        prior = state.get("wall_seconds", 0.0)
 
     epochs = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"{cfg.method} seed {cfg.seed}",
                   disable=not progress, leave=False, dynamic_ncols=True)
@@ -174,7 +188,8 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
         t0 = time.perf_counter()
         if method.resets_optimizer(epoch):
             opt, sched = _optimizer(model, cfg)
-        row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch), "lr": opt.param_groups[0]["lr"]}
+        row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch),
+               "lr": opt.param_groups[0]["lr"]}
         row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg.batch_size, device, progress)
         sched.step()
         row |= _validate(model, method, val, device)
@@ -183,18 +198,21 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         if row["eligible"] and row["score"] > best["score"]:
-            best = {"epoch": epoch, "score": row["score"], "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        epochs.set_postfix(val_acc=f"{row['val_acc']:.1f}", **({"val_kl": f"{row['val_kl']:.3f}"} if "val_kl" in row else {}))
+            best = {"epoch": epoch, "score": row["score"],
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        epochs.set_postfix(val_acc=f"{row['val_acc']:.1f}",
+                           **({"val_kl": f"{row['val_kl']:.3f}"} if "val_kl" in row else {}))
         if checkpoint is not None:
             atomic_torch_save(checkpoint, {"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
                                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                           "shuffle": shuffle.get_state(), "history": history, "best": best})
+                                           "shuffle": shuffle.get_state(), "history": history, "best": best,
+                                           "wall_seconds": prior + time.perf_counter() - started})
         if on_epoch is not None:
             on_epoch(epoch)
     if best["state"] is None:
         raise L2LError("no epoch was eligible for selection; make --epochs larger than --e-att")
     model.load_state_dict(best["state"])
-    return FitResult(model, history, best["epoch"], best["score"])
+    return FitResult(model, history, best["epoch"], best["score"], prior)
 
 
 def _git_commit() -> str | None:
@@ -206,9 +224,16 @@ def _git_commit() -> str | None:
         return None
 
 
+def _version_of(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def environment() -> dict[str, Any]:
     return {"learning_to_look": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "transformers": metadata.version("transformers"), "python": platform.python_version(),
+            "transformers": _version_of("transformers"), "python": platform.python_version(),
             "platform": platform.platform(), "threads": torch.get_num_threads(), "git_commit": _git_commit()}
 
 
@@ -285,14 +310,29 @@ def run_resolved(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Pa
                  role: str | None = None) -> dict[str, Any]:
     """:func:`run` for a config already passed through :func:`~learning_to_look.methods.resolve`."""
     out = run_dir_for(cfg, runs_dir)
+    if (out / "result.json").exists():
+        return _with_role(out / "result.json", role)
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        with folder_lock(out, "this training run"):
+            return _train_and_test(cfg, out, data_dir, progress, on_epoch, role)
+    finally:
+        for folder in created:  # a run refused before training leaves no folder behind
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
+
+
+def _train_and_test(cfg: TrainConfig, out: Path, data_dir: Path | None, progress: bool,
+                    on_epoch: Callable[[int], None] | None, role: str | None) -> dict[str, Any]:
+    """The body of a run, inside its folder's lock."""
     result_file = out / "result.json"
-    if result_file.exists():
+    if result_file.exists():  # another process finished it while we waited
         return _with_role(result_file, role)
     t0 = time.perf_counter()
     prep = prepare(cfg, data_dir, progress)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
-    fitted = fit(cfg, prep.train, prep.val, checkpoint=out / "checkpoint.pt", progress=progress, on_epoch=on_epoch)
+    fitted = fit(cfg, prep.train, prep.val, checkpoint=out / "checkpoint.pt", progress=progress, on_epoch=on_epoch,
+                 started=t0)
     atomic_torch_save(out / "model.pt", fitted.model.state_dict())
     # The test split is read here for the first and only time, after selection.
     test = evaluate_split(fitted.model, prep.dataset.test, cfg.input_transform, device=pick_device(cfg.device))
@@ -305,8 +345,8 @@ def run_resolved(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Pa
                     "n_val": len(prep.val_split), "n_test": len(dataset.test)},
         "selection": {"rule": cfg.selection, "epoch": fitted.selected_epoch, "score": fitted.selected_score,
                       "val": {k: v for k, v in fitted.history[fitted.selected_epoch].items() if k.startswith("val_")}},
-        "test": test, "history": fitted.history,
-        "seconds_per_epoch": train_seconds / len(fitted.history), "wall_seconds": time.perf_counter() - t0,
+        "test": test, "history": fitted.history, "seconds_per_epoch": train_seconds / len(fitted.history),
+        "wall_seconds": fitted.prior_seconds + time.perf_counter() - t0,
         "device": str(pick_device(cfg.device)), "environment": environment(),
     }
     atomic_write_json(result_file, result)
@@ -317,7 +357,7 @@ def run_resolved(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Pa
 def _with_role(result_file: Path, role: str | None) -> dict[str, Any]:
     """A finished run's result; a role given now replaces the recorded one (it is how
     the run is read, not what it measured), so a run reused by a profile reads right."""
-    result = read_json(result_file)
+    result = read_json(result_file, f"delete the run folder {result_file.parent} to train it again")
     if role is not None and result.get("role") != role:
         result["role"] = role
         atomic_write_json(result_file, result)

@@ -1,7 +1,9 @@
 """The ``l2l`` command: a thin layer over the Python API.
 
-Every command turns :class:`~learning_to_look.errors.L2LError` (and bad options)
-into one line on stderr and exit code 2, never a traceback.
+Every failure a user can cause ends here as one line on stderr and exit code 2,
+never a traceback: :class:`~learning_to_look.errors.L2LError`, a bad option, an
+``OSError`` (a read-only folder, a file where a folder should be) and a truncated
+file. Only a real Ctrl-C, at any moment including start-up, gives exit 130.
 """
 
 from __future__ import annotations
@@ -9,35 +11,64 @@ from __future__ import annotations
 import logging
 import sys
 
-import typer
+ABORTED = "aborted; rerun the same command to resume"
 
-from ..errors import L2LError
-from .app import app
-from . import data as _data  # noqa: F401  (registers the `data` commands)
-from . import maps as _maps  # noqa: F401
-from . import train as _train  # noqa: F401
-from . import reproduce as _reproduce  # noqa: F401
-from . import report as _report  # noqa: F401
+
+def _app():
+    """Import the commands (torch and the registries come with them) only when run, so
+    that a Ctrl-C during those imports is caught like any other."""
+    from . import data as _data  # noqa: F401  (registers the `data` commands)
+    from . import maps as _maps  # noqa: F401
+    from . import report as _report  # noqa: F401
+    from . import reproduce as _reproduce  # noqa: F401
+    from . import train as _train  # noqa: F401
+    from .app import app
+
+    return app
+
+
+def _run(argv: list[str] | None) -> int:
+    import typer
+    from typer._click.exceptions import NoArgsIsHelpError
+
+    from ..errors import L2LError, os_error
+
+    try:
+        code = _app()(args=argv, prog_name="l2l", standalone_mode=False)
+    except L2LError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(str(os_error(e)))
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort as e:  # click turns both Ctrl-C and an EOFError into Abort
+        if isinstance(e.__context__, EOFError):
+            return _fail("a file ended unexpectedly (empty or truncated); delete the file named in the command's "
+                         "options or its cache entry and rerun")
+        print(ABORTED, file=sys.stderr)
+        return 130
+    except NoArgsIsHelpError as e:  # `l2l` or `l2l maps` alone: the help is the answer
+        print(e.format_message())
+        return 0
+    except typer.TyperException as e:  # usage errors: unknown option, bad value
+        return _fail(f"{e.format_message().rstrip('.')}; see `l2l --help`")
+    if code == 130:  # typer turns Ctrl-C into a return value
+        print(ABORTED, file=sys.stderr)
+    return code if isinstance(code, int) else 0
+
+
+def _fail(message: str) -> int:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
     try:
-        code = app(args=argv, prog_name="l2l", standalone_mode=False)
-    except L2LError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except typer.Exit as e:
-        return e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        print("aborted; rerun the same command to resume", file=sys.stderr)
+        return _run(argv)
+    except KeyboardInterrupt:
+        print(ABORTED, file=sys.stderr)
         return 130
-    except typer.TyperException as e:  # usage errors: unknown option, bad value
-        print(f"error: {e.format_message().rstrip('.')}; see `l2l --help`", file=sys.stderr)
-        return 2
-    if code == 130:  # typer turns Ctrl-C into a return value
-        print("aborted; rerun the same command to resume", file=sys.stderr)
-    return code if isinstance(code, int) else 0
 
 
 def entry() -> None:

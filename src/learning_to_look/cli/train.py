@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from ..config import PHASE1_CHOICES, SELECTION_RULES, TrainConfig
+from ..config import PHASE1_CHOICES, SEED_MAX, SELECTION_RULES, TrainConfig
 from ..data import DATASETS
 from ..data.pipeline import INPUT_TRANSFORMS
 from ..errors import L2LError
@@ -22,18 +23,24 @@ from .app import DATA_DIR, app
 RUNS_DIR = typer.Option(None, "--runs-dir", envvar="L2L_RUNS_DIR", help="Folder of run folders [default: ./runs].")
 
 
+#: The most seeds one command may ask for (a typo like 0-99999999 should not plan 10^8 runs).
+MAX_SEEDS = 10_000
+SEEDS_HELP = "give distinct integers in 0..4294967295 like 0,1,2 or 0-4"
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'0,1,2' or '0-4' -> list of ints."""
-    try:
-        if "-" in text.strip("-") and "," not in text:
-            lo, hi = (int(p) for p in text.split("-"))
-            seeds = list(range(lo, hi + 1))
-        else:
-            seeds = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
+    """'0,1,2' or '0-4' -> list of ints; anything else is a one-line error."""
+    span = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    parts = [p.strip() for p in text.split(",")]
+    if span:
+        lo, hi = int(span[1]), int(span[2])
+        seeds = list(range(lo, hi + 1)) if lo <= hi and hi - lo < MAX_SEEDS else []
+    elif all(p.isdigit() for p in parts):
+        seeds = [int(p) for p in parts]
+    else:
         seeds = []
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise L2LError(f"malformed --seeds {text!r}; give distinct non-negative integers like 0,1,2 or 0-4")
+    if not seeds or len(set(seeds)) != len(seeds) or len(seeds) > MAX_SEEDS or max(seeds) > SEED_MAX:
+        raise L2LError(f"malformed --seeds {text!r}; {SEEDS_HELP}")
     return seeds
 
 
@@ -55,7 +62,7 @@ def train(
     method: Optional[str] = _flag("method", METHODS.help()),
     maps: Optional[str] = _flag("maps", MAP_SOURCES.help() + " | a cached map set"),
     backbone: Optional[str] = _flag("backbone", BACKBONES.help()),
-    seeds: str = typer.Option("37", help="Seeds, e.g. 0,1,2 or 0-4."),
+    seeds: Optional[str] = typer.Option(None, help="Seeds, e.g. 0,1,2 or 0-4  [default: the config's seed, 37]."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings; flags override it."),
     epochs: Optional[int] = _flag("epochs"), batch_size: Optional[int] = _flag("batch_size"),
     lr: Optional[float] = _flag("lr"), momentum: Optional[float] = _flag("momentum"),
@@ -84,7 +91,7 @@ def train(
     flags = {k: v for k, v in locals().items() if k in fields and v is not None}
     cfg = dataclasses.replace(base, **flags)
     results = []
-    for seed in parse_seeds(seeds):
+    for seed in parse_seeds(seeds) if seeds is not None else [cfg.seed]:
         r = run(dataclasses.replace(cfg, seed=seed), runs_dir=runs_dir, data_dir=data_dir, progress=not quiet)
         t = r["test"]
         extra = f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
