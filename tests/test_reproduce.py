@@ -130,7 +130,8 @@ def test_mean_std_and_aggregation():
     records = [fake_record("b", 0, 90.0, method="rrr"), fake_record("a", 1, 60.0), fake_record("a", 0, 50.0)]
     rows = aggregate(records, runs_dir="/runs")
     attach_published(rows, PUBLISHED)
-    assert [(r.method, r.n_seeds, r.seeds, r.run_group) for r in rows] == [("rrr", 1, [0], "b"), ("vanilla", 2, [0, 1], "a")]
+    assert [(r.method, r.n_seeds, r.seeds, r.run_group) for r in rows] == [("rrr", 1, [0], "b"),
+                                                                            ("vanilla", 2, [0, 1], "a")]
     assert rows[1].test_acc_mean == 55.0 and rows[1].test_acc_std == pytest.approx(math.sqrt(50))
     assert rows[1].published_acc == 60.1 and "CDEP" in rows[1].published_source
     assert rows[0].published_acc == 99.0

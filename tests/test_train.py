@@ -69,6 +69,18 @@ def test_l2l_schedule_lambda_ramp_and_optimizer_reset(data_dir, tmp_path):
     assert r["selection"]["epoch"] >= 2
 
 
+def test_adam_schedule_is_recorded_and_keeps_its_learning_rate(data_dir, tmp_path):
+    cfg = TrainConfig(dataset="decoymnist", method="l2l", schedule="adam", epochs=3, e_att=1, train_subset=300)
+    r = run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False)
+    saved = r["config"]
+    assert (saved["schedule"], saved["batch_size"], saved["lr"], saved["momentum"], saved["step_size"]) == \
+        ("adam", 64, 1e-3, None, None)
+    assert [row["lr"] for row in r["history"]] == [1e-3] * 3  # no StepLR under Adam
+    paper = run(TrainConfig(dataset="decoymnist", method="l2l", epochs=3, e_att=1, train_subset=300),
+                runs_dir=tmp_path, data_dir=data_dir, progress=False)
+    assert paper["config"]["schedule"] == "paper" and paper["test"] != r["test"]
+
+
 def test_phase1_ce_variant(data_dir, tmp_path):
     cfg = TrainConfig(dataset="decoymnist", method="l2l", phase1="ce", epochs=3, e_att=1, train_subset=500)
     h = run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False)["history"]

@@ -21,6 +21,7 @@ from .errors import L2LError
 from .io import sha256_text
 from .data.pipeline import INPUT_TRANSFORMS
 from .losses import OUTLINE_THRESHOLD
+from .registry import Registry
 
 SELECTION_RULES = ("val_acc", "acc_x_1mkl", "acc_exp_rkl")
 #: With ``train_subset = N`` validation uses the first N // 5 validation images (at
@@ -42,6 +43,34 @@ def _field(default: Any, help: str, low: float | None = None, high: float | None
 #: Device names: auto (CUDA when present), cpu, cuda or cuda:N.
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 SEED_MAX = 2**32 - 1  # numpy's seed range
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How the weights are optimised: a named set of defaults for the optimiser fields
+    of :class:`TrainConfig` (a field left unset takes its schedule's value)."""
+
+    name: str
+    optimizer: str  # "sgd" (with StepLR) or "adam" (constant learning rate)
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    momentum: float | None = None  # SGD only
+    step_size: int | None = None  # StepLR only
+    gamma: float | None = None  # StepLR only
+
+
+SCHEDULES: Registry[Schedule] = Registry("schedule")
+#: The paper's (docs/protocol.md §3.5).
+SCHEDULES.register(Schedule("paper", "sgd", epochs=30, batch_size=32, lr=1e-3, weight_decay=1e-4, momentum=0.98,
+                            step_size=7, gamma=0.1))
+#: CDEP's and the XIL typology's: Adam, a fixed number of epochs, selection still on validation.
+SCHEDULES.register(Schedule("adam", "adam", epochs=20, batch_size=64, lr=1e-3, weight_decay=1e-4))
+SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "step_size", "gamma")
+#: Fields added after runs were recorded: left out of the run hash while they hold this
+#: value, so that earlier runs keep their folders.
+HASH_SKIP_DEFAULTS = {"schedule": "paper"}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -79,13 +108,14 @@ class TrainConfig:
                                     low=0, high=1)
     input_transform: str = _field("none", "Input transform; colour-invariant is the ColorMNIST upper bound.",
                                   choices=INPUT_TRANSFORMS)
-    epochs: int = _field(30, "Training epochs (PROTOCOL 3.5).", low=1)
-    batch_size: int = _field(32, "Mini-batch size.", low=1)
-    lr: float = _field(1e-3, "SGD learning rate.", above=0)
-    momentum: float = _field(0.98, "SGD momentum.", low=0, high=1)
-    weight_decay: float = _field(1e-4, "SGD weight decay.", low=0)
-    step_size: int = _field(7, "StepLR: epochs between learning-rate drops.", low=1)
-    gamma: float = _field(0.1, "StepLR: factor of each drop.", above=0, high=1)
+    schedule: str = _field("paper", "Training schedule: the paper's SGD + StepLR, or CDEP's and XIL's Adam.")
+    epochs: int | None = _field(None, "Training epochs.", low=1)
+    batch_size: int | None = _field(None, "Mini-batch size.", low=1)
+    lr: float | None = _field(None, "Learning rate.", above=0)
+    momentum: float | None = _field(None, "SGD momentum (paper schedule only).", low=0, high=1)
+    weight_decay: float | None = _field(None, "Weight decay (L2 penalty).", low=0)
+    step_size: int | None = _field(None, "StepLR: epochs between learning-rate drops (paper schedule only).", low=1)
+    gamma: float | None = _field(None, "StepLR: factor of each drop (paper schedule only).", above=0, high=1)
     e_att: int = _field(11, "First epoch of phase 2 (two-phase methods); optimiser and scheduler restart there.",
                         low=0)
     phase1: str = _field("attention", "Phase 1: alignment loss alone (paper) or CE alone (reference's later variant).",
@@ -118,12 +148,32 @@ class TrainConfig:
             _check_range(f, value)
         if not DEVICE_PATTERN.match(self.device):
             raise L2LError(f"unknown device {self.device!r}; choose auto, cpu, cuda or cuda:N")
+        SCHEDULES.get(self.schedule)
         return self
+
+    def with_schedule_defaults(self) -> "TrainConfig":
+        """A copy whose unset optimiser fields hold the schedule's values; a field the
+        schedule does not use (momentum under Adam) must stay unset."""
+        schedule = SCHEDULES.get(self.schedule)
+        out = dataclasses.replace(self)
+        for name in SCHEDULE_FIELDS:
+            own, default = getattr(self, name), getattr(schedule, name)
+            if default is None and own is not None:
+                raise L2LError(f"{name} does not apply to the {schedule.name} schedule; "
+                               "drop it or use --schedule paper")
+            setattr(out, name, default if own is None else own)
+        return out
 
     @classmethod
     def help(cls, name: str) -> str:
         """The CLI help of field ``name``: its description and its declared default."""
         f = {f.name: f for f in fields(cls)}[name]
+        if name in SCHEDULE_FIELDS:
+            per = ", ".join(f"{s.name} {getattr(s, name):g}" for s in SCHEDULES.values()
+                            if getattr(s, name) is not None)
+            return f"{f.metadata['help']}  [default: per schedule: {per}]"
+        if name == "schedule":
+            return f"{SCHEDULES.help()}. {f.metadata['help']}  [default: {f.default}]"
         if f.default is None or f.default is dataclasses.MISSING:
             return f.metadata["help"]
         shown = f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
@@ -135,7 +185,8 @@ class TrainConfig:
     def fingerprint(self, exclude: tuple[str, ...] = ("seed", "device")) -> str:
         """Hash of everything that changes the outcome except the seed, naming a
         folder in which each seed is one run."""
-        d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in exclude and not (k in HASH_SKIP_DEFAULTS and v == HASH_SKIP_DEFAULTS[k])}
         return sha256_text(json.dumps(d, sort_keys=True, default=str))[:10]
 
     @classmethod

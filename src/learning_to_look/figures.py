@@ -30,7 +30,8 @@ def _name(ds: str) -> str:
 def _short(row: Row) -> str:
     """A legend / tick label: method, non-default backbone and input, then the map source."""
     head = " ".join([row.method] + ([row.backbone] if row.backbone != PAPER_CONFIG.backbone else [])
-                    + ([row.input_transform] if row.input_transform != "none" else []))
+                    + ([row.input_transform] if row.input_transform != "none" else [])
+                    + ([row.schedule] if row.schedule != PAPER_CONFIG.schedule else []))
     return f"{head}\n{row.maps.label}" if row.uses_maps else head
 
 

@@ -211,7 +211,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     from .data import DATASETS
     from .maps.options import check_map_options
 
-    cfg = dataclasses.replace(cfg).validate()
+    cfg = dataclasses.replace(cfg).validate().with_schedule_defaults()
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise L2LError(f"device {cfg.device} requested but CUDA is not available; pass --device cpu (or auto)")
     method = METHODS.get(cfg.method)

@@ -27,7 +27,7 @@ EXAMPLES_FILE = "examples.npz"
 #: The paper's configuration (PROTOCOL 3.1, 3.5): the defaults of :class:`TrainConfig`.
 #: Published numbers and the qualitative figure are set beside runs that match its
 #: method, backbone and input first.
-PAPER_CONFIG = TrainConfig()
+PAPER_CONFIG = TrainConfig().with_schedule_defaults()
 
 #: How a report reads a run, in the order its tables list them.
 ROLES = ("method", "vlm", "upper-bound", "control", "sensitivity")
@@ -186,6 +186,7 @@ class Row:
     maps: MapsInfo
     role: str
     input_transform: str
+    schedule: str
     map_options: dict[str, Any]
     seeds: list[int]
     test_acc_mean: float
@@ -214,8 +215,9 @@ class Row:
 
     @property
     def on_paper_network(self) -> bool:
-        """The paper's backbone on unmodified input."""
-        return self.backbone == PAPER_CONFIG.backbone and self.input_transform == PAPER_CONFIG.input_transform
+        """The paper's backbone on unmodified input, trained with the paper's schedule."""
+        return (self.backbone == PAPER_CONFIG.backbone and self.input_transform == PAPER_CONFIG.input_transform
+                and self.schedule == PAPER_CONFIG.schedule)
 
     @property
     def compared(self) -> bool:
@@ -226,7 +228,8 @@ class Row:
         ds = DATASET_ORDER.index(self.dataset) if self.dataset in DATASET_ORDER else len(DATASET_ORDER)
         role = ROLES.index(self.role) if self.role in ROLES else len(ROLES)
         options = sorted((k, str(v)) for k, v in self.map_options.items())
-        return (ds, self.dataset, role, self.uses_maps, self.method, self.backbone, self.input_transform,
+        return (ds, self.dataset, self.schedule != PAPER_CONFIG.schedule, self.schedule, role, self.uses_maps,
+                self.method, self.backbone, self.input_transform,
                 self.maps.label, options, self.run_group)
 
     def summary(self) -> dict[str, Any]:
@@ -234,6 +237,7 @@ class Row:
         return {"origin": "measured", "dataset": self.dataset, "method": self.method, "backbone": self.backbone,
                 "maps": self.maps.label, "maps_kind": self.maps.display_kind, "maps_name": self.maps.name,
                 "real_vlm": self.maps.is_real_vlm, "role": self.role, "input_transform": self.input_transform,
+                "schedule": self.schedule,
                 "map_options": self.map_options,
                 "n_seeds": self.n_seeds, "seeds": self.seeds, "test_acc_mean": self.test_acc_mean,
                 "test_acc_std": self.test_acc_std, "cam_on_digit": self.cam_on_digit, "cam_on_decoy": self.cam_on_decoy,
@@ -249,7 +253,8 @@ def _row(group: str, members: list[Record]) -> Row:
     cfg = first.config
     acc_mean, acc_std = mean_std([m.test.accuracy for m in members])
     return Row(dataset=cfg.dataset, method=cfg.method, backbone=cfg.backbone, maps=first.maps, role=first.role,
-               input_transform=cfg.input_transform, map_options=cfg.map_options, seeds=[m.config.seed for m in members], test_acc_mean=acc_mean,
+               input_transform=cfg.input_transform, schedule=cfg.schedule, map_options=cfg.map_options,
+               seeds=[m.config.seed for m in members], test_acc_mean=acc_mean,
                test_acc_std=acc_std, cam_on_digit=_mean([m.test.cam_on_digit for m in members]),
                cam_on_decoy=_mean([m.test.cam_on_decoy for m in members]),
                grad_on_digit=_mean([m.test.grad_on_digit for m in members]),
@@ -270,7 +275,8 @@ def aggregate(records: Sequence[Record], runs_dir: str | Path | None = None) -> 
     rows = []
     for group, members in groups.items():
         members.sort(key=lambda m: m.config.seed)
-        name = str(group.relative_to(runs_dir)) if runs_dir is not None and group.is_relative_to(runs_dir) else str(group)
+        inside = runs_dir is not None and group.is_relative_to(runs_dir)
+        name = str(group.relative_to(runs_dir)) if inside else str(group)
         rows.append(_row(name, members))
     return sorted(rows, key=Row.sort_key)
 

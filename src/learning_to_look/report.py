@@ -23,13 +23,14 @@ from typing import Any, Sequence
 from .io import atomic_write_json, atomic_write_text
 from .records import DATASET_NAMES, PAPER_CONFIG, Record, Row, aggregate, paper_match
 
-CSV_FIELDS = ("origin", "dataset", "method", "backbone", "maps", "maps_kind", "role", "input_transform", "map_options",
+CSV_FIELDS = ("origin", "dataset", "method", "backbone", "schedule", "maps", "maps_kind", "role", "input_transform",
+              "map_options",
               "n_seeds", "seeds", "test_acc_mean", "test_acc_std", "cam_on_digit", "cam_on_decoy", "grad_on_digit",
               "grad_on_decoy", "map_iou", "map_auroc", "seconds_per_run", "seconds_per_epoch", "epochs",
               "train_subset", "published_acc", "published_source", "run_group")
 #: Config fields that tell runs apart, as opposed to settings shared by a whole report.
 IDENTITY_FIELDS = ("dataset", "method", "backbone", "maps", "map_options", "input_transform", "lambda0", "selection",
-                   "seed", "device")
+                   "seed", "device", "schedule")
 
 
 def attach_published(rows: Sequence[Row], published: Sequence[dict[str, Any]]) -> None:
@@ -65,9 +66,11 @@ def sensitivity_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
         ref = next((r for r in rows if r.dataset == ds and r.method == method and r.maps.name == PAPER_CONFIG.maps
                     and r.on_paper_network and r.role == "method"), None)
         members = ([(ref, "none", 0.0)] if ref else []) + [
-            (r, r.map_options.get("degradation"), float(r.map_options.get("strength", 0))) for r in sens if r.dataset == ds]
+            (r, r.map_options.get("degradation"), float(r.map_options.get("strength", 0)))
+            for r in sens if r.dataset == ds]
         for r, kind, strength in members:
-            out.append({"dataset": ds, "method": method, "degradation": kind, "strength": strength, "map_iou": r.maps.iou,
+            out.append({"dataset": ds, "method": method, "degradation": kind, "strength": strength,
+                        "map_iou": r.maps.iou,
                         "map_auroc": r.maps.auroc, "test_acc_mean": r.test_acc_mean, "test_acc_std": r.test_acc_std,
                         "n_seeds": r.n_seeds})
     return out
@@ -123,7 +126,8 @@ def _schedule_text(rows: Sequence[Row]) -> str:
 def _settings_text(rows: Sequence[Row], shared: dict[str, Any]) -> str:
     d = PAPER_CONFIG
     over = ", ".join(f"{k} = {v}" for k, v in shared.items()) or "none (the paper's settings throughout)"
-    return (f"Settings shared by every run that differ from the paper's: {over}. Otherwise the paper's (docs/protocol.md §3.5): "
+    return (f"Settings shared by every run that differ from the paper's: {over}. Otherwise the paper's "
+            "(docs/protocol.md §3.5): "
             f"{d.epochs} epochs, batch {d.batch_size}, SGD lr {d.lr:g}, momentum {d.momentum}, weight decay "
             f"{d.weight_decay:g}, StepLR({d.step_size}, {d.gamma}), {d.target} target. Per method: "
             f"{_schedule_text(rows) or 'no extra term'}. A validation subset of a fifth of the training subset is "
@@ -160,7 +164,8 @@ def _map_sources_text(rows: Sequence[Row]) -> list[str]:
 
 def _results_table(rows: Sequence[Row]) -> str:
     body = [[DATASET_NAMES.get(r.dataset, r.dataset),
-             r.method + (f" ({r.input_transform} input)" if r.input_transform != "none" else ""), r.backbone,
+             r.method + (f" ({r.input_transform} input)" if r.input_transform != "none" else "")
+             + (f", {r.schedule} schedule" if r.schedule != PAPER_CONFIG.schedule else ""), r.backbone,
              r.maps.label, r.role, str(r.n_seeds), _acc(r.test_acc_mean, r.test_acc_std, r.n_seeds),
              _num(r.cam_on_digit), _num(r.cam_on_decoy),
              "—" if r.maps.iou is None else f"{r.maps.iou:.2f} / {_num(r.maps.auroc)}", _num(r.seconds_per_run, 0),
@@ -197,7 +202,8 @@ def render_markdown(rows: Sequence[Row], published: Sequence[dict[str, Any]], se
         + (f" (sensitivity seeds: {_seeds([r for r in rows if r.role == 'sensitivity'])})." if sens else "."),
         f"- Methods: {', '.join(methods) or 'none'}; roles: " + ", ".join(sorted({r.role for r in rows})) + ".",
         f"- {_settings_text(rows, shared)}",
-        "- Model selection used the in-distribution validation split only (docs/protocol.md §3.6). The shifted test split was "
+        "- Model selection used the in-distribution validation split only (docs/protocol.md §3.6). The shifted test "
+        "split was "
         "read once per run, after selection, for the test metrics below; nothing was chosen with it. Map quality "
         "(IoU of the map above the digit threshold, AUROC to the clean digit) is measured on training images.",
         "- CAM on digit / decoy: share of the positive class-activation (Grad-CAM where the network has no GAP head) "
@@ -223,7 +229,8 @@ def render_markdown(rows: Sequence[Row], published: Sequence[dict[str, Any]], se
               "baseline model and of the selected guided model (first seed), saved by each run after selection; "
               "shown only, nothing is chosen from it.",
               "- `maps_<data set>.png`: training images and the map of each map source used for guidance.",
-              "- `curves.png`: validation accuracy and validation alignment KL per epoch, mean over seeds (band: ± std).",
+              "- `curves.png`: validation accuracy and validation alignment KL per epoch, mean over seeds "
+              "(band: ± std).",
               "- `accuracy.png`: test accuracy per method with ± std error bars; published numbers marked.",
               *(["- `sensitivity.png`: test accuracy against map IoU for each degradation."] if sens else []),
               "", "## Environment", "",

@@ -124,7 +124,8 @@ NO_VLM_LINE = ("no VLM weights given (--vlm), so the VLM rows are skipped; guida
 
 def vlm_cells(vlm: str) -> list[Cell]:
     spec = PAPER.vlm
-    return [Cell(ds, spec["method"], spec["maps"], role="vlm", map_options={"vlm": str(vlm), "variant": spec["variant"]})
+    return [Cell(ds, spec["method"], spec["maps"], role="vlm",
+                 map_options={"vlm": str(vlm), "variant": spec["variant"]})
             for ds in PAPER.benchmarks]
 
 

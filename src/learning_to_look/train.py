@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import SUBSET_VAL_DIVISOR, TrainConfig
+from .config import SCHEDULES, SUBSET_VAL_DIVISOR, TrainConfig
 from .data import Dataset, Split, load_dataset, to_input, train_val
 from .data.pipeline import batch_indices
 from .evaluate import evaluate_split, examples
@@ -101,9 +101,13 @@ def selection_score(rule: str, metrics: dict[str, float], beta: float) -> float:
     return acc * float(np.exp(-beta * metrics["val_rkl"]))
 
 
-def _optimizer(model: Backbone, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+def _optimizer(model: Backbone, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The schedule's optimiser and learning-rate scheduler, fresh (momentum buffers empty)."""
+    if SCHEDULES.get(cfg.schedule).optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
 @dataclass
@@ -239,7 +243,8 @@ def environment() -> dict[str, Any]:
 
 def run_dir_for(cfg: TrainConfig, runs_dir: Path | None = None) -> Path:
     """The folder of the resolved ``cfg``'s run: data set / method-maps-backbone-hash / seed."""
-    return Path(runs_dir or default_runs_dir()) / cfg.dataset / f"{cfg.method}-{cfg.maps}-{cfg.backbone}-{cfg.fingerprint()}" / f"seed{cfg.seed}"
+    group = f"{cfg.method}-{cfg.maps}-{cfg.backbone}-{cfg.fingerprint()}"
+    return Path(runs_dir or default_runs_dir()) / cfg.dataset / group / f"seed{cfg.seed}"
 
 
 @dataclass

@@ -64,6 +64,7 @@ def train(
     backbone: Optional[str] = _flag("backbone", BACKBONES.help()),
     seeds: Optional[str] = typer.Option(None, help="Seeds, e.g. 0,1,2 or 0-4  [default: the config's seed, 37]."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings; flags override it."),
+    schedule: Optional[str] = _flag("schedule"),
     epochs: Optional[int] = _flag("epochs"), batch_size: Optional[int] = _flag("batch_size"),
     lr: Optional[float] = _flag("lr"), momentum: Optional[float] = _flag("momentum"),
     weight_decay: Optional[float] = _flag("weight_decay"), step_size: Optional[int] = _flag("step_size"),

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -76,6 +78,99 @@ def digit_masks(split: ImageSet, threshold: int, user: str) -> np.ndarray:
     return np.asarray(split.digits) > threshold
 
 
+# ---- field checks shared by every generator's __post_init__ --------------------------
+
+#: Generator fields that are also ``l2l maps`` flags; the others are named as map options.
+CLI_FLAGS = frozenset({"vlm", "dino", "variant", "input_size", "flip", "refine", "guard_z", "iterations",
+                       "train_images", "hard", "path", "key", "png_mode", "batch_size", "device", "temperature",
+                       "prompt", "negatives", "templates"})
+
+
+def option_name(field: str) -> str:
+    """How a user sets ``field``: its ``--flag``, or the map option of a config file."""
+    return "--" + field.replace("_", "-") if field in CLI_FLAGS else f"map option {field}"
+
+
+def _bad(field: str, what: str, value: Any, example: Any = None) -> L2LError:
+    name = option_name(field)
+    fix = f"; pass e.g. {name} {example}" if example is not None and name.startswith("--") else (
+        f"; use e.g. {field}: {example}" if example is not None else "")
+    return L2LError(f"{name} must be {what}, got {value!r}{fix}")
+
+
+def check_int(field: str, value: Any, low: int | None = None, high: int | None = None, *, optional: bool = False,
+              example: Any = None) -> int | None:
+    """``value`` as an int in [low, high] (None allowed when ``optional``); bools and
+    fractional numbers are refused, an integral float such as 224.0 is accepted."""
+    if value is None and optional:
+        return None
+    what = "an integer" + (f" >= {low}" if low is not None and high is None else "") + (
+        f" in [{low}, {high}]" if low is not None and high is not None else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise _bad(field, what, value, example)
+    if not isinstance(value, numbers.Integral):
+        if not math.isfinite(value) or value != int(value):
+            raise _bad(field, what, value, example)
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise _bad(field, what, value, example)
+    return value
+
+
+def check_number(field: str, value: Any, *, low: float | None = None, above: float | None = None,
+                 high: float | None = None, optional: bool = False, example: Any = None) -> float | None:
+    """``value`` as a finite float with ``value >= low``, ``value > above``, ``value <= high``."""
+    if value is None and optional:
+        return None
+    parts = ["a finite number"] + ([f">= {low:g}"] if low is not None else []) + (
+        [f"> {above:g}"] if above is not None else []) + ([f"<= {high:g}"] if high is not None else [])
+    what = " ".join(parts[:1]) + (" " + " and ".join(parts[1:]) if parts[1:] else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise _bad(field, what, value, example)
+    value = float(value)
+    if (low is not None and value < low) or (above is not None and value <= above) or (
+            high is not None and value > high):
+        raise _bad(field, what, value, example)
+    return value
+
+
+def check_choice(field: str, value: Any, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise L2LError(f"unknown {option_name(field)} {value!r}; choose one of: {', '.join(choices)}")
+    return value
+
+
+def check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise L2LError(f"{option_name(field)} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _texts(field: str, value: Any, flag: str) -> tuple[str, ...]:
+    """A tuple of non-blank strings from a tuple, list or a single string."""
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+        raise L2LError(f"prompt field {field} must be a list of texts, got {value!r}; pass e.g. {flag}")
+    blank = [v for v in value if not v.strip()]
+    if blank:
+        raise L2LError(f"{flag.split()[0]} must be non-empty text, got {blank[0]!r}; pass e.g. {flag}")
+    return tuple(value)
+
+
+def _template(t: str) -> str:
+    try:
+        a, b = t.format("x"), t.format("y")
+    except (IndexError, KeyError, ValueError, AttributeError) as e:
+        raise L2LError(f"template {t!r} is not a valid format string ({type(e).__name__}: {e}); use one {{}} where "
+                       "the prompt goes, e.g. --templates \"a photo of {}.\"") from None
+    if a == b:
+        raise L2LError(f"template {t!r} has no {{}} for the prompt, so every prompt would read the same; "
+                       "pass e.g. --templates \"a photo of {}.\"")
+    return t
+
+
 @dataclass(frozen=True)
 class PromptSpec:
     """What the VLM is asked: positive prompts (the concept), negative (background)
@@ -87,10 +182,18 @@ class PromptSpec:
     temperature: float = 40.0
 
     def __post_init__(self) -> None:
-        if not self.positive:
+        positive = _texts("positive", self.positive, '--prompt "a handwritten digit"')
+        if not positive:
             raise L2LError("the prompt needs at least one positive text; pass --prompt \"a handwritten digit\"")
-        if self.temperature <= 0:
-            raise L2LError(f"temperature must be positive, got {self.temperature}; pass e.g. --temperature 40")
+        negative = _texts("negative", self.negative, '--negatives "background,black,dark"')
+        templates = tuple(_template(t) for t in _texts("templates", self.templates, '--templates "a photo of {}."'))
+        if isinstance(self.temperature, (bool, np.bool_)) or not isinstance(self.temperature, numbers.Real) \
+                or not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise L2LError(f"--temperature must be a finite number > 0, got {self.temperature!r}; "
+                           "pass e.g. --temperature 40")
+        for name, value in (("positive", positive), ("negative", negative), ("templates", templates),
+                            ("temperature", float(self.temperature))):
+            object.__setattr__(self, name, value)
 
 
 class MapGenerator(ABC):
@@ -173,6 +276,9 @@ class OracleMaps(MapGenerator):
     cacheable: ClassVar[bool] = False
     threshold: int = DIGIT_THRESHOLD
 
+    def __post_init__(self) -> None:
+        self.threshold = check_int("threshold", self.threshold, 0, 254, example=DIGIT_THRESHOLD)
+
     def generate(self, split: ImageSet) -> np.ndarray:
         return digit_masks(split, self.threshold, f"map source {self.name}").astype(np.float32)  # (N, H, W)
 
@@ -186,6 +292,9 @@ class IntensityMaps(MapGenerator):
     kind: ClassVar[str] = "image-statistic"
     cacheable: ClassVar[bool] = False
     threshold: int = DIGIT_THRESHOLD
+
+    def __post_init__(self) -> None:
+        self.threshold = check_int("threshold", self.threshold, 0, 254, example=DIGIT_THRESHOLD)
 
     def generate(self, split: ImageSet) -> np.ndarray:
         return (np.asarray(split.images).max(axis=1) > self.threshold).astype(np.float32)  # (N, H, W)
