@@ -22,7 +22,7 @@ from learning_to_look.errors import L2LError
 from learning_to_look.maps import get_map_source, map_quality
 from learning_to_look.methods import resolve
 from learning_to_look.records import MapsInfo, Record, TestMetrics, aggregate, collect, mean_std
-from learning_to_look.report import attach_published
+from learning_to_look.report import attach_published, verdict_rows
 
 PUBLISHED = rep.PAPER.published
 
@@ -136,6 +136,21 @@ def test_mean_std_and_aggregation():
     assert rows[1].published_acc == 60.1 and "CDEP" in rows[1].published_source
     assert rows[0].published_acc == 99.0
     assert [r.method for r in aggregate(records[::-1])] == [r.method for r in rows]  # order-free
+
+
+def test_verdict_difference_interval_and_effect():
+    oracle = {"name": "oracle", "kind": "annotation"}
+    records = [fake_record("van", s, acc) for s, acc in enumerate([50.0, 52.0, 48.0])]
+    records += [fake_record("l2l", s, acc, method="l2l", maps=oracle) for s, acc in enumerate([80.0, 82.0, 78.0])]
+    records += [fake_record("rrr", s, acc, method="rrr", maps=oracle) for s, acc in enumerate([49.0, 53.0, 50.0])]
+    records += [fake_record("int", s, acc, method="l2l", maps={"name": "intensity", "kind": "image-statistic"},
+                            role="control") for s, acc in enumerate([30.0, 31.0, 29.0])]
+    verdict = {(v["method"], v["maps"]): v for v in verdict_rows(aggregate(records))}
+    helps = verdict[("l2l", "oracle (annotation)")]
+    assert helps["diff"] == 30.0 and 26 < helps["low"] < 30 < helps["high"] < 34 and helps["effect"] == "helps"
+    assert verdict[("rrr", "oracle (annotation)")]["effect"] == "no clear effect"
+    assert verdict[("l2l", "intensity (image-statistic)")]["effect"] == "hurts"
+    assert all(v["baseline"] == "vanilla" and v["baseline_n"] == 3 for v in verdict.values())
 
 
 def test_a_test_model_is_never_labelled_a_vlm():

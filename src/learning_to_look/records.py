@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import TrainConfig
+from .errors import L2LError
 from .io import read_json
 
 RESULT_FILE = "result.json"
@@ -169,7 +170,7 @@ def collect(runs_dir: str | Path) -> list[Record]:
     for path in sorted(Path(runs_dir).glob(f"*/*/seed*/{RESULT_FILE}")):
         try:
             records.append(load_record(path.parent))
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, L2LError) as e:
             print(f"warning: skipping {path}: unreadable ({type(e).__name__}: {e})", file=sys.stderr)
     return records
 

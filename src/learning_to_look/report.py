@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from .io import atomic_write_json, atomic_write_text
 from .records import DATASET_NAMES, PAPER_CONFIG, Record, Row, aggregate, paper_match
 
@@ -73,6 +75,42 @@ def sensitivity_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
                         "map_iou": r.maps.iou,
                         "map_auroc": r.maps.auroc, "test_acc_mean": r.test_acc_mean, "test_acc_std": r.test_acc_std,
                         "n_seeds": r.n_seeds})
+    return out
+
+
+#: The verdict's interval: a percentile bootstrap of the difference of means over seeds.
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
+
+def bootstrap_diff(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """mean(a) - mean(b) with a percentile-bootstrap interval: each side's seeds are
+    resampled with replacement, independently, ``BOOTSTRAP_RESAMPLES`` times."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    ra = rng.choice(a, size=(BOOTSTRAP_RESAMPLES, len(a))).mean(1)
+    rb = rng.choice(b, size=(BOOTSTRAP_RESAMPLES, len(b))).mean(1)
+    low, high = np.quantile(ra - rb, [(1 - level) / 2, (1 + level) / 2])
+    return float(a.mean() - b.mean()), float(low), float(high)
+
+
+def verdict_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per benchmark setting (data set, schedule, backbone) with an unguided baseline:
+    each guided method's difference from it in points, with its 95 % interval, and
+    whether alignment helps (interval above 0), hurts (below 0) or shows no clear effect."""
+    out = []
+    for base in (r for r in rows if r.compared and not r.uses_maps and r.input_transform == "none"):
+        guided = [r for r in rows if r.uses_maps and r.role in ("method", "vlm", "control", "sensitivity")
+                  and (r.dataset, r.schedule, r.backbone) == (base.dataset, base.schedule, base.backbone)]
+        for g in guided:
+            diff, low, high = bootstrap_diff([m.test.accuracy for m in g.members], [m.test.accuracy for m in base.members])
+            effect = "helps" if low > 0 else "hurts" if high < 0 else "no clear effect"
+            out.append({"dataset": base.dataset, "schedule": base.schedule, "backbone": base.backbone,
+                        "baseline": base.method, "baseline_acc_mean": base.test_acc_mean,
+                        "baseline_acc_std": base.test_acc_std, "baseline_n": base.n_seeds, "method": g.method,
+                        "maps": g.maps.label, "acc_mean": g.test_acc_mean, "acc_std": g.test_acc_std,
+                        "n": g.n_seeds, "diff": diff, "low": low, "high": high, "effect": effect,
+                        "cam_on_decoy": g.cam_on_decoy, "grad_on_decoy": g.grad_on_decoy})
     return out
 
 
@@ -190,8 +228,19 @@ def _sensitivity_table(sens: Sequence[dict[str, Any]]) -> str:
     return _table(["data set", "degradation", "strength", "map IoU", "map AUROC", "test acc %", "n"], body)
 
 
-def render_markdown(rows: Sequence[Row], published: Sequence[dict[str, Any]], sens: Sequence[dict[str, Any]],
-                    header: dict[str, Any], shared: dict[str, Any], environment: dict[str, Any], n_runs: int) -> str:
+def _verdict_table(verdict: Sequence[dict[str, Any]]) -> str:
+    body = [[f"{DATASET_NAMES.get(v['dataset'], v['dataset'])}, {v['schedule']}, {v['backbone']}",
+             f"{_acc(v['baseline_acc_mean'], v['baseline_acc_std'], v['baseline_n'])} ({v['baseline']})",
+             f"{v['method']}, {v['maps']}", _acc(v["acc_mean"], v["acc_std"], v["n"]), str(v["n"]),
+             f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]", v["effect"], _num(v["cam_on_decoy"]),
+             _num(v["grad_on_decoy"])] for v in verdict]
+    return _table(["setting (data set, schedule, backbone)", "baseline test acc %", "guided method, maps",
+                   "test acc %", "n", "difference, points [95 % interval]", "verdict", "CAM on decoy",
+                   "grad on decoy"], body)
+
+
+def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[str, Any], n_runs: int) -> str:
+    rows, published, sens, shared = tables.rows, tables.published, tables.sensitivity, tables.shared
     methods = sorted({f"{r.method} ({r.backbone})" for r in rows if r.compared})
     main = [r for r in rows if r.role != "sensitivity"]
     parts = [
@@ -218,6 +267,12 @@ def render_markdown(rows: Sequence[Row], published: Sequence[dict[str, Any]], se
         "is the matching row above.", "",
         _published_table(published), "",
     ]
+    if tables.verdict:
+        parts += ["## Verdict: does alignment help?", "",
+                  "Each guided run against the unguided baseline of the same setting: the difference in test accuracy, "
+                  f"in points, with a 95 % percentile-bootstrap interval over seeds ({BOOTSTRAP_RESAMPLES:,} "
+                  "resamples of each side's seeds). It helps when the interval lies above 0, hurts when below.", "",
+                  _verdict_table(tables.verdict), ""]
     if sens:
         parts += ["## Map-quality sensitivity", "",
                   "The guided method trained on oracle maps degraded in one controlled way at a time; strength 0 is "
@@ -261,6 +316,7 @@ class Tables:
     rows: list[Row]
     published: list[dict[str, Any]]
     sensitivity: list[dict[str, Any]]
+    verdict: list[dict[str, Any]]
     shared: dict[str, Any]
 
 
@@ -269,7 +325,8 @@ def build(records: Sequence[Record], runs_dir: str | Path | None, published: Seq
     """The tables of ``records``; ``published`` numbers are set beside the matching rows."""
     rows = aggregate(records, runs_dir)
     attach_published(rows, published)
-    return Tables(rows, published_rows(rows, published, datasets), sensitivity_rows(rows), shared_settings(records))
+    return Tables(rows, published_rows(rows, published, datasets), sensitivity_rows(rows), verdict_rows(rows),
+                  shared_settings(records))
 
 
 def write_report(out: str | Path, tables: Tables, records: Sequence[Record], runs_dir: str | Path | None,
@@ -283,9 +340,8 @@ def write_report(out: str | Path, tables: Tables, records: Sequence[Record], run
              "test": dataclasses.asdict(r.test), "wall_seconds": r.wall_seconds} for r in records]
     summary = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "header": header, "shared_settings": tables.shared,
                "environment": environment, "rows": [r.summary() for r in tables.rows], "published": tables.published,
-               "sensitivity": tables.sensitivity, "runs": runs}
-    md = render_markdown(tables.rows, tables.published, tables.sensitivity, header, tables.shared, environment,
-                         len(records))
+               "sensitivity": tables.sensitivity, "verdict": tables.verdict, "runs": runs}
+    md = render_markdown(tables, header, environment, len(records))
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "results.csv", _csv(tables.rows, tables.published))
     atomic_write_json(out / "results.json", summary)
