@@ -92,11 +92,16 @@ def _datasets(value: str | list[str], benchmarks: tuple[str, ...]) -> tuple[str,
 
 
 def _cells(spec: list[dict[str, Any]], benchmarks: tuple[str, ...]) -> list[Cell]:
-    """Expand each entry (data sets x methods, shared fields) into cells, in order."""
+    """Expand each entry (data sets x methods x backbones x schedules, shared fields) into
+    cells, in order; ``backbones`` and ``schedules`` default to the paper's."""
     out = []
     for entry in spec:
-        shared = {k: v for k, v in entry.items() if k not in ("datasets", "methods")}
-        out += [Cell(ds, m, **shared) for ds in _datasets(entry["datasets"], benchmarks) for m in entry["methods"]]
+        shared = {k: v for k, v in entry.items() if k not in ("datasets", "methods", "backbones", "schedules")}
+        overrides = shared.pop("overrides", {})
+        backbones = entry.get("backbones", [shared.pop("backbone", PAPER_CONFIG.backbone)])
+        out += [Cell(ds, m, backbone=b, overrides={**overrides, "schedule": s}, **shared)
+                for ds in _datasets(entry["datasets"], benchmarks) for m in entry["methods"] for b in backbones
+                for s in entry.get("schedules", [PAPER_CONFIG.schedule])]
     return out
 
 

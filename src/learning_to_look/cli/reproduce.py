@@ -9,6 +9,7 @@ import typer
 
 from ..errors import L2LError
 from .app import DATA_DIR, app
+from ..reproduce import PROFILES
 from .train import RUNS_DIR, parse_seeds
 
 
@@ -16,6 +17,8 @@ from .train import RUNS_DIR, parse_seeds
 def reproduce(
     quick: bool = typer.Option(False, "--quick", help="Tiny smoke run (minutes; the numbers mean nothing)."),
     full: bool = typer.Option(False, "--full", help="The paper's complete protocol: full data, 5 seeds, every method."),
+    profile: Optional[str] = typer.Option(None, "--profile", help=f"{PROFILES.help('default')}. A profile of "
+                                                                  "paper.yaml; --quick and --full name two of them."),
     seeds: Optional[str] = typer.Option(None, help="Seeds instead of the profile's, e.g. 0,1,2 or 0-4."),
     vlm: Optional[str] = typer.Option(None, "--vlm", help="CLIP weights (hub id or folder) for VLM maps; without it "
                                                           "the VLM rows are skipped."),
@@ -29,10 +32,10 @@ def reproduce(
 
     Example: l2l reproduce --quick --out reports/quick
     """
-    from ..reproduce import PROFILES, reproduce as run_all
+    from ..reproduce import reproduce as run_all
 
-    if quick and full:
-        raise L2LError("--quick and --full exclude each other; pass one of them (or neither for the default profile)")
-    profile = PROFILES.get("quick" if quick else "full" if full else "default")
-    run_all(profile, seeds=parse_seeds(seeds) if seeds is not None else None, vlm=vlm, out=out, runs_dir=runs_dir,
+    named = [name for name, flag in (("quick", quick), ("full", full), (profile, profile is not None)) if flag]
+    if len(named) > 1:
+        raise L2LError(f"--quick, --full and --profile exclude each other, got {' and '.join(named)}; pass one of them")
+    run_all(PROFILES.get(named[0] if named else "default"), seeds=parse_seeds(seeds) if seeds is not None else None, vlm=vlm, out=out, runs_dir=runs_dir,
             data_dir=data_dir, progress=not quiet, echo=typer.echo)
