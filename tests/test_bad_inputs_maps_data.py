@@ -499,6 +499,7 @@ def test_bad_input(name, request, data_dir, tmp_path, capsys):
     assert code == 2, f"exit {code}\nstdout: {out}\nstderr: {err}"
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err + out
+    print(lines[0])  # shown by `pytest -rP`: the whole battery's messages at a glance
     for k in keywords:
         assert k.lower() in lines[0].lower(), lines[0]
     if argv[:2] in (["data", "info"], ["data", "show"], ["maps", "check"], ["maps", "show"], ["maps", "list"]):

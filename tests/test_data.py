@@ -392,3 +392,49 @@ def test_batch_indices_reproducible_with_seed_and_fresh_each_epoch():
     first, again = epoch(g1), epoch(g2)
     assert torch.equal(first, again)
     assert not torch.equal(epoch(g1), first)  # the next epoch is a new permutation
+
+
+# ---------------------------------------------------------------- the store: the file must hold what was asked
+
+def test_a_copy_under_another_name_is_refused_not_rebuilt(data_dir, tmp_path):
+    """A sound colormnist file named decoymnist.npz is neither trained on as DecoyMNIST
+    nor overwritten: it is the user's file, so the fix is theirs."""
+    (tmp_path / "decoymnist.npz").write_bytes((data_dir / "colormnist.npz").read_bytes())
+    before = (tmp_path / "decoymnist.npz").stat().st_mtime_ns
+    for build in (False, True):
+        with pytest.raises(L2LError, match=r"holds the colormnist data set, not decoymnist.*--force") as e:
+            load_dataset("decoymnist", tmp_path, build=build)
+        assert "\n" not in str(e.value)
+    assert (tmp_path / "decoymnist.npz").stat().st_mtime_ns == before
+
+
+def test_array_shapes_are_checked_per_split(data_dir, tmp_path):
+    arrays = _copy_arrays(data_dir / "decoymnist.npz")
+    header = json.loads(str(arrays["header"]))
+    arrays["corner_test"] = arrays["corner_test"][:, :1].copy()  # (N, 1) instead of (N, 2)
+    header["arrays"]["corner_test"] |= {"shape": [10000, 1], "sha256": sha256_array(arrays["corner_test"])}
+    arrays["header"] = np.array(json.dumps(header))
+    np.savez(tmp_path / "decoymnist.npz", **arrays)
+    with pytest.raises(L2LError, match=r"corner_test has shape \(10000, 1\), expected \(N, 2\)"):
+        load_dataset("decoymnist", tmp_path, build=False)
+
+
+def test_a_reshaped_array_with_a_stale_header_shape_is_caught(data_dir, tmp_path):
+    """The SHA-256 covers the bytes, not the shape: the loaded shape is checked too."""
+    arrays = _copy_arrays(data_dir / "mnist.npz")
+    arrays["digit_test"] = arrays["digit_test"].reshape(10000, 1, 28, 28)  # same bytes, same hash
+    np.savez(tmp_path / "mnist.npz", **arrays)
+    with pytest.raises(L2LError, match=r"digit_test has shape \(10000, 1, 28, 28\)"):
+        load_dataset("mnist", tmp_path, build=False)
+
+
+def test_read_only_load_never_builds(tmp_path):
+    with pytest.raises(L2LError, match=rf"l2l data build mnist --data-dir {tmp_path / 'nope'}"):
+        load_dataset("mnist", tmp_path / "nope", build=False)
+    assert not (tmp_path / "nope").exists()
+
+
+def test_a_file_as_data_dir_is_one_line(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(L2LError, match="is a file, not a folder"):
+        load_dataset("mnist", tmp_path / "f")

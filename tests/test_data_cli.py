@@ -1,6 +1,7 @@
 """`l2l data build|info|show`: output, and every user error as one line on stderr with exit code 2."""
 
 import gzip
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,56 @@ def test_l2l_console_script_is_installed():
     assert ok.returncode == 0 and "Example:" in ok.stdout
     bad = subprocess.run([l2l, "data", "info", "fashion"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_kill_9_during_build_then_rerun_equals_an_uninterrupted_build(data_dir, tmp_path):
+    """`l2l data build` killed with SIGKILL while it works, then run again: the file equals
+    an uninterrupted build (the session's, made by the same code), and the rerun removes
+    what the killed process left (its lock, its half-written temporary file)."""
+    import os
+    import signal
+    import time
+
+    import numpy as np
+
+    l2l = Path(sys.executable).parent / "l2l"
+    out = tmp_path / "data"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("L2L_MNIST_DIR", None)
+    proc = subprocess.Popen([l2l, "data", "build", "mnist", "--data-dir", out], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if list(out.glob(".mnist.npz.*.tmp")):  # killed while writing: the worst moment
+            break
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    assert not (out / "mnist.npz").exists() and (out / ".lock").exists()  # and, mostly, a half-written .tmp
+    rc = subprocess.run([l2l, "data", "build", "mnist", "--data-dir", out], env=env, capture_output=True,
+                        text=True, timeout=120)
+    assert rc.returncode == 0, rc.stderr
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
+    with np.load(out / "mnist.npz") as got, np.load(data_dir / "mnist.npz") as want:
+        assert sorted(got.files) == sorted(want.files)
+        for k in want.files:
+            if k != "header":
+                assert np.array_equal(got[k], want[k]), k
+        h_got, h_want = (json.loads(str(z["header"])) for z in (got, want))
+    h_got.pop("build_seconds"), h_want.pop("build_seconds")
+    assert h_got == h_want
+
+
+def test_info_and_show_never_build(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "data", "info", "mnist", "--data-dir", tmp_path / "d")
+    assert_one_line_error(rc, err, "not built", f"l2l data build mnist --data-dir {tmp_path / 'd'}")
+    rc, _, err = run_cli(capsys, "data", "show", "mnist", "--data-dir", tmp_path / "d", "--out", tmp_path / "x.png")
+    assert_one_line_error(rc, err, "not built")
+    assert not (tmp_path / "d").exists() and not (tmp_path / "x.png").exists()
+
+
+def test_show_to_an_existing_folder_is_one_line(capsys, data_dir, tmp_path):
+    rc, _, err = run_cli(capsys, "data", "show", "mnist", "--data-dir", data_dir, "--out", tmp_path)
+    assert_one_line_error(rc, err, "is a folder", "--out")

@@ -359,3 +359,126 @@ def test_precomputed_npy_and_npz(tmp_path, ramp):
     np.save(tmp_path / "bad.npy", arr * 3)
     with pytest.raises(L2LError, match=r"outside \[0, 1\]"):
         PrecomputedMaps(path=str(tmp_path / "bad.npy")).generate(ramp)
+
+
+# ---- every generator checks its own fields ---------------------------------------------------
+
+FIELD_CASES = [
+    ("clip", {"input_size": 0}, "--input-size must be an integer in [1, 4096]"),
+    ("clip", {"input_size": 32.5}, "--input-size must be an integer"),
+    ("clip", {"input_size": True}, "--input-size must be an integer"),
+    ("clip", {"input_size": 30}, "not a multiple of the patch size 8"),
+    ("clip", {"batch_size": "8"}, "--batch-size must be an integer >= 1"),
+    ("clip", {"batch_size": -4}, "--batch-size must be an integer >= 1"),
+    ("clip", {"guard_z": -1.0}, "--guard-z must be a finite number >= 0"),
+    ("clip", {"guard_z": float("nan")}, "--guard-z must be a finite number"),
+    ("clip", {"sigma": 0}, "map option sigma must be a finite number > 0"),
+    ("clip", {"flip": "yes"}, "--flip must be true or false"),
+    ("clip", {"device": "tpu"}, "--device must be auto, cpu, cuda or cuda:N"),
+    ("clip", {"device": "cuda:x"}, "--device must be auto, cpu, cuda or cuda:N"),
+    ("clip", {"variant": "gradcam"}, "unknown --variant 'gradcam'"),
+    ("clip", {"refine": 3}, "unknown --refine 3"),
+    ("clip", {"vlm": 42}, "--vlm must be a folder or a hub id"),
+    ("clip", {"vlm": ""}, "--vlm must be a folder or a hub id"),
+    ("clip", {"prompts": {"positive": ["a digit"], "colour": 1}}, "unknown prompt field(s) colour"),
+    ("clip", {"prompts": {"templates": ["a photo"]}}, "has no {} for the prompt"),
+    ("clip", {"prompts": {"templates": ["{x}"]}}, "not a valid format string"),
+    ("clip", {"prompts": {"temperature": "hot"}}, "--temperature must be a finite number > 0"),
+    ("clip", {"prompts": {"positive": [""]}}, "--prompt must be non-empty text"),
+    ("clip", {"prompts": {"negative": [3]}}, "must be a list of texts"),
+    ("naclip", {"input_size": -1}, "--input-size must be an integer"),
+    ("weclip", {"iterations": 0}, "--iterations must be an integer >= 1"),
+    ("weclip", {"iterations": 2.5}, "--iterations must be an integer >= 1"),
+    ("weclip", {"train_images": -3}, "--train-images must be an integer >= 1"),
+    ("weclip", {"lr": 0}, "map option lr must be a finite number > 0"),
+    ("weclip", {"layers": 0}, "map option layers must be an integer >= 1"),
+    ("weclip", {"affinity_steps": -1}, "map option affinity_steps must be an integer >= 0"),
+    ("weclip", {"fg_threshold": 1.5}, "map option fg_threshold must be a finite number >= 0 and <= 1"),
+    ("weclip", {"bg_threshold": 0.7}, "need bg_threshold < fg_threshold"),
+    ("weclip", {"hard": 1}, "--hard must be true or false"),
+    ("weclip", {"seed": -1}, "map option seed must be an integer in [0, 4294967295]"),
+    ("weclip", {"guard_z": float("inf")}, "--guard-z must be a finite number"),
+    ("weclip", {"dino": 3}, "--dino must be a folder or a hub id"),
+    ("oracle", {"threshold": 300}, "map option threshold must be an integer in [0, 254]"),
+    ("intensity", {"threshold": -1}, "map option threshold must be an integer in [0, 254]"),
+    ("degraded-oracle", {"degradation": "smear"}, "unknown degradation 'smear'"),
+    ("degraded-oracle", {"degradation": "blur", "strength": 1e9}, r"strength of blur must be a number in [0, 28]"),
+    ("degraded-oracle", {"degradation": "shift", "strength": -1}, r"strength of shift must be a number in [0, 28]"),
+    ("degraded-oracle", {"degradation": "noise", "strength": float("nan")}, "strength of noise must be"),
+    ("degraded-oracle", {"seed": -2}, "map option seed must be an integer"),
+    ("precomputed", {"path": 5}, "needs --path"),
+]
+
+
+@pytest.mark.parametrize("source,options,needle", FIELD_CASES,
+                         ids=[f"{s}-{'-'.join(map(str, o))}" for s, o, _ in FIELD_CASES])
+def test_generators_check_their_own_fields(source, options, needle, clip_pair):
+    if source in ("clip", "naclip", "weclip") and "vlm" not in options:
+        options = {"vlm": clip_pair, **options}
+    with pytest.raises(L2LError) as e:
+        get_map_source(source, **options).check_ready()  # fields at construction, the weights' patch size here
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_construction_touches_no_weights_so_runs_can_be_planned(tmp_path):
+    gen = get_map_source("clip", vlm="some/clip-not-downloaded-yet")  # nothing located yet
+    with pytest.raises(L2LError, match="not in the local Hugging Face cache"):
+        gen.check_ready()
+    with pytest.raises(L2LError, match="no CLIP folder"):
+        get_map_source("weclip", vlm=str(tmp_path / "missing"), iterations=1).check_ready()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_refused_at_construction(clip_pair):
+    for source in ("clip", "weclip"):
+        with pytest.raises(L2LError, match="not available on this machine; pass --device cpu"):
+            get_map_source(source, vlm=clip_pair, device="cuda")
+
+
+def test_valid_fields_pass_and_keep_their_fingerprint(clip_pair):
+    """Checks normalise nothing that the fingerprint sees: a list of prompts equals the tuple."""
+    a = ClipMaps(vlm=clip_pair, input_size=32, device="auto")
+    b = ClipMaps(vlm=clip_pair, input_size=32, device="cpu",
+                 prompts={"positive": ["a handwritten digit"], "negative": ["background", "black", "dark"]})
+    assert a.fingerprint() == b.fingerprint()
+    assert get_map_source("degraded-oracle", degradation="blur", strength=28).strength == 28
+    assert get_map_source("oracle", threshold=0).threshold == 0
+
+
+def test_precomputed_files_are_checked_when_named(tmp_path):
+    np.save(tmp_path / "flat.npy", np.float32(0.5))
+    with pytest.raises(L2LError, match=r"shape \(\); expected \(N, H, W\)"):
+        PrecomputedMaps(path=str(tmp_path / "flat.npy"))
+    for name, data in (("empty.npy", b""), ("empty.npz", b""), ("bad.npz", b"PK\x03\x04junk")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(L2LError, match="is corrupt or unreadable"):
+            PrecomputedMaps(path=str(tmp_path / name))
+
+
+def test_a_damaged_saved_decoder_is_trained_again(tmp_path, clip_pair, digits, capsys):
+    opts = dict(vlm=clip_pair, input_size=32, iterations=2, train_images=6, batch_size=3)
+    WeCLIPMaps(**opts).prepare(digits, tmp_path)
+    (saved,) = tmp_path.glob("decoder-*.pt")
+    saved.write_bytes(b"")
+    again = WeCLIPMaps(**opts)
+    again.prepare(digits, tmp_path)
+    assert len(again.train_log) == 2 and "training it again" in capsys.readouterr().err
+    assert saved.stat().st_size > 0
+
+
+def test_read_only_cache_readers_never_write(tmp_path, ramp):
+    from learning_to_look.maps import list_cached, read_cached
+
+    cached_maps(Counting(), "toy", ramp, cache_dir=tmp_path, chunk_size=4, progress=False)
+    folder = cache_folder(Counting(), "toy", ramp, tmp_path)
+    (folder / "chunk-00001.npy").write_bytes(b"")
+    before = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    with pytest.raises(L2LError, match=r"chunk 1 of the cached maps .* is corrupt.*l2l maps generate"):
+        read_cached(Counting(), "toy", ramp, tmp_path)
+    with pytest.raises(L2LError, match="chunk 1"):
+        load_map_set("counting", "toy", ramp, tmp_path)
+    (entry,) = list_cached(tmp_path)
+    assert entry.folder == folder and entry.problem is None  # the file is there: only a check reads it
+    (folder / "chunk-00002.npy").unlink()
+    assert "chunk 2" in list_cached(tmp_path)[0].problem
+    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == {p: t for p, t in before.items() if p.exists()}

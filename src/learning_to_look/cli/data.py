@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import typer
 
 from ..data import DATASETS, build_dataset, dataset_path, load_dataset
-from ..data.preview import preview_dataset
+from ..errors import L2LError, os_error
+from ..data.preview import check_out_file, preview_dataset
 from .app import DATA_DIR, MNIST_DIR, app
 
 data_app = typer.Typer(help="Build and inspect data sets.\n\nExample: l2l data build colormnist", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def one_line(command: F) -> F:
+    """What the file system raises inside a command (a folder that cannot be written, a
+    file cut short) becomes the one-line :class:`L2LError` here, in the command, never a
+    traceback, and never the "Abort" that click makes of an escaping EOFError."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except OSError as e:
+            raise os_error(e) from None
+        except EOFError:
+            raise L2LError("a file ended unexpectedly (empty or cut short); delete the damaged file named by the "
+                           "command's options, or its cache entry, and rerun") from None
+    return run  # type: ignore[return-value]
 
 
 def _names(name: str) -> list[str]:
@@ -23,6 +44,7 @@ def _names(name: str) -> list[str]:
 
 
 @data_app.command("build")
+@one_line
 def build(name: str = typer.Argument("all", help=f"{DATASETS.help()} | all"),
           data_dir: Optional[Path] = DATA_DIR, mnist_dir: Optional[Path] = MNIST_DIR,
           force: bool = typer.Option(False, "--force", help="Rebuild even if a verified file exists.")) -> None:
@@ -40,13 +62,14 @@ def build(name: str = typer.Argument("all", help=f"{DATASETS.help()} | all"),
 
 
 @data_app.command("info")
+@one_line
 def info(name: str = typer.Argument(..., help=DATASETS.help()),
          data_dir: Optional[Path] = DATA_DIR, mnist_dir: Optional[Path] = MNIST_DIR) -> None:
-    """Sizes, label counts, protocol and array hashes of a built data set.
+    """Sizes, label counts, protocol and array hashes of a built data set (never builds it).
 
     Example: l2l data info colormnist
     """
-    ds = load_dataset(_names(name)[0], data_dir, mnist_dir=mnist_dir and str(mnist_dir))
+    ds = load_dataset(_names(name)[0], data_dir, build=False, mnist_dir=mnist_dir and str(mnist_dir))
     h = ds.header
     typer.echo(f"{ds.name}: {h['protocol']} (protocol v{h['protocol_version']})")
     typer.echo(f"  file: {dataset_path(ds.name, data_dir)}  mnist: {h['mnist_source']}")
@@ -60,12 +83,14 @@ def info(name: str = typer.Argument(..., help=DATASETS.help()),
 
 
 @data_app.command("show")
+@one_line
 def show(name: str = typer.Argument(..., help=DATASETS.help()),
          out: Path = typer.Option(..., "--out", help="PNG file to write."),
          data_dir: Optional[Path] = DATA_DIR, mnist_dir: Optional[Path] = MNIST_DIR) -> None:
-    """Write a grid of train and test images with labels.
+    """Write a grid of train and test images with labels (never builds the data set).
 
     Example: l2l data show colormnist --out colormnist.png
     """
-    ds = load_dataset(_names(name)[0], data_dir, mnist_dir=mnist_dir and str(mnist_dir))
+    check_out_file(out)
+    ds = load_dataset(_names(name)[0], data_dir, build=False, mnist_dir=mnist_dir and str(mnist_dir))
     typer.echo(f"wrote {preview_dataset(ds, out)}")

@@ -11,15 +11,17 @@ import typer
 
 from ..data import DATASETS, SPLITS, Split, load_dataset
 from ..errors import L2LError
+from ..data.preview import check_out_file
 from ..maps import (DEFAULT_CLIP, MAP_SOURCES, VARIANTS, ClipMaps, MapGenerator, PrecomputedMaps, PromptSpec,
                     WeCLIPMaps, cache_meta, cached_maps, folder_maps, format_report, list_cached, load_image_folder,
-                    load_map_set, map_report)
-from ..maps.cache import DEFAULT_CACHE_DIR, cache_folder
+                    map_report)
+from ..maps.cache import DEFAULT_CACHE_DIR, cache_folder, read_cached
 from ..maps.clip import REFINEMENTS
 from ..maps.precomputed import KEYS, PNG_MODES
 from ..maps.show import overlay_grid
 from ..maps.weclip import CPU_SCHEDULE, GPU_SCHEDULE
 from .app import DATA_DIR, app
+from .data import one_line
 
 maps_app = typer.Typer(help="Generate, check and show attention maps.\n\n"
                             "Example: l2l maps generate --dataset decoymnist --backend clip "
@@ -32,7 +34,7 @@ PROMPTS = PromptSpec()
 BACKEND = typer.Option(ClipMaps.name, "--backend", help=MAP_SOURCES.help())
 DATASET = typer.Option("decoymnist", "--dataset", help=DATASETS.help())
 SPLIT = typer.Option("train", "--split", help=" | ".join(SPLITS))
-LIMIT = typer.Option(None, "--limit", help="Only the first N images of the split (smoke tests).")
+LIMIT = typer.Option(None, "--limit", min=1, help="Only the first N images of the split (smoke tests), N >= 1.")
 VLM = typer.Option(None, "--vlm", envvar="L2L_VLM",
                    help=f"CLIP hub id or save_pretrained folder [default: {DEFAULT_CLIP}].")
 DINO = typer.Option(None, "--dino", help="weclip: DINOv2 hub id or folder for a second feature stream.")
@@ -64,7 +66,7 @@ KEY = typer.Option(None, "--key", help=f"precomputed: {' | '.join(KEYS)} [defaul
 PNG_MODE = typer.Option(None, "--png-mode", help=f"precomputed PNGs: {' | '.join(PNG_MODES)} (nonblack reads WeCLIP+ "
                                                  f"prediction_cmap) [default: {PrecomputedMaps.png_mode}].")
 BATCH = typer.Option(None, "--batch-size", help="Images per forward pass.")
-DEVICE = typer.Option(None, "--device", help="cpu | cuda [default: cuda when available].")
+DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N [default: auto, cuda when available].")
 CACHE_DIR = typer.Option(None, "--cache-dir", envvar="L2L_MAPS_DIR",
                          help=f"Map cache folder [default: ./{DEFAULT_CACHE_DIR}].")
 IMAGES = typer.Option(None, "--images", help="A folder of ordinary images instead of a data set.")
@@ -94,13 +96,16 @@ def build_generator(backend: str, **flags: Any) -> MapGenerator:
     if unused:
         flag_names = ", ".join("--" + ("prompt" if u == "prompts" else u.replace("_", "-")) for u in unused)
         raise L2LError(f"{flag_names} does not apply to backend {backend}; drop it or pick a backend that takes it")
-    return cls(**options)
+    generator = cls(**options)
+    generator.check_ready()  # a missing model fails now, before any data is loaded
+    return generator
 
 
-def _split(dataset: str, split: str, limit: Optional[int], data_dir: Optional[Path]) -> Split:
+def _split(dataset: str, split: str, limit: Optional[int], data_dir: Optional[Path], build: bool) -> Split:
+    """The split (its first ``limit`` images); ``build=False`` for the read-only commands."""
     if split not in SPLITS:
         raise L2LError(f"--split must be {' or '.join(SPLITS)}, got {split!r}")
-    ds = load_dataset(dataset, data_dir)
+    ds = load_dataset(dataset, data_dir, build=build)
     s = ds.train if split == "train" else ds.test
     return s.subset(np.arange(min(limit, len(s)))) if limit else s
 
@@ -130,15 +135,12 @@ def _read_cached(gen: MapGenerator, dataset: str, split: Split,
     never trigger an hour of generation by accident."""
     if not gen.cacheable:
         return gen.generate(split), None
-    folder = cache_folder(gen, dataset, split, cache_dir)
-    if not (folder / "meta.json").exists():
-        raise L2LError(f"no cached {gen.name} maps for {dataset}/{split.name} with these options; "
-                       f"run `l2l maps generate` with the same options first")
-    maps, _ = load_map_set(folder.name, dataset, split, cache_dir)
-    return maps, (cache_meta(gen, dataset, split, cache_dir) or {}).get("stats")
+    maps, meta = read_cached(gen, dataset, split, cache_dir)
+    return maps, meta.get("stats")
 
 
 @maps_app.command("generate")
+@one_line
 def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
              vlm: Optional[str] = VLM, dino: Optional[str] = DINO, variant: Optional[str] = VARIANT,
              prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES,
@@ -157,13 +159,15 @@ def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT,
     Example: l2l maps generate --dataset decoymnist --backend clip --vlm openai/clip-vit-base-patch16
     --prompt "a handwritten digit" --negatives "background,black,dark"
     """
+    if out is not None and images is None:
+        raise L2LError("--out applies only with --images (one PNG map per image); drop it, or pass --images DIR")
     gen = _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
                      guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device)
     if images is not None:
-        result = folder_maps(gen, images, out)
+        result = folder_maps(gen, images, out, progress=not quiet)
         typer.echo(f"{len(result)} maps from {gen.name} ({gen.kind}) for {images}" + (f" -> {out}" if out else ""))
         return
-    s = _split(dataset, split, limit, data_dir)
+    s = _split(dataset, split, limit, data_dir, build=True)
     maps = cached_maps(gen, dataset, s, cache_dir=cache_dir, progress=not quiet)
     meta = cache_meta(gen, dataset, s, cache_dir) if gen.cacheable else None
     where = cache_folder(gen, dataset, s, cache_dir) if gen.cacheable else "not cached (cheap source)"
@@ -173,6 +177,7 @@ def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT,
 
 
 @maps_app.command("check")
+@one_line
 def check(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
           vlm: Optional[str] = VLM, dino: Optional[str] = DINO, variant: Optional[str] = VARIANT,
           prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES,
@@ -189,14 +194,15 @@ def check(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, li
     """
     gen = _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
                      guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device)
-    s = _split(dataset, split, limit, data_dir)
+    s = _split(dataset, split, limit, data_dir, build=False)
     maps, stats = _read_cached(gen, dataset, s, cache_dir)
     _print_report(maps, s, stats, gen.describe())
 
 
 @maps_app.command("show")
+@one_line
 def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
-         n: int = typer.Option(16, "--n", help="Number of images in the grid."),
+         n: int = typer.Option(16, "--n", min=1, help="Number of images in the grid (>= 1)."),
          backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
          vlm: Optional[str] = VLM, dino: Optional[str] = DINO, variant: Optional[str] = VARIANT,
          prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES,
@@ -211,6 +217,7 @@ def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
 
     Example: l2l maps show --dataset decoymnist --backend oracle --out maps.png
     """
+    check_out_file(out)
     gen = _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
                      guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device)
     d = gen.describe()
@@ -222,7 +229,7 @@ def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
         names = list(result)[:n]
         typer.echo(f"wrote {overlay_grid([pics[k] for k in names], [result[k] for k in names], out, title, names)}")
         return
-    s = _split(dataset, split, limit, data_dir)
+    s = _split(dataset, split, limit, data_dir, build=False)
     maps, _ = _read_cached(gen, dataset, s, cache_dir)
     k = min(n, len(maps))
     labels = [f"y={y}" for y in s.labels[:k]]
@@ -230,6 +237,7 @@ def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
 
 
 @maps_app.command("list")
+@one_line
 def list_cmd(cache_dir: Optional[Path] = CACHE_DIR) -> None:
     """Cached map sets, usable as `l2l train --maps FOLDER-NAME`.
 
@@ -238,8 +246,17 @@ def list_cmd(cache_dir: Optional[Path] = CACHE_DIR) -> None:
     entries = list_cached(cache_dir)
     if not entries:
         typer.echo("no cached maps")
-    for folder, meta in entries:
+    for folder, meta, problem in entries:
+        if meta is None:
+            typer.echo(f"{folder}: CORRUPT ({problem})")
+            continue
         d = meta.get("describe", {})
         state = "complete" if meta.get("complete") else f"{len(meta.get('chunks', {}))} chunks done"
+        state = f"CORRUPT ({problem})" if problem else state
         real = "" if d.get("real_vlm", True) else "  [random-init test model]"
         typer.echo(f"{meta['dataset']}/{meta['split']}/{folder.name}: {d.get('kind')} {state}{real}")
+    bad = [e for e in entries if e.problem]
+    if bad:
+        raise L2LError(f"{len(bad)} of {len(entries)} cached map sets are corrupt, the first in {bad[0].folder} "
+                       f"({bad[0].problem}); `l2l maps generate` with its options regenerates it, or delete the "
+                       "folder")

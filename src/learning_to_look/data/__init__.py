@@ -5,11 +5,12 @@ from .builders import (DATASETS, DIGIT_THRESHOLD, PALETTE, SPLITS, DatasetSpec, 
 from .mnist import MNISTArrays, load_mnist
 from .pipeline import as_rgb, batch_indices, colour_invariant, to_input
 from .splits import train_val, train_val_indices
-from .store import Dataset, Split, build_dataset, dataset_path, default_data_dir, load_dataset, read_header
+from .store import (Dataset, DatasetMismatch, Split, build_dataset, data_folder, dataset_path, default_data_dir,
+                    load_dataset, read_header)
 
 __all__ = [
-    "DATASETS", "DIGIT_THRESHOLD", "PALETTE", "SPLITS", "Dataset", "DatasetSpec", "MNISTArrays", "Split", "as_rgb",
-    "batch_indices", "build_dataset", "colorize", "colour_invariant", "dataset_path", "decoy_corners",
-    "default_data_dir", "hsl_palette", "load_dataset", "load_mnist", "read_header", "register", "square_masks",
-    "to_input", "train_val", "train_val_indices",
+    "DATASETS", "DIGIT_THRESHOLD", "PALETTE", "SPLITS", "Dataset", "DatasetMismatch", "DatasetSpec", "MNISTArrays",
+    "Split", "as_rgb", "batch_indices", "build_dataset", "colorize", "colour_invariant", "data_folder",
+    "dataset_path", "decoy_corners", "default_data_dir", "hsl_palette", "load_dataset", "load_mnist", "read_header",
+    "register", "square_masks", "to_input", "train_val", "train_val_indices",
 ]

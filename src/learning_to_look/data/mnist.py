@@ -111,7 +111,8 @@ def _find_idx(folder: Path, stem: str) -> Path:
 
 def _load_idx_dir(folder: Path) -> dict[str, np.ndarray]:
     if not folder.is_dir():
-        raise L2LError(f"MNIST folder {folder} does not exist; pass --mnist-dir with the four IDX files")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise L2LError(f"MNIST folder {folder} {what}; pass --mnist-dir with the four IDX files")
     return {key: read_idx(_find_idx(folder, stem)) for key, stem in IDX_FILES.items()}
 
 

@@ -8,8 +8,31 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import L2LError, os_error
 from ..plotting import pyplot, save_figure, to_display
 from .store import Dataset
+
+
+def check_out_file(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """A file path a figure can be written to: not a folder, not below a file."""
+    out = Path(out)
+    if out.is_dir():
+        raise L2LError(f"{flag} {out} is a folder; pass a file name such as {out / 'preview.png'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise L2LError(f"cannot write {flag} {out}: {parent} is a file, not a folder; pick another {flag}")
+            break
+    return out
+
+
+def write_figure(fig, out: str | os.PathLike) -> Path:
+    """:func:`save_figure` to a checked path; an OS failure (permissions, full disk) is one line."""
+    out = check_out_file(out)
+    try:
+        return save_figure(fig, out)
+    except OSError as e:
+        raise os_error(e) from None
 
 
 def _first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -17,6 +40,7 @@ def _first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
 
 
 def preview_dataset(ds: Dataset, out: str | os.PathLike, per_class: int = 2) -> Path:
+    check_out_file(out)
     plt = pyplot()
     rows = []
     for split in (ds.train, ds.test):
@@ -35,4 +59,4 @@ def preview_dataset(ds: Dataset, out: str | os.PathLike, per_class: int = 2) -> 
     for ax in axes.flat:
         ax.set_axis_off()
     fig.suptitle(f"{ds.name}: {ds.header.get('protocol', '')}", fontsize=9)
-    return save_figure(fig, out)
+    return write_figure(fig, out)

@@ -11,14 +11,15 @@ import logging
 import os
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import L2LError
-from ..io import atomic_save_npz, sha256_array
-from .builders import DATASETS, DatasetSpec, square_masks
+from ..errors import L2LError, corrupt_file
+from ..io import TMP_SUFFIX, atomic_save_npz, folder_lock, sha256_array
+from .builders import DATASETS, SPLITS, DatasetSpec, square_masks
 from .mnist import load_mnist
 
 DATA_DIR_ENV = "L2L_DATA_DIR"
@@ -81,55 +82,146 @@ class Dataset:
     header: dict = field(default_factory=dict)
 
 
+def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data folder; a file in its place is a one-line error."""
+    folder = Path(data_dir or default_data_dir())
+    if folder.exists() and not folder.is_dir():
+        raise L2LError(f"--data-dir {folder} is a file, not a folder; pass a folder for the data sets "
+                       f"(or set {DATA_DIR_ENV})")
+    return folder
+
+
 def dataset_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     return Path(data_dir or default_data_dir()) / f"{name}.npz"
 
 
+def build_command(name: str, path: Path, force: bool = False) -> str:
+    """The command that (re)builds ``name`` where ``path`` lives."""
+    return f"`l2l data build {name}{' --force' if force else ''} --data-dir {path.parent}`"
+
+
 def build_dataset(name: str, data_dir: str | os.PathLike | None = None, mnist_dir: str | None = None) -> Path:
-    """Build ``name`` from verified MNIST and write it atomically; returns the file."""
+    """Build ``name`` from verified MNIST and write it atomically; returns the file.
+
+    The data folder's lock is held while building, so a second build there stops with a
+    clear message, and the temporary files a killed build left are removed first."""
     spec = DATASETS.get(name)
+    folder = data_folder(data_dir)
+    path = dataset_path(name, folder)
     t0 = time.perf_counter()
-    mnist = load_mnist(mnist_dir)
-    arrays = spec.build(mnist)
-    header = {
-        "dataset": spec.name,
-        "protocol": spec.protocol,
-        "protocol_version": spec.version,
-        "format_version": FORMAT_VERSION,
-        "description": spec.description,
-        "decoy_size": spec.decoy_size,
-        "mnist_source": mnist.source,
-        "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": sha256_array(v)}
-                   for k, v in arrays.items()},
-        "build_seconds": round(time.perf_counter() - t0, 3),
-    }
-    path = dataset_path(name, data_dir)
-    atomic_save_npz(path, header=np.array(json.dumps(header)), **arrays)
+    mnist = load_mnist(mnist_dir)  # first: a bad --mnist-dir fails before anything is made
+    with folder_lock(folder, f"`l2l data build {spec.name}`"):
+        for tmp in folder.glob(f".{path.name}.*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)  # we hold the lock: a dead build's half-written file
+        arrays = spec.build(mnist)
+        header = {
+            "dataset": spec.name,
+            "protocol": spec.protocol,
+            "protocol_version": spec.version,
+            "format_version": FORMAT_VERSION,
+            "description": spec.description,
+            "decoy_size": spec.decoy_size,
+            "mnist_source": mnist.source,
+            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": sha256_array(v)}
+                       for k, v in arrays.items()},
+            "build_seconds": round(time.perf_counter() - t0, 3),
+        }
+        atomic_save_npz(path, header=np.array(json.dumps(header)), **arrays)
     return path
 
 
-def read_header(path: Path) -> dict:
+class DatasetMismatch(L2LError):
+    """A sound file that holds another data set (or another protocol) than the one asked
+    for: never rebuilt over silently, since the user put it there."""
+
+
+_FILE_ERRORS = (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, zlib.error)
+
+
+def read_header(path: Path, name: str | None = None) -> dict:
+    """The JSON header of a data file; an unreadable file or header is named as corrupt."""
+    fix = f"rebuild it with {build_command(name or Path(path).stem, Path(path), force=True)}"
     try:
         with np.load(path, allow_pickle=False) as z:
-            return json.loads(str(z["header"]))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise L2LError(f"data file {path} is corrupt ({type(e).__name__}); "
-                       "rebuild it with `l2l data build --force`") from None
+            if "header" not in z.files:
+                raise corrupt_file(path, "no header: not a file written by `l2l data build`", fix)
+            header = json.loads(str(z["header"]))
+    except _FILE_ERRORS as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise corrupt_file(path, f"{type(e).__name__}", fix) from None
+    if not isinstance(header, dict) or not isinstance(header.get("arrays"), dict) or not all(
+            isinstance(m, dict) and isinstance(m.get("sha256"), str) and isinstance(m.get("shape"), list)
+            for m in header["arrays"].values()):
+        raise corrupt_file(path, "its header is not a data-set header", fix)
+    return header
+
+
+def expected_shapes(spec: DatasetSpec) -> dict[str, tuple]:
+    """key -> expected shape, with -1 for the image count N, per split."""
+    shapes = {}
+    for s in SPLITS:
+        shapes |= {f"x_{s}": (-1, spec.channels, 28, 28), f"y_{s}": (-1,), f"digit_{s}": (-1, 28, 28)}
+        if spec.decoy_size:
+            shapes[f"corner_{s}"] = (-1, 2)
+    return shapes
+
+
+def _shape_problem(spec: DatasetSpec, shapes: dict[str, tuple]) -> str | None:
+    """What in ``shapes`` (key -> shape) does not fit ``spec``, or None."""
+    for s in SPLITS:
+        n = None
+        for key, want in expected_shapes(spec).items():
+            if not key.endswith(f"_{s}"):
+                continue
+            got = shapes.get(key)
+            if got is None:
+                return f"it has no array {key}"
+            got = tuple(got)
+            if len(got) != len(want) or any(w not in (-1, g) for w, g in zip(want, got)):
+                dims = ["N" if w == -1 else str(w) for w in want]
+                pretty = f"({dims[0]},)" if len(dims) == 1 else f"({', '.join(dims)})"
+                return f"array {key} has shape {got}, expected {pretty} for {spec.name}"
+            if n is None:
+                n = got[0]
+            elif got[0] != n:
+                return f"array {key} has {got[0]} rows but the other {s} arrays have {n}"
+    return None
+
+
+def _check_header(path: Path, header: dict, spec: DatasetSpec) -> None:
+    """The header must describe ``spec``: its name, protocol, versions and array shapes. A
+    file of another data set is a :class:`DatasetMismatch`; one of an older protocol
+    version of the same data set is stale (rebuilt when building is allowed)."""
+    fix = f"delete {path} so that it is rebuilt, or run {build_command(spec.name, path, force=True)}"
+    named = header.get("dataset")
+    if named != spec.name:
+        raise DatasetMismatch(f"data file {path} holds the {named or 'unnamed'} data set, not {spec.name}; {fix}")
+    if header.get("protocol") != spec.protocol or header.get("protocol_version") != spec.version \
+            or header.get("format_version") != FORMAT_VERSION or header.get("decoy_size") != spec.decoy_size:
+        raise L2LError(f"data file {path} was built by another protocol version of {spec.name} "
+                              f"(protocol v{header.get('protocol_version')}, format v{header.get('format_version')}; "
+                              f"this code builds v{spec.version}, format v{FORMAT_VERSION}); {fix}")
+    problem = _shape_problem(spec, {k: m["shape"] for k, m in header["arrays"].items()})
+    if problem:
+        raise DatasetMismatch(f"data file {path} does not hold {spec.name}: {problem}; {fix}")
 
 
 def _read_verified(path: Path, spec: DatasetSpec) -> tuple[dict, dict[str, np.ndarray]]:
-    header = read_header(path)
-    fix = f"rebuild it with `l2l data build {spec.name} --force`"
-    if header.get("protocol_version") != spec.version or header.get("format_version") != FORMAT_VERSION:
-        raise L2LError(f"data file {path} was built by another protocol version; {fix}")
+    header = read_header(path, spec.name)
+    _check_header(path, header, spec)
+    fix = f"rebuild it with {build_command(spec.name, path, force=True)}"
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in header["arrays"]}
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise L2LError(f"data file {path} is corrupt ({type(e).__name__}); {fix}") from None
+    except _FILE_ERRORS as e:
+        raise corrupt_file(path, f"{type(e).__name__}", fix) from None
     for k, meta in header["arrays"].items():
-        if sha256_array(arrays[k]) != meta["sha256"]:
+        if arrays[k].dtype != np.uint8 or sha256_array(arrays[k]) != meta["sha256"]:
             raise L2LError(f"data file {path}: array {k} fails its SHA-256 check; {fix}")
+    problem = _shape_problem(spec, {k: a.shape for k, a in arrays.items()})
+    if problem:
+        raise DatasetMismatch(f"data file {path} does not hold {spec.name}: {problem}; {fix}")
     return header, arrays
 
 
@@ -138,16 +230,23 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, build:
     """Load a built data set, building it first when missing (``build=True``).
 
     A file that fails verification is reported, never used; with ``build=True`` a
-    stale or corrupt file is rebuilt from MNIST once.
+    corrupt file is rebuilt from MNIST once. A sound file holding another data set (a
+    copy under the wrong name) or another protocol is an error in both modes: it is the
+    user's file, so the fix (delete it, or ``l2l data build NAME --force``) is theirs.
+    Read-only callers (``l2l data info``, ``l2l maps check``) pass ``build=False``.
     """
     spec = DATASETS.get(name)
-    path = dataset_path(name, data_dir)
+    path = dataset_path(name, data_folder(data_dir))
     if not path.exists():
         if not build:
-            raise L2LError(f"data set {name} is not built in {path.parent}; run `l2l data build {name}`")
+            raise L2LError(f"data set {name} is not built in {path.parent}; run {build_command(name, path)}")
         build_dataset(name, data_dir, mnist_dir)
+    if path.is_dir():
+        raise L2LError(f"{path} is a folder, not a data file; move it away and run {build_command(name, path)}")
     try:
         header, arrays = _read_verified(path, spec)
+    except DatasetMismatch:
+        raise
     except L2LError as e:
         if not build:
             raise

@@ -137,7 +137,8 @@ def check_number(field: str, value: Any, *, low: float | None = None, above: flo
 def check_choice(field: str, value: Any, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if not isinstance(value, str) or value not in choices:
-        raise L2LError(f"unknown {option_name(field)} {value!r}; choose one of: {', '.join(choices)}")
+        label = "--" + field.replace("_", "-") if field in CLI_FLAGS else field
+        raise L2LError(f"unknown {label} {value!r}; choose one of: {', '.join(choices)}")
     return value
 
 
@@ -191,8 +192,7 @@ class PromptSpec:
                 or not math.isfinite(self.temperature) or self.temperature <= 0:
             raise L2LError(f"--temperature must be a finite number > 0, got {self.temperature!r}; "
                            "pass e.g. --temperature 40")
-        for name, value in (("positive", positive), ("negative", negative), ("templates", templates),
-                            ("temperature", float(self.temperature))):
+        for name, value in (("positive", positive), ("negative", negative), ("templates", templates)):
             object.__setattr__(self, name, value)
 
 
@@ -211,6 +211,12 @@ class MapGenerator(ABC):
     last_stats: Mapping[str, float] = MappingProxyType({})
     #: The device the maps were made on, recorded in the cache sidecar.
     device_used: str = "cpu"
+
+    def check_ready(self) -> None:
+        """Cheap checks of what the generator will read (model folders, the hub), without
+        loading anything or reading any data: commands call it first, so a missing model
+        fails in well under a second. Construction checks only the fields, so that a run
+        can be planned before its weights are downloaded."""
 
     def prepare(self, split: ImageSet, workdir: Path | None = None) -> None:
         """Hook run once on the whole split before :meth:`generate` sees it in chunks:
@@ -277,7 +283,7 @@ class OracleMaps(MapGenerator):
     threshold: int = DIGIT_THRESHOLD
 
     def __post_init__(self) -> None:
-        self.threshold = check_int("threshold", self.threshold, 0, 254, example=DIGIT_THRESHOLD)
+        check_int("threshold", self.threshold, 0, 254, example=DIGIT_THRESHOLD)
 
     def generate(self, split: ImageSet) -> np.ndarray:
         return digit_masks(split, self.threshold, f"map source {self.name}").astype(np.float32)  # (N, H, W)
@@ -294,7 +300,7 @@ class IntensityMaps(MapGenerator):
     threshold: int = DIGIT_THRESHOLD
 
     def __post_init__(self) -> None:
-        self.threshold = check_int("threshold", self.threshold, 0, 254, example=DIGIT_THRESHOLD)
+        check_int("threshold", self.threshold, 0, 254, example=DIGIT_THRESHOLD)
 
     def generate(self, split: ImageSet) -> np.ndarray:
         return (np.asarray(split.images).max(axis=1) > self.threshold).astype(np.float32)  # (N, H, W)

@@ -34,13 +34,17 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import L2LError
-from .base import ImageSet, MapGenerator, PromptSpec, register_map_source
+from .base import (ImageSet, MapGenerator, PromptSpec, check_bool, check_choice, check_int, check_number,
+                   register_map_source)
 from .refine import pamr
-from .runtime import autocast, resolve_device
-from .weights import DEFAULT_CLIP, Pretrained, load_clip
+from .runtime import autocast, check_device, resolve_device
+from .weights import (DEFAULT_CLIP, Pretrained, check_source, check_source_type, load_clip, patch_size,
+                      require_vlm_extra)
 
 VARIANTS = ("vanilla", "maskclip", "sclip", "clearclip", "naclip")
 REFINEMENTS = ("none", "pamr")
+#: Largest --input-size accepted: far beyond any CLIP's training resolution already.
+MAX_INPUT_SIZE = 4096
 
 
 # ---- pure tensor math -------------------------------------------------------------
@@ -228,8 +232,19 @@ def _prompt_spec(prompts: Any) -> PromptSpec:
     if isinstance(prompts, PromptSpec):
         return prompts
     if isinstance(prompts, dict):
+        known = {f.name for f in dataclasses.fields(PromptSpec)}
+        unknown = sorted(set(prompts) - known)
+        if unknown:
+            raise L2LError(f"unknown prompt field(s) {', '.join(map(str, unknown))}; prompts take: "
+                           f"{', '.join(sorted(known))}")
         return PromptSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in prompts.items()})
     raise L2LError(f"prompts must be a PromptSpec or a dict of its fields, got {type(prompts).__name__}")
+
+
+def _check_patch_multiple(input_size: int, patch: int) -> None:
+    if input_size % patch:
+        raise L2LError(f"--input-size {input_size} is not a multiple of the patch size {patch}; "
+                       f"use e.g. {patch * max(1, round(input_size / patch))}")
 
 
 class ClipBackedMaps(MapGenerator):
@@ -252,15 +267,28 @@ class ClipBackedMaps(MapGenerator):
     device: str | None
 
     def __post_init__(self) -> None:
+        """Every field checked for type and range (the weights are located by
+        :meth:`check_ready` and loaded on first use)."""
+        require_vlm_extra(f"the {self.name} backend")
         self.prompts = _prompt_spec(self.prompts)
-        if self.variant not in VARIANTS:
-            raise L2LError(f"unknown CLIP variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}")
-        if self.refine not in REFINEMENTS:
-            raise L2LError(f"unknown refinement {self.refine!r}; choose one of: {', '.join(REFINEMENTS)}")
+        check_choice("variant", self.variant, VARIANTS)
+        check_choice("refine", self.refine, REFINEMENTS)
+        check_int("input_size", self.input_size, 1, MAX_INPUT_SIZE, example=224)
+        check_number("guard_z", self.guard_z, low=0, example=6)
+        check_int("batch_size", self.batch_size, 1, example=32)
+        check_device(self.device)
         if not self.prompts.negative:
             raise L2LError(f"the {self.name} backend scores positive against negative prompts; "
                            "pass --negatives \"background,black,dark\"")
+        check_source_type(self.vlm, "CLIP")
         self._clip: DenseCLIP | None = None
+
+    def check_ready(self) -> None:
+        """The CLIP weights are where ``vlm`` says (a sound folder, the hub cache, or a
+        reachable hub), and ``input_size`` fits their patch size."""
+        patch = patch_size(check_source(self.vlm, "CLIP") or {})
+        if patch:
+            _check_patch_multiple(self.input_size, patch)
 
     @property
     def weights(self) -> Pretrained:
@@ -285,10 +313,7 @@ class ClipBackedMaps(MapGenerator):
         """CLIP on the device, built once; the input size must be a multiple of its patch."""
         if self._clip is None:
             self._clip = DenseCLIP(self.weights, self.torch_device)
-            patch = self._clip.patch
-            if self.input_size % patch:
-                raise L2LError(f"--input-size {self.input_size} is not a multiple of the patch size {patch}; "
-                               f"use e.g. {patch * max(1, round(self.input_size / patch))}")
+            _check_patch_multiple(self.input_size, self._clip.patch)
         return self._clip
 
     def _weights_config(self) -> dict:
@@ -353,6 +378,11 @@ class ClipMaps(ClipBackedMaps):
     sigma: float = 5.0
     batch_size: int = 32
     device: str | None = None
+
+    def __post_init__(self) -> None:
+        check_bool("flip", self.flip)
+        check_number("sigma", self.sigma, above=0, example=5.0)
+        super().__post_init__()
 
     def config(self) -> dict:
         """Everything that changes the maps; batch size and device do not."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..data.builders import DIGIT_THRESHOLD, square_masks
 from ..errors import L2LError
-from .base import ImageSet, MapGenerator, digit_masks, register_map_source
+from .base import ImageSet, MapGenerator, check_choice, check_int, check_number, digit_masks, register_map_source
 
 #: degradation -> what ``strength`` means.
 DEGRADATIONS = {
@@ -35,6 +35,8 @@ DEGRADATIONS = {
     "noise": "probability that each pixel of the mask is flipped",
 }
 UNIT_RANGE = ("drop", "decoy", "noise")
+#: blur and shift are in pixels; beyond the 28-pixel image a map carries no position left.
+MAX_PIXELS = 28.0
 DECOY_SIZE = 5
 
 
@@ -96,11 +98,16 @@ class DegradedOracleMaps(MapGenerator):
     threshold: int = DIGIT_THRESHOLD
 
     def __post_init__(self) -> None:
-        if self.degradation not in DEGRADATIONS:
-            raise L2LError(f"unknown degradation {self.degradation!r}; choose one of: {', '.join(DEGRADATIONS)}")
-        if self.strength < 0 or (self.degradation in UNIT_RANGE and self.strength > 1):
-            limit = "in [0, 1]" if self.degradation in UNIT_RANGE else ">= 0"
-            raise L2LError(f"strength of {self.degradation} must be {limit}, got {self.strength}")
+        check_choice("degradation", self.degradation, DEGRADATIONS)
+        high = 1.0 if self.degradation in UNIT_RANGE else MAX_PIXELS
+        try:
+            check_number("strength", self.strength, low=0, high=high)
+        except L2LError:
+            unit = "" if self.degradation in UNIT_RANGE else " pixels"
+            raise L2LError(f"strength of {self.degradation} must be a number in [0, {high:g}]{unit}, "
+                           f"got {self.strength!r}; use e.g. strength: {0.5 if high == 1 else 2.0}") from None
+        check_int("seed", self.seed, 0, 2**32 - 1, example=0)
+        check_int("threshold", self.threshold, 0, 254, example=DIGIT_THRESHOLD)
 
     def generate(self, split: ImageSet) -> np.ndarray:
         masks = digit_masks(split, self.threshold, f"map source {self.name}").astype(np.float32)  # (N, H, W)

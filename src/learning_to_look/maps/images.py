@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import L2LError
 from ..io import atomic_write_bytes
 from .base import MapGenerator, validate_maps
+from .weights import loading_progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -58,7 +59,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, EOFError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise L2LError(f"cannot read image {path} ({type(e).__name__}); remove it or convert it to PNG/JPEG") from None
 
 
@@ -82,15 +83,31 @@ def load_image_folder(folder: str | os.PathLike) -> list[ImageSplit]:
             for (h, w), items in groups.items()]
 
 
+def check_out_folder(out_dir: str | os.PathLike, flag: str = "--out") -> Path:
+    """A folder that maps can be written into: not a file, not below a file."""
+    out_dir = Path(out_dir)
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == out_dir else f"lies below the file {p}"
+                raise L2LError(f"{flag} {out_dir} {where}, not a folder; pass a folder for the map PNGs")
+            break
+    return out_dir
+
+
 def folder_maps(generator: MapGenerator, folder: str | os.PathLike,
-                out_dir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+                out_dir: str | os.PathLike | None = None, *, progress: bool = True) -> dict[str, np.ndarray]:
     """Maps for every image in ``folder`` at its own size, keyed by file name; with
     ``out_dir`` each is also written there as a grey PNG (0..255) named like its image."""
+    if out_dir is not None:
+        check_out_folder(out_dir)
+    generator.check_ready()
     result: dict[str, np.ndarray] = {}
-    for split in load_image_folder(folder):
-        generator.prepare(split)
-        maps = validate_maps(generator.generate(split), len(split), split.images.shape[-2:], generator.name)
-        result.update(zip(split.names, maps))
+    with loading_progress(progress):
+        for split in load_image_folder(folder):
+            generator.prepare(split)
+            maps = validate_maps(generator.generate(split), len(split), split.images.shape[-2:], generator.name)
+            result.update(zip(split.names, maps))
     if out_dir is not None:
         for name, m in result.items():
             write_png(Path(out_dir) / f"{Path(name).stem}.png", m)

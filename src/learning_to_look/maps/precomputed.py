@@ -10,19 +10,25 @@ offenders, since a silently shifted or partial map set would train the wrong thi
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import L2LError
-from .base import ImageSet, MapGenerator, register_map_source
+from ..errors import L2LError, corrupt_file
+from ..io import load_npy
+from .base import ImageSet, MapGenerator, check_choice, register_map_source
 
 PNG_MODES = ("nonblack", "grey")
 KEYS = ("index", "name")
 _SHOW = 5
+#: What reading one array out of an .npz can raise when the archive is damaged.
+_ARRAY_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
 
 
 def _first(items: list, n: int = _SHOW) -> str:
@@ -80,17 +86,38 @@ class PrecomputedMaps(MapGenerator):
     png_mode: str = "nonblack"
 
     def __post_init__(self) -> None:
-        if not self.path:
+        if isinstance(self.path, os.PathLike):
+            self.path = os.fspath(self.path)
+        if not isinstance(self.path, str) or not self.path:
             raise L2LError("the precomputed backend needs --path to a folder of PNGs or an .npy/.npz file")
-        if self.key not in KEYS:
-            raise L2LError(f"--key must be {' or '.join(KEYS)}, got {self.key!r}")
-        if self.png_mode not in PNG_MODES:
-            raise L2LError(f"--png-mode must be one of {', '.join(PNG_MODES)}, got {self.png_mode!r}")
+        check_choice("key", self.key, KEYS)
+        check_choice("png_mode", self.png_mode, PNG_MODES)
         if not Path(self.path).exists():
             raise L2LError(f"no precomputed maps at {self.path}; pass --path to a folder of PNGs or an .npy/.npz file")
         self.kind_of_source = "png" if Path(self.path).is_dir() else Path(self.path).suffix.lower().lstrip(".")
         if self.kind_of_source not in ("png", "npy", "npz"):
             raise L2LError(f"precomputed maps must be a folder of PNGs or an .npy/.npz file, got {self.path}")
+        self._check_array_file()
+
+    def _check_array_file(self) -> None:
+        """An .npy must hold (N, H, W) maps; an .npz must open and hold either one (N, H, W)
+        array or one (H, W) map per key. Only headers are read here."""
+        fix = "re-export the maps as an .npy of shape (N, H, W) or an .npz with one (H, W) map per image"
+        if self.kind_of_source == "npy":
+            arr = load_npy(self.path, fix, mmap_mode="r")
+            if arr.ndim != 3:
+                raise L2LError(f"precomputed maps {self.path} hold an array of shape {arr.shape}; expected "
+                               f"(N, H, W), one map per image; {fix}")
+        elif self.kind_of_source == "npz":
+            with load_npy(self.path, fix) as z:
+                names = list(z.files)
+            if not names:
+                raise corrupt_file(self.path, "an .npz archive with no arrays", fix)
+            if len(names) == 1:
+                shape = _npz_member_shape(self.path, names[0], fix)
+                if len(shape) not in (2, 3):
+                    raise L2LError(f"precomputed maps {self.path} hold one array of shape {shape}; expected "
+                                   f"(N, H, W) maps, or one (H, W) map per key; {fix}")
 
     def config(self) -> dict:
         """Content identity, not the path: the same maps moved keep their cache."""
@@ -116,18 +143,22 @@ class PrecomputedMaps(MapGenerator):
 
     def _array_index(self) -> dict[str, Any]:
         """key -> loader; an .npy (or a single-array .npz) is keyed by row."""
-        try:
-            if self.kind_of_source == "npy":
-                arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
-                return {str(i): (lambda i=i: arr[i]) for i in range(len(arr))}
-            z = np.load(self.path, allow_pickle=False)
-            if len(z.files) == 1 and z[z.files[0]].ndim == 3:
+        fix = "re-export the maps as an .npy of shape (N, H, W) or an .npz with one (H, W) map per image"
+        if self.kind_of_source == "npy":
+            arr = load_npy(self.path, fix, mmap_mode="r")
+            if arr.ndim != 3:
+                raise L2LError(f"precomputed maps {self.path} hold an array of shape {arr.shape}; expected "
+                               f"(N, H, W), one map per image; {fix}")
+            return {str(i): (lambda i=i: arr[i]) for i in range(len(arr))}
+        z = load_npy(self.path, fix)
+        if len(z.files) == 1:
+            try:
                 arr = z[z.files[0]]
+            except _ARRAY_ERRORS as e:
+                raise corrupt_file(self.path, f"{type(e).__name__}: {str(e)[:80]}", fix) from None
+            if arr.ndim == 3:
                 return {str(i): (lambda i=i: arr[i]) for i in range(len(arr))}
-            return {_file_key(Path(f).stem, self.key) or f: (lambda f=f: z[f]) for f in z.files}
-        except (OSError, ValueError) as e:
-            raise L2LError(f"cannot read precomputed maps {self.path} ({type(e).__name__}: {str(e)[:80]}); "
-                           "pass an .npy of shape (N, H, W) or an .npz") from None
+        return {_file_key(Path(f).stem, self.key) or f: (lambda f=f: z[f]) for f in z.files}
 
     def _index(self) -> dict[str, Any]:
         return self._png_index() if self.kind_of_source == "png" else self._array_index()
@@ -138,8 +169,9 @@ class PrecomputedMaps(MapGenerator):
         have = self._index()
         missing = [k for k in wanted if k not in have]
         if missing:
+            keys = "image indices" if self.key == "index" else "file names"
             raise L2LError(f"precomputed maps {self.path} lack {len(missing)} of {len(wanted)} images: "
-                           f"{_first(missing)}; regenerate them for this split (keys are {self.key}s)")
+                           f"{_first(missing)}; regenerate them for this split (keys are {keys})")
         extra = sorted(set(have) - set(wanted), key=lambda k: (len(k), k))
         if extra:
             raise L2LError(f"precomputed maps {self.path} have {len(extra)} keys not in split {split.name}: "
@@ -159,7 +191,7 @@ class PrecomputedMaps(MapGenerator):
         for j, k in enumerate(keys):
             try:
                 m = self._read(have[k])
-            except (OSError, ValueError, SyntaxError):
+            except (*_ARRAY_ERRORS, SyntaxError):
                 unreadable.append(k)
                 continue
             if m.shape != hw:
@@ -179,6 +211,19 @@ class PrecomputedMaps(MapGenerator):
         if self.kind_of_source == "png":
             return read_png_map(entry, self.png_mode)
         return _to_unit(np.asarray(entry()), self.path)
+
+
+def _npz_member_shape(path: str, member: str, fix: str) -> tuple[int, ...]:
+    """The shape in the .npy header of one member of an .npz, without reading its data."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(member + ".npy" if member + ".npy" in zf.namelist()
+                                                  else member) as f:
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = reader(f)
+            return tuple(shape)
+    except (*_ARRAY_ERRORS, RuntimeError) as e:
+        raise corrupt_file(path, f"{type(e).__name__}: {str(e)[:80]}", fix) from None
 
 
 register_map_source(PrecomputedMaps)

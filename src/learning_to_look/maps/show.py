@@ -9,12 +9,14 @@ from typing import Sequence
 
 import numpy as np
 
-from ..plotting import pyplot, save_figure, to_display
+from ..data.preview import check_out_file, write_figure
+from ..plotting import pyplot, to_display
 
 
 def overlay_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], out: str | os.PathLike, title: str = "",
                  labels: Sequence[str] | None = None, cols: int = 8) -> Path:
     """Rows of (image, image with map in a heat colour map) pairs, written atomically."""
+    check_out_file(out)
     plt = pyplot()
     n = len(images)
     cols = max(1, min(cols, n))
@@ -31,4 +33,4 @@ def overlay_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], out: 
         if labels is not None:
             axes[r, c].set_title(str(labels[i])[:14], fontsize=6)
     fig.suptitle(title, fontsize=7)
-    return save_figure(fig, out)
+    return write_figure(fig, out)

@@ -24,11 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import L2LError
-from ..io import atomic_torch_save
-from .base import ImageSet, PromptSpec, register_map_source
+from ..io import atomic_torch_save, torch_load
+from .base import ImageSet, PromptSpec, check_bool, check_int, check_number, register_map_source
 from .clip import ClipBackedMaps, self_similarity, split_heads, to_image_size, to_pixels
 from .runtime import autocast
-from .weights import DEFAULT_CLIP, Pretrained, load_dino
+from .weights import DEFAULT_CLIP, Pretrained, check_source, check_source_type, load_dino
 
 GPU_SCHEDULE = (30000, None)
 CPU_SCHEDULE = (300, 1024)
@@ -113,15 +113,32 @@ class WeCLIPMaps(ClipBackedMaps):
     device: str | None = None
 
     def __post_init__(self) -> None:
+        check_int("iterations", self.iterations, 1, optional=True, example=300)
+        check_int("train_images", self.train_images, 1, optional=True, example=1024)
+        check_number("lr", self.lr, above=0, example=1e-3)
+        check_int("layers", self.layers, 1, example=4)
+        check_int("affinity_steps", self.affinity_steps, 0, example=2)
+        check_number("fg_threshold", self.fg_threshold, low=0, high=1, example=0.6)
+        check_number("bg_threshold", self.bg_threshold, low=0, high=1, example=0.35)
+        if not self.bg_threshold < self.fg_threshold:
+            raise L2LError(f"need bg_threshold < fg_threshold for weclip pseudo-labels, got {self.bg_threshold} and "
+                           f"{self.fg_threshold}; use e.g. 0.35 and 0.6")
+        check_bool("hard", self.hard)
+        check_int("seed", self.seed, 0, 2**32 - 1, example=0)
         super().__post_init__()
-        if not 0 <= self.bg_threshold < self.fg_threshold <= 1:
-            raise L2LError("need 0 <= bg_threshold < fg_threshold <= 1 for weclip pseudo-labels")
+        if self.dino is not None:
+            check_source_type(self.dino, "DINOv2")
         default_iters, default_n = GPU_SCHEDULE if self.torch_device.type == "cuda" else CPU_SCHEDULE
         self.iterations = self.iterations if self.iterations is not None else default_iters
         self.train_images = self.train_images if self.train_images is not None else default_n
         self._dino: Pretrained | None = None
         self.decoder: Decoder | None = None
         self.train_log: list[float] = []
+
+    def check_ready(self) -> None:
+        super().check_ready()
+        if self.dino is not None:
+            check_source(self.dino, "DINOv2")
 
     @property
     def dino_weights(self) -> Pretrained | None:
@@ -198,13 +215,24 @@ class WeCLIPMaps(ClipBackedMaps):
             return
         saved = Path(workdir) / f"decoder-{self.fingerprint()}.pt" if workdir else None
         decoder = self._new_decoder()
-        if saved is not None and saved.exists():
-            decoder.load_state_dict(torch.load(saved, map_location=self.torch_device, weights_only=True))
-        else:
+        if saved is None or not saved.exists() or not self._reload(decoder, saved):
             self._train(decoder, np.asarray(split.images))
             if saved is not None:
                 atomic_torch_save(saved, decoder.state_dict())
         self.decoder = decoder.eval()
+
+    def _reload(self, decoder: Decoder, saved: Path) -> bool:
+        """Load a decoder kept by an earlier (killed) run; a damaged file is reported and
+        the decoder trained again, as a damaged map chunk is regenerated."""
+        try:
+            state = torch_load(saved, map_location=self.torch_device, weights_only=True)
+            decoder.load_state_dict(state)
+            return True
+        except (L2LError, RuntimeError, TypeError, AttributeError) as e:
+            print(f"warning: saved weclip decoder {saved} is unusable ({str(e)[:120]}); training it again",
+                  file=sys.stderr)
+            saved.unlink(missing_ok=True)
+            return False
 
     def _train(self, decoder: Decoder, images: np.ndarray) -> None:
         from tqdm import tqdm
