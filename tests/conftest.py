@@ -10,7 +10,7 @@ import pytest
 
 from learning_to_look.data import build_dataset, load_dataset, load_mnist
 
-DATASET_NAMES = ("mnist", "colormnist", "decoymnist")
+DATASET_NAMES = ("mnist", "colormnist", "decoymnist", "decoymnist-rrr")
 
 
 @pytest.fixture(scope="session")

@@ -214,7 +214,7 @@ def test_report_out_under_a_regular_file(tmp_path, capsys, monkeypatch):
 
 
 def test_ctrl_c_during_start_up_is_exit_130(monkeypatch, capsys):
-    def interrupted_import():
+    def interrupted_import(argv=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_app", interrupted_import)
@@ -231,6 +231,6 @@ def test_eof_from_a_file_is_not_reported_as_ctrl_c(monkeypatch, capsys):
 
     app = typer.Typer()
     app.command()(truncated)
-    monkeypatch.setattr(cli, "_app", lambda: app)
+    monkeypatch.setattr(cli, "_app", lambda argv=None: app)
     code = main([])
     one_error_line(capsys, code, "ended unexpectedly")

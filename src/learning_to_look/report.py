@@ -103,7 +103,8 @@ def verdict_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
         guided = [r for r in rows if r.uses_maps and r.role in ("method", "vlm", "control", "sensitivity")
                   and (r.dataset, r.schedule, r.backbone) == (base.dataset, base.schedule, base.backbone)]
         for g in guided:
-            diff, low, high = bootstrap_diff([m.test.accuracy for m in g.members], [m.test.accuracy for m in base.members])
+            diff, low, high = bootstrap_diff([m.test.accuracy for m in g.members],
+                                             [m.test.accuracy for m in base.members])
             effect = "helps" if low > 0 else "hurts" if high < 0 else "no clear effect"
             out.append({"dataset": base.dataset, "schedule": base.schedule, "backbone": base.backbone,
                         "baseline": base.method, "baseline_acc_mean": base.test_acc_mean,

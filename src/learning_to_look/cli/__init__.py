@@ -8,22 +8,27 @@ file. Only a real Ctrl-C, at any moment including start-up, gives exit 130.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 ABORTED = "aborted; rerun the same command to resume"
 
 
-def _app():
-    """Import the commands (torch and the registries come with them) only when run, so
-    that a Ctrl-C during those imports is caught like any other."""
-    from . import data as _data  # noqa: F401  (registers the `data` commands)
-    from . import maps as _maps  # noqa: F401
-    from . import report as _report  # noqa: F401
-    from . import reproduce as _reproduce  # noqa: F401
-    from . import train as _train  # noqa: F401
+#: The command modules; importing one registers its commands on the root app.
+COMMANDS = ("train", "reproduce", "report", "data", "maps")
+
+
+def _app(argv: list[str] | None = None):
+    """The root app with the commands registered, imported only when run so that a Ctrl-C
+    during those imports (torch comes with them) is caught like any other. A command
+    given on the command line imports its own module only, which is what keeps a failing
+    command (e.g. a missing model offline) quick."""
     from .app import app
 
+    first = next((a for a in argv or [] if not a.startswith("-")), None)
+    for name in [first] if first in COMMANDS else COMMANDS:
+        importlib.import_module(f"{__name__}.{name}")
     return app
 
 
@@ -34,7 +39,7 @@ def _run(argv: list[str] | None) -> int:
     from ..errors import L2LError, os_error
 
     try:
-        code = _app()(args=argv, prog_name="l2l", standalone_mode=False)
+        code = _app(sys.argv[1:] if argv is None else argv)(args=argv, prog_name="l2l", standalone_mode=False)
     except L2LError as e:
         return _fail(str(e))
     except OSError as e:

@@ -109,6 +109,42 @@ def build_decoymnist(m: MNISTArrays) -> dict[str, np.ndarray]:
     return out
 
 
+RRR_DECOY_SIZE = 4
+RRR_POSITIONS = (0, 24)
+
+
+def rrr_draws(n_train: int, n_test: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ross et al.'s swatch draws (PROTOCOL 2.5), one legacy stream seeded once:
+    per training image ``r`` then ``c`` (``rand() < 0.5`` picks row/column 0, else
+    24); then per test image the shade digit ``d = choice(10)`` first, then ``r``, ``c``.
+    Returns (train corners (N, 2), test corners (M, 2), test shades (M,))."""
+    rs = np.random.RandomState(seed)
+    near, far = RRR_POSITIONS
+    train = np.where(rs.random_sample((n_train, 2)) < 0.5, near, far).astype(np.uint8)  # the 2N draws in order
+    test = np.empty((n_test, 2), np.uint8)
+    shade = np.empty(n_test, np.uint8)
+    for i in range(n_test):  # choice() and rand() interleave, so the test stream is drawn image by image
+        shade[i] = rs.choice(10)
+        test[i] = [near if rs.random_sample() < 0.5 else far, near if rs.random_sample() < 0.5 else far]
+    return train, test, shade
+
+
+def build_decoymnist_rrr(m: MNISTArrays) -> dict[str, np.ndarray]:
+    """The original DecoyMNIST of Ross et al. 2017: a 4x4 swatch of shade 255 - 25y in
+    training and 255 - 25d at test time, d a random digit that says nothing of the label."""
+    train, test, test_shade = rrr_draws(len(m.y_train), len(m.y_test))
+    corners = {"train": train, "test": test}
+    out = {}
+    for s in SPLITS:
+        x, y = _split_arrays(m, s)
+        shade = y.astype(np.uint8) if s == "train" else test_shade
+        value = (255 - 25 * shade.astype(np.int64)).astype(np.uint8)[:, None, None]
+        img = np.where(square_masks(corners[s], RRR_DECOY_SIZE), value, x)
+        out |= {f"x_{s}": img[:, None], f"y_{s}": y, f"digit_{s}": x, f"corner_{s}": corners[s],
+                f"shade_{s}": shade}
+    return out
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A registered data set: how to build it and what it is."""
@@ -137,3 +173,6 @@ register(DatasetSpec("colormnist", build_colormnist, "ColorMNIST, CDEP protocol 
 register(DatasetSpec("decoymnist", build_decoymnist, "DecoyMNIST, CDEP variant (PROTOCOL 2.3)",
                      "5x5 corner square, intensity 255-25y in training, 25y in test", channels=1,
                      decoy_size=DECOY_SIZE))
+register(DatasetSpec("decoymnist-rrr", build_decoymnist_rrr, "DecoyMNIST-RRR, Ross et al. 2017 (PROTOCOL 2.5)",
+                     "4x4 corner swatch of shade 255-25y in training, 255-25d at test (d a random digit)",
+                     channels=1, decoy_size=RRR_DECOY_SIZE))

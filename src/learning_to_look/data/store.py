@@ -48,6 +48,7 @@ class Split:
     corners: np.ndarray | None = None
     decoy_size: int = 0
     indices: np.ndarray | None = None
+    shades: np.ndarray | None = None  # DecoyMNIST-RRR: the digit whose shade the swatch has (the label in training)
 
     @property
     def is_test(self) -> bool:
@@ -65,7 +66,8 @@ class Split:
         idx = np.asarray(idx)
         base = self.indices if self.indices is not None else np.arange(len(self))
         return Split(name or self.name, self.images[idx], self.labels[idx], self.digits[idx],
-                     None if self.corners is None else self.corners[idx], self.decoy_size, base[idx])
+                     None if self.corners is None else self.corners[idx], self.decoy_size, base[idx],
+                     None if self.shades is None else self.shades[idx])
 
     def decoy_masks(self) -> np.ndarray | None:
         """Boolean (N, 28, 28) decoy squares, or None for data sets without a decoy."""
@@ -256,6 +258,6 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, build:
 
     def split(s: str) -> Split:
         return Split(s, arrays[f"x_{s}"], arrays[f"y_{s}"].astype(np.int64), arrays[f"digit_{s}"],
-                     arrays.get(f"corner_{s}"), spec.decoy_size)
+                     arrays.get(f"corner_{s}"), spec.decoy_size, shades=arrays.get(f"shade_{s}"))
 
     return Dataset(name, split("train"), split("test"), header)
