@@ -170,9 +170,11 @@ def test_a_second_identical_run_is_refused_while_the_first_holds_the_lock(data_d
                  "--runs-dir", str(tmp_path), *FAST])
     one_error_line(capsys, code, "already running")
     (folder / ".lock").write_text("999999999")  # a process that is gone: its lock is stale and taken over
+    (folder / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half")  # left by a write that was killed
     assert main(["train", "--dataset", "decoymnist", "--method", "vanilla", "--data-dir", str(data_dir),
                  "--runs-dir", str(tmp_path), *FAST]) == 0
     assert (folder / "result.json").exists() and not (folder / ".lock").exists()
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
     assert oct((folder / "result.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
 

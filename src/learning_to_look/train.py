@@ -27,7 +27,8 @@ from .data import Dataset, Split, load_dataset, to_input, train_val
 from .data.pipeline import batch_indices
 from .evaluate import evaluate_split, examples
 from .errors import L2LError, corrupt_file
-from .io import atomic_save_npz, atomic_torch_save, atomic_write_json, folder_lock, read_json, torch_load
+from .io import (atomic_save_npz, atomic_torch_save, atomic_write_json, clean_stale_tmp, folder_lock, read_json,
+                 torch_load)
 from .maps import map_quality, resolve_maps, validate_maps
 from .methods import METHODS, Batch, Method, resolve
 from .models import BACKBONES, Backbone, build_backbone
@@ -329,7 +330,9 @@ def run_resolved(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Pa
 
 def _train_and_test(cfg: TrainConfig, out: Path, data_dir: Path | None, progress: bool,
                     on_epoch: Callable[[int], None] | None, role: str | None) -> dict[str, Any]:
-    """The body of a run, inside its folder's lock."""
+    """The body of a run, inside its folder's lock (so no other writer is there: the
+    temporary files of a killed earlier attempt can all go)."""
+    clean_stale_tmp(out, older_than=0)
     result_file = out / "result.json"
     if result_file.exists():  # another process finished it while we waited
         return _with_role(result_file, role)

@@ -30,6 +30,9 @@ _SHOW = 5
 #: What reading one array out of an .npz can raise when the archive is damaged.
 _ARRAY_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
 
+#: How to fix an array file of maps that cannot be used.
+ARRAY_FIX = "re-export the maps as an .npy of shape (N, H, W) or an .npz with one (H, W) map per image"
+
 
 def _first(items: list, n: int = _SHOW) -> str:
     head = ", ".join(str(x) for x in items[:n])
@@ -102,12 +105,9 @@ class PrecomputedMaps(MapGenerator):
     def _check_array_file(self) -> None:
         """An .npy must hold (N, H, W) maps; an .npz must open and hold either one (N, H, W)
         array or one (H, W) map per key. Only headers are read here."""
-        fix = "re-export the maps as an .npy of shape (N, H, W) or an .npz with one (H, W) map per image"
+        fix = ARRAY_FIX
         if self.kind_of_source == "npy":
-            arr = load_npy(self.path, fix, mmap_mode="r")
-            if arr.ndim != 3:
-                raise L2LError(f"precomputed maps {self.path} hold an array of shape {arr.shape}; expected "
-                               f"(N, H, W), one map per image; {fix}")
+            self._npy_maps()
         elif self.kind_of_source == "npz":
             with load_npy(self.path, fix) as z:
                 names = list(z.files)
@@ -118,6 +118,14 @@ class PrecomputedMaps(MapGenerator):
                 if len(shape) not in (2, 3):
                     raise L2LError(f"precomputed maps {self.path} hold one array of shape {shape}; expected "
                                    f"(N, H, W) maps, or one (H, W) map per key; {fix}")
+
+    def _npy_maps(self) -> np.ndarray:
+        """The .npy source, memory-mapped, refused unless it holds (N, H, W) maps."""
+        arr = load_npy(self.path, ARRAY_FIX, mmap_mode="r")
+        if arr.ndim != 3:
+            raise L2LError(f"precomputed maps {self.path} hold an array of shape {arr.shape}; expected "
+                           f"(N, H, W), one map per image; {ARRAY_FIX}")
+        return arr
 
     def config(self) -> dict:
         """Content identity, not the path: the same maps moved keep their cache."""
@@ -143,12 +151,9 @@ class PrecomputedMaps(MapGenerator):
 
     def _array_index(self) -> dict[str, Any]:
         """key -> loader; an .npy (or a single-array .npz) is keyed by row."""
-        fix = "re-export the maps as an .npy of shape (N, H, W) or an .npz with one (H, W) map per image"
+        fix = ARRAY_FIX
         if self.kind_of_source == "npy":
-            arr = load_npy(self.path, fix, mmap_mode="r")
-            if arr.ndim != 3:
-                raise L2LError(f"precomputed maps {self.path} hold an array of shape {arr.shape}; expected "
-                               f"(N, H, W), one map per image; {fix}")
+            arr = self._npy_maps()
             return {str(i): (lambda i=i: arr[i]) for i in range(len(arr))}
         z = load_npy(self.path, fix)
         if len(z.files) == 1:
