@@ -146,8 +146,10 @@ def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim
     return {"train_acc": 100.0 * sums.pop("correct") / seen} | {f"train_{k}": v / seen for k, v in sums.items()}
 
 
-def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.device) -> dict[str, Any]:
-    """The state saved after the last finished epoch, loaded into ``model``."""
+def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.device,
+            shuffle: torch.Generator) -> tuple[Any, Any, list[dict[str, Any]], dict[str, Any], int, float]:
+    """The state saved after the last finished epoch, loaded into ``model`` and ``shuffle``:
+    (optimizer, scheduler, history, best, next epoch, wall seconds spent so far)."""
     fix = f"delete {checkpoint} to restart this run from its first epoch"
     state = torch_load(checkpoint, fix, map_location=device, weights_only=False)
     if not isinstance(state, dict) or not {"config", "model", "optimizer", "scheduler", "shuffle"} <= set(state):
@@ -155,7 +157,11 @@ def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.d
     if state["config"] != cfg.to_dict():
         raise L2LError(f"checkpoint {checkpoint} belongs to another config; delete it or use another --runs-dir")
     model.load_state_dict(state["model"])
-    return state
+    opt, sched = _optimizer(model, cfg)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    shuffle.set_state(state["shuffle"])
+    return opt, sched, state["history"], state["best"], state["epoch"] + 1, state.get("wall_seconds", 0.0)
 
 
 def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None = None, progress: bool = True,
@@ -179,13 +185,7 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
     best: dict[str, Any] = {"epoch": -1, "score": -float("inf"), "state": None}
     start, prior = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
-        state = _resume(checkpoint, cfg, model, device)
-        opt, sched = _optimizer(model, cfg)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        shuffle.set_state(state["shuffle"])
-        history, best, start = state["history"], state["best"], state["epoch"] + 1
-        prior = state.get("wall_seconds", 0.0)
+        opt, sched, history, best, start, prior = _resume(checkpoint, cfg, model, device, shuffle)
 
     epochs = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"{cfg.method} seed {cfg.seed}",
                   disable=not progress, leave=False, dynamic_ncols=True)
