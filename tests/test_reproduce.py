@@ -151,6 +151,8 @@ def test_verdict_difference_interval_and_effect():
     assert verdict[("rrr", "oracle (annotation)")]["effect"] == "no clear effect"
     assert verdict[("l2l", "intensity (image-statistic)")]["effect"] == "hurts"
     assert all(v["baseline"] == "vanilla" and v["baseline_n"] == 3 for v in verdict.values())
+    two = verdict_rows(aggregate(records[:2] + records[3:5]))
+    assert two[0]["effect"] == "too few seeds to tell" and two[0]["diff"] == 30.0
 
 
 def test_a_test_model_is_never_labelled_a_vlm():

@@ -81,6 +81,8 @@ def sensitivity_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
 #: The verdict's interval: a percentile bootstrap of the difference of means over seeds.
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
+#: Fewer seeds than this on either side and the bootstrap interval means little: no verdict.
+MIN_VERDICT_SEEDS = 3
 
 
 def bootstrap_diff(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -105,7 +107,8 @@ def verdict_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
         for g in guided:
             diff, low, high = bootstrap_diff([m.test.accuracy for m in g.members],
                                              [m.test.accuracy for m in base.members])
-            effect = "helps" if low > 0 else "hurts" if high < 0 else "no clear effect"
+            effect = ("too few seeds to tell" if min(g.n_seeds, base.n_seeds) < MIN_VERDICT_SEEDS
+                      else "helps" if low > 0 else "hurts" if high < 0 else "no clear effect")
             out.append({"dataset": base.dataset, "schedule": base.schedule, "backbone": base.backbone,
                         "baseline": base.method, "baseline_acc_mean": base.test_acc_mean,
                         "baseline_acc_std": base.test_acc_std, "baseline_n": base.n_seeds, "method": g.method,
@@ -272,7 +275,8 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
         parts += ["## Verdict: does alignment help?", "",
                   "Each guided run against the unguided baseline of the same setting: the difference in test accuracy, "
                   f"in points, with a 95 % percentile-bootstrap interval over seeds ({BOOTSTRAP_RESAMPLES:,} "
-                  "resamples of each side's seeds). It helps when the interval lies above 0, hurts when below.", "",
+                  "resamples of each side's seeds). It helps when the interval lies above 0, hurts when below; "
+                  f"with fewer than {MIN_VERDICT_SEEDS} seeds on either side there is no verdict.", "",
                   _verdict_table(tables.verdict), ""]
     if sens:
         parts += ["## Map-quality sensitivity", "",
