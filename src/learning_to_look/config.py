@@ -217,6 +217,8 @@ class TrainConfig:
 def _example(f: dataclasses.Field) -> str:
     """A valid setting of field ``f`` to show in an error: its flag and its default."""
     default = f.default if f.default is not dataclasses.MISSING else None
+    if f.name in SCHEDULE_FIELDS:
+        default = getattr(SCHEDULES.get("paper"), f.name)
     flag = f"--{f.name.replace('_', '-')}"
     if f.name == "map_options":
         return "map_options: {degradation: blur, strength: 2.0} in a config file"

@@ -39,6 +39,14 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def folder_option(path: str | os.PathLike, flag: str, what: str, env: str) -> Path:
+    """A folder named by an option; a file in its place is a one-line error."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise L2LError(f"{flag} {folder} is a file, not a folder; pass a folder for {what} (or set {env})")
+    return folder
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

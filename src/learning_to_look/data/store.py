@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import L2LError, corrupt_file
-from ..io import TMP_SUFFIX, atomic_save_npz, folder_lock, sha256_array
+from ..io import TMP_SUFFIX, atomic_save_npz, folder_lock, folder_option, sha256_array
 from .builders import DATASETS, SPLITS, DatasetSpec, square_masks
 from .mnist import load_mnist
 
@@ -86,11 +86,7 @@ class Dataset:
 
 def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
     """The data folder; a file in its place is a one-line error."""
-    folder = Path(data_dir or default_data_dir())
-    if folder.exists() and not folder.is_dir():
-        raise L2LError(f"--data-dir {folder} is a file, not a folder; pass a folder for the data sets "
-                       f"(or set {DATA_DIR_ENV})")
-    return folder
+    return folder_option(data_dir or default_data_dir(), "--data-dir", "the data sets", DATA_DIR_ENV)
 
 
 def dataset_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:

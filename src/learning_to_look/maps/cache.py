@@ -28,8 +28,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import L2LError, corrupt_file
-from ..io import (LOCK_NAME, atomic_write_bytes, atomic_write_json, clean_stale_tmp, folder_lock, read_json,
-                  sha256_array)
+from ..io import (LOCK_NAME, atomic_write_bytes, atomic_write_json, clean_stale_tmp, folder_lock, folder_option,
+                  read_json, sha256_array)
 from .base import MAP_SOURCES, ImageSet, MapGenerator, get_map_source, validate_maps
 from .weights import loading_progress
 
@@ -58,11 +58,7 @@ def default_chunk_size() -> int:
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """The cache folder; a file in its place is a one-line error."""
-    root = Path(cache_dir or default_cache_dir())
-    if root.exists() and not root.is_dir():
-        raise L2LError(f"--cache-dir {root} is a file, not a folder; pass a folder for the map cache "
-                       f"(or set {CACHE_ENV})")
-    return root
+    return folder_option(cache_dir or default_cache_dir(), "--cache-dir", "the map cache", CACHE_ENV)
 
 
 def _warn(msg: str) -> None:
