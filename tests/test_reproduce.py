@@ -22,7 +22,7 @@ from learning_to_look.errors import L2LError
 from learning_to_look.maps import get_map_source, map_quality
 from learning_to_look.methods import resolve
 from learning_to_look.records import MapsInfo, Record, TestMetrics, aggregate, collect, mean_std
-from learning_to_look.report import attach_published, verdict_rows
+from learning_to_look.report import attach_published, verdict_rows, verdict_summary
 
 PUBLISHED = rep.PAPER.published
 
@@ -153,6 +153,23 @@ def test_verdict_difference_interval_and_effect():
     assert all(v["baseline"] == "vanilla" and v["baseline_n"] == 3 for v in verdict.values())
     two = verdict_rows(aggregate(records[:2] + records[3:5]))
     assert two[0]["effect"] == "too few seeds to tell" and two[0]["diff"] == 30.0
+
+
+def test_verdict_summary_one_line_per_setting_with_bound_best_and_note():
+    oracle = {"name": "oracle", "kind": "annotation"}
+    records = [fake_record("van", s, acc) for s, acc in enumerate([50.0, 52.0, 48.0])]
+    records += [fake_record("l2l", s, acc, method="l2l", maps=oracle) for s, acc in enumerate([60.0, 62.0, 58.0])]
+    records += [fake_record("rrr", s, acc, method="rrr", maps={"name": "not-decoy", "kind": "annotation"})
+                for s, acc in enumerate([90.0, 91.0, 89.0])]
+    records += [fake_record("bound", s, 99.0, dataset="mnist", role="upper-bound") for s in range(2)]
+    rows = aggregate(records)
+    (line,) = verdict_summary(rows, verdict_rows(rows), ["l2l"], {"decoymnist": "why"})
+    assert (line["baseline_acc_mean"], line["bound_acc_mean"], line["bound_n"]) == (50.0, 99.0, 2)
+    assert line["best"]["method"] == "rrr" and line["best"]["diff"] == 40.0 and line["effect"] == "helps"
+    assert line["l2l_oracle"]["method"] == "l2l" and line["l2l_oracle"]["diff"] == 10.0
+    assert line["note"] == "why"
+    bare = verdict_summary(rows, verdict_rows(rows))[0]
+    assert bare["note"] == "" and bare["l2l_oracle"] is None
 
 
 def test_a_test_model_is_never_labelled_a_vlm():

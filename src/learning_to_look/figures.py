@@ -227,43 +227,51 @@ def accuracy_bars(rows: Sequence[Row], published: Sequence[dict[str, Any]]) -> F
 
 
 def sensitivity(sens: Sequence[dict[str, Any]], rows: Sequence[Row] = ()) -> Figure | None:
-    """Test accuracy against map IoU, one line per degradation from the clean oracle
-    outwards; the same method with other map sources (intensity, a VLM) on the same axes."""
-    datasets = list(dict.fromkeys(s["dataset"] for s in sens))
-    if not datasets:
+    """Test accuracy against map IoU, one panel per setting (data set, backbone, schedule)
+    and one line per degradation from the clean oracle outwards; the same method with
+    other map sources (intensity, a VLM) in the same setting on the same axes."""
+    settings = list(dict.fromkeys((s["dataset"], s["backbone"], s["schedule"]) for s in sens))
+    if not settings:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.4), dpi=110, squeeze=False)
-    colours = plt.get_cmap("tab10")
-    for c, ds in enumerate(datasets):
-        ax = axes[0, c]
-        pts = [s for s in sens if s["dataset"] == ds]
-        ref = next((s for s in pts if s["degradation"] == "none"), None)
-        for k, kind in enumerate(sorted({s["degradation"] for s in pts} - {"none"})):
-            line = ([ref] if ref else []) + sorted((s for s in pts if s["degradation"] == kind),
-                                                   key=lambda s: s["strength"])
-            ax.errorbar([s["map_iou"] for s in line], [s["test_acc_mean"] for s in line],
-                        yerr=[s["test_acc_std"] for s in line], marker="o", color=colours(k % 10), capsize=3,
-                        label=kind)
-            for s in line[1 if ref else 0:]:
-                ax.annotate(f"{s['strength']:g}", (s["map_iou"], s["test_acc_mean"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color=colours(k % 10))
-        if ref:
-            ax.scatter([ref["map_iou"]], [ref["test_acc_mean"]], marker="*", s=160, color="black", zorder=3,
-                       label="clean oracle")
-        others = [r for r in rows if r.dataset == ds and r.method == pts[0]["method"] and r.on_paper_network
-                  and r.role != "sensitivity" and r.maps.name != PAPER_CONFIG.maps and r.maps.iou is not None]
-        for j, r in enumerate(others):
-            ax.errorbar([r.maps.iou], [r.test_acc_mean], yerr=[r.test_acc_std], marker="X", ms=9, ls="none",
-                        color=("dimgray", "tab:purple", "tab:brown")[j % 3], capsize=3, label=f"{r.maps.label} maps")
-        ax.set_xlabel("map quality: IoU of the map above the digit threshold with the digit (training images)")
-        ax.set_ylabel(f"{pts[0]['method']} test accuracy %")
-        ax.set_title(_name(ds), fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, title="maps (numbers: degradation strength)", title_fontsize=7)
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.4), dpi=110, squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        pts = [s for s in sens if (s["dataset"], s["backbone"], s["schedule"]) == setting]
+        _sensitivity_panel(ax, pts, rows)
     fig.suptitle("How good must the maps be? Degraded oracle maps (annotation, not VLM)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _sensitivity_panel(ax, pts: Sequence[dict[str, Any]], rows: Sequence[Row]) -> None:
+    colours = pyplot().get_cmap("tab10")
+    ds, backbone, schedule, method = pts[0]["dataset"], pts[0]["backbone"], pts[0]["schedule"], pts[0]["method"]
+    ref = next((s for s in pts if s["degradation"] == "none"), None)
+    for k, kind in enumerate(sorted({s["degradation"] for s in pts} - {"none"})):
+        line = ([ref] if ref else []) + sorted((s for s in pts if s["degradation"] == kind), key=lambda s: s["strength"])
+        ax.errorbar([s["map_iou"] for s in line], [s["test_acc_mean"] for s in line],
+                    yerr=[s["test_acc_std"] for s in line], marker="o", color=colours(k % 10), capsize=3, label=kind)
+        for s in line[1 if ref else 0:]:
+            ax.annotate(f"{s['strength']:g}", (s["map_iou"], s["test_acc_mean"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=colours(k % 10))
+    if ref:
+        ax.scatter([ref["map_iou"]], [ref["test_acc_mean"]], marker="*", s=160, color="black", zorder=3,
+                   label="clean oracle")
+    others = [r for r in rows if (r.dataset, r.backbone, r.schedule, r.method) == (ds, backbone, schedule, method)
+              and r.input_transform == PAPER_CONFIG.input_transform and r.role != "sensitivity"
+              and r.maps.name != PAPER_CONFIG.maps and r.maps.iou is not None]
+    for j, r in enumerate(others):
+        ax.errorbar([r.maps.iou], [r.test_acc_mean], yerr=[r.test_acc_std], marker="X", ms=9, ls="none",
+                    color=("dimgray", "tab:purple", "tab:brown")[j % 3], capsize=3, label=f"{r.maps.label} maps")
+    baseline = next((r for r in rows if (r.dataset, r.backbone, r.schedule) == (ds, backbone, schedule)
+                     and r.compared and not r.uses_maps and r.input_transform == PAPER_CONFIG.input_transform), None)
+    if baseline is not None:
+        ax.axhline(baseline.test_acc_mean, color="gray", ls="--", lw=1, label=f"{baseline.method} (no maps)")
+    ax.set_xlabel("map quality: IoU of the map above the digit threshold with the digit (training images)")
+    ax.set_ylabel(f"{method} test accuracy %")
+    ax.set_title(f"{_name(ds)}, {backbone}, {schedule} schedule", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title="maps (numbers: degradation strength)", title_fontsize=7)
 
 
 def write_figures(out: str | os.PathLike, rows: Sequence[Row], sens: Sequence[dict[str, Any]],

@@ -60,19 +60,21 @@ def published_rows(rows: Sequence[Row], published: Sequence[dict[str, Any]],
 
 
 def sensitivity_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Degraded-map rows plus, per data set, the same method on the paper's maps as strength 0."""
+    """Degraded-map rows plus, per setting (data set, backbone, schedule), the same
+    method on the paper's maps in that setting as strength 0."""
     sens = [r for r in rows if r.role == "sensitivity"]
     out = []
-    for ds in sorted({r.dataset for r in sens}):
-        method = next(r.method for r in sens if r.dataset == ds)
-        ref = next((r for r in rows if r.dataset == ds and r.method == method and r.maps.name == PAPER_CONFIG.maps
-                    and r.on_paper_network and r.role == "method"), None)
+    for ds, backbone, schedule in sorted({(r.dataset, r.backbone, r.schedule) for r in sens}):
+        group = [r for r in sens if (r.dataset, r.backbone, r.schedule) == (ds, backbone, schedule)]
+        method = group[0].method
+        ref = next((r for r in rows if (r.dataset, r.backbone, r.schedule, r.method) == (ds, backbone, schedule, method)
+                    and r.maps.name == PAPER_CONFIG.maps and r.input_transform == PAPER_CONFIG.input_transform
+                    and r.role == "method"), None)
         members = ([(ref, "none", 0.0)] if ref else []) + [
-            (r, r.map_options.get("degradation"), float(r.map_options.get("strength", 0)))
-            for r in sens if r.dataset == ds]
+            (r, r.map_options.get("degradation"), float(r.map_options.get("strength", 0))) for r in group]
         for r, kind, strength in members:
-            out.append({"dataset": ds, "method": method, "degradation": kind, "strength": strength,
-                        "map_iou": r.maps.iou,
+            out.append({"dataset": ds, "backbone": backbone, "schedule": schedule, "method": method,
+                        "degradation": kind, "strength": strength, "map_iou": r.maps.iou,
                         "map_auroc": r.maps.auroc, "test_acc_mean": r.test_acc_mean, "test_acc_std": r.test_acc_std,
                         "n_seeds": r.n_seeds})
     return out
@@ -114,7 +116,34 @@ def verdict_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
                         "baseline_acc_std": base.test_acc_std, "baseline_n": base.n_seeds, "method": g.method,
                         "maps": g.maps.label, "acc_mean": g.test_acc_mean, "acc_std": g.test_acc_std,
                         "n": g.n_seeds, "diff": diff, "low": low, "high": high, "effect": effect,
-                        "cam_on_decoy": g.cam_on_decoy, "grad_on_decoy": g.grad_on_decoy})
+                        "cam_on_digit": g.cam_on_digit, "cam_on_decoy": g.cam_on_decoy,
+                        "grad_on_digit": g.grad_on_digit, "grad_on_decoy": g.grad_on_decoy,
+                        "baseline_cam_on_decoy": base.cam_on_decoy, "baseline_grad_on_decoy": base.grad_on_decoy})
+    return out
+
+
+def verdict_summary(rows: Sequence[Row], verdict: Sequence[dict[str, Any]], paper_loss: Sequence[str] = (),
+                    notes: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One line per benchmark setting: the baseline, the clean-MNIST bound of the same
+    network and schedule, the best guided run (highest mean test accuracy, a description
+    of what was measured, not a model selection) and the paper's loss (the methods named
+    in ``paper_loss``) on oracle maps. The setting's verdict is its best guided run's;
+    ``notes`` add a reason per data set."""
+    out = []
+    for setting in dict.fromkeys((v["dataset"], v["schedule"], v["backbone"]) for v in verdict):
+        ds, schedule, backbone = setting
+        mine = [v for v in verdict if (v["dataset"], v["schedule"], v["backbone"]) == setting]
+        best = max(mine, key=lambda v: v["acc_mean"])
+        oracle = next((v for v in mine if v["method"] in paper_loss and v["maps"].startswith("oracle")), None)
+        bound = next((r for r in rows if r.role == "upper-bound" and r.dataset == "mnist"
+                      and (r.schedule, r.backbone) == (schedule, backbone)), None)
+        out.append({"dataset": ds, "schedule": schedule, "backbone": backbone, "baseline": best["baseline"],
+                    "baseline_acc_mean": best["baseline_acc_mean"], "baseline_acc_std": best["baseline_acc_std"],
+                    "baseline_n": best["baseline_n"],
+                    "bound_acc_mean": bound.test_acc_mean if bound else None,
+                    "bound_acc_std": bound.test_acc_std if bound else None, "bound_n": bound.n_seeds if bound else 0,
+                    "best": best, "l2l_oracle": oracle, "effect": best["effect"],
+                    "note": (notes or {}).get(ds, "")})
     return out
 
 
@@ -226,21 +255,47 @@ def _published_table(published: Sequence[dict[str, Any]]) -> str:
 
 
 def _sensitivity_table(sens: Sequence[dict[str, Any]]) -> str:
-    body = [[DATASET_NAMES.get(s["dataset"], s["dataset"]), s["degradation"], f"{s['strength']:g}", _num(s["map_iou"]),
+    body = [[_setting(s), s["method"], s["degradation"], f"{s['strength']:g}", _num(s["map_iou"]),
              _num(s["map_auroc"]), _acc(s["test_acc_mean"], s["test_acc_std"], s["n_seeds"]), str(s["n_seeds"])]
             for s in sens]
-    return _table(["data set", "degradation", "strength", "map IoU", "map AUROC", "test acc %", "n"], body)
+    return _table(["setting (data set, schedule, backbone)", "method", "degradation", "strength", "map IoU",
+                   "map AUROC", "test acc %", "n"], body)
+
+
+def _setting(d: dict[str, Any]) -> str:
+    return f"{DATASET_NAMES.get(d['dataset'], d['dataset'])}, {d['schedule']}, {d['backbone']}"
 
 
 def _verdict_table(verdict: Sequence[dict[str, Any]]) -> str:
-    body = [[f"{DATASET_NAMES.get(v['dataset'], v['dataset'])}, {v['schedule']}, {v['backbone']}",
+    body = [[_setting(v),
              f"{_acc(v['baseline_acc_mean'], v['baseline_acc_std'], v['baseline_n'])} ({v['baseline']})",
              f"{v['method']}, {v['maps']}", _acc(v["acc_mean"], v["acc_std"], v["n"]), str(v["n"]),
-             f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]", v["effect"], _num(v["cam_on_decoy"]),
-             _num(v["grad_on_decoy"])] for v in verdict]
+             f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]", v["effect"],
+             f"{_num(v['cam_on_digit'])} / {_num(v['cam_on_decoy'])} ({_num(v['baseline_cam_on_decoy'])})",
+             f"{_num(v['grad_on_digit'])} / {_num(v['grad_on_decoy'])} ({_num(v['baseline_grad_on_decoy'])})"]
+            for v in verdict]
     return _table(["setting (data set, schedule, backbone)", "baseline test acc %", "guided method, maps",
-                   "test acc %", "n", "difference, points [95 % interval]", "verdict", "CAM on decoy",
-                   "grad on decoy"], body)
+                   "test acc %", "n", "difference, points [95 % interval]", "verdict",
+                   "CAM share on digit / decoy (baseline's on decoy)",
+                   "gradient share on digit / decoy (baseline's on decoy)"], body)
+
+
+def _vs(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return "not run"
+    return (f"{v['method']}, {v['maps']}: {_acc(v['acc_mean'], v['acc_std'], v['n'])} (n {v['n']}); "
+            f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]")
+
+
+def _summary_table(summary: Sequence[dict[str, Any]]) -> str:
+    body = [[_setting(s), f"{_acc(s['baseline_acc_mean'], s['baseline_acc_std'], s['baseline_n'])} "
+             f"(n {s['baseline_n']})",
+             f"{_acc(s['bound_acc_mean'], s['bound_acc_std'], s['bound_n'])} (n {s['bound_n']})" if s["bound_n"]
+             else "not run", _vs(s["best"]), _vs(s["l2l_oracle"]), s["effect"] + (f": {s['note']}" if s["note"] else "")]
+            for s in summary]
+    return _table(["setting (data set, schedule, backbone)", "vanilla test acc %", "clean-MNIST bound %",
+                   "best guided: test acc %; difference [95 % interval]",
+                   "paper's loss, oracle maps: test acc %; difference [95 % interval]", "verdict"], body)
 
 
 def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[str, Any], n_runs: int) -> str:
@@ -277,6 +332,10 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
                   f"in points, with a 95 % percentile-bootstrap interval over seeds ({BOOTSTRAP_RESAMPLES:,} "
                   "resamples of each side's seeds). It helps when the interval lies above 0, hurts when below; "
                   f"with fewer than {MIN_VERDICT_SEEDS} seeds on either side there is no verdict.", "",
+                  "Per setting: the best guided run is the one with the highest mean test accuracy (a description "
+                  "of what was measured; nothing is selected with it), and the setting's verdict is its verdict. "
+                  f"The paper's loss: {' or '.join(tables.paper_loss) or 'not named'}.", "",
+                  _summary_table(tables.summary), "", "Every guided run:", "",
                   _verdict_table(tables.verdict), ""]
     if sens:
         parts += ["## Map-quality sensitivity", "",
@@ -322,16 +381,20 @@ class Tables:
     published: list[dict[str, Any]]
     sensitivity: list[dict[str, Any]]
     verdict: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
     shared: dict[str, Any]
+    paper_loss: tuple[str, ...] = ()
 
 
 def build(records: Sequence[Record], runs_dir: str | Path | None, published: Sequence[dict[str, Any]],
-          datasets: Sequence[str]) -> Tables:
-    """The tables of ``records``; ``published`` numbers are set beside the matching rows."""
+          datasets: Sequence[str], paper_loss: Sequence[str] = (), notes: dict[str, str] | None = None) -> Tables:
+    """The tables of ``records``; ``published`` numbers are set beside the matching rows;
+    ``paper_loss`` and ``notes`` as in :func:`verdict_summary`."""
     rows = aggregate(records, runs_dir)
     attach_published(rows, published)
-    return Tables(rows, published_rows(rows, published, datasets), sensitivity_rows(rows), verdict_rows(rows),
-                  shared_settings(records))
+    verdict = verdict_rows(rows)
+    return Tables(rows, published_rows(rows, published, datasets), sensitivity_rows(rows), verdict,
+                  verdict_summary(rows, verdict, paper_loss, notes), shared_settings(records), tuple(paper_loss))
 
 
 def write_report(out: str | Path, tables: Tables, records: Sequence[Record], runs_dir: str | Path | None,
@@ -345,7 +408,8 @@ def write_report(out: str | Path, tables: Tables, records: Sequence[Record], run
              "test": dataclasses.asdict(r.test), "wall_seconds": r.wall_seconds} for r in records]
     summary = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "header": header, "shared_settings": tables.shared,
                "environment": environment, "rows": [r.summary() for r in tables.rows], "published": tables.published,
-               "sensitivity": tables.sensitivity, "verdict": tables.verdict, "runs": runs}
+               "sensitivity": tables.sensitivity, "verdict": tables.verdict, "verdict_summary": tables.summary,
+               "runs": runs}
     md = render_markdown(tables, header, environment, len(records))
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "results.csv", _csv(tables.rows, tables.published))

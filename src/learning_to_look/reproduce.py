@@ -48,18 +48,21 @@ class Cell:
 @dataclass
 class Sensitivity:
     """Map-quality sensitivity: ``method`` trained on degraded oracle maps
-    (``maps/degraded.py``), ``grid`` mapping a degradation to its strengths; ``seeds``
-    None means the profile's."""
+    (``maps/degraded.py``) in one setting (``backbone``, ``schedule``), ``grid`` mapping
+    a degradation to its strengths; ``seeds`` None means the profile's."""
 
     method: str = ""
     datasets: tuple[str, ...] = ()
     grid: dict[str, list[float]] = field(default_factory=dict)
     seeds: list[int] | None = None
     map_seed: int = 0
+    backbone: str = PAPER_CONFIG.backbone
+    schedule: str = PAPER_CONFIG.schedule
 
     def cells(self) -> list[Cell]:
-        return [Cell(ds, self.method, "degraded-oracle", role="sensitivity",
-                     map_options={"degradation": kind, "strength": float(s), "seed": self.map_seed})
+        return [Cell(ds, self.method, "degraded-oracle", backbone=self.backbone, role="sensitivity",
+                     map_options={"degradation": kind, "strength": float(s), "seed": self.map_seed},
+                     overrides={"schedule": self.schedule})
                 for ds in self.datasets for kind, strengths in self.grid.items() for s in strengths]
 
 
@@ -85,6 +88,9 @@ class Paper:
     published: list[dict[str, Any]]
     vlm: dict[str, str]
     profiles: Registry[Profile]
+    #: The verdict's settings: ``paper_loss`` (the methods whose loss is the paper's) and
+    #: ``notes`` (why alignment can or cannot help on a data set).
+    verdict: dict[str, Any] = field(default_factory=dict)
 
 
 def _datasets(value: str | list[str], benchmarks: tuple[str, ...]) -> tuple[str, ...]:
@@ -115,8 +121,8 @@ def load_paper(path: Path = PAPER_FILE) -> Paper:
         sens["datasets"] = _datasets(sens.get("datasets", []), benchmarks)
         profiles.add(name, Profile(name, p["description"], list(p["seeds"]), dict(p["run"]),
                                    _cells(raw["cell_sets"][p["cells"]], benchmarks),
-                                   Sensitivity(raw["sensitivity_method"], **sens), bool(p.get("smoke", False))))
-    return Paper(benchmarks, published, dict(raw["vlm"]), profiles)
+                                   Sensitivity(**{"method": raw["sensitivity_method"], **sens}), bool(p.get("smoke", False))))
+    return Paper(benchmarks, published, dict(raw["vlm"]), profiles, dict(raw.get("verdict") or {}))
 
 
 PAPER = load_paper()
@@ -202,7 +208,8 @@ def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: 
     ``stamp`` marks every figure (a smoke profile's)."""
     from . import figures, report
 
-    tables = report.build(records, runs_dir, PAPER.published, PAPER.benchmarks)
+    tables = report.build(records, runs_dir, PAPER.published, PAPER.benchmarks,
+                          PAPER.verdict.get("paper_loss", ()), PAPER.verdict.get("notes"))
     summary = report.write_report(out, tables, records, runs_dir, {"title": title})
     figures.write_figures(out, tables.rows, tables.sensitivity, PAPER.published, stamp)
     return summary
