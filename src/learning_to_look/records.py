@@ -177,6 +177,10 @@ def collect(runs_dir: str | Path) -> list[Record]:
 
 # ---- aggregation over seeds --------------------------------------------------------------
 
+#: What makes a benchmark setting: a guided run is compared with the baseline that shares all of it.
+SETTING_KEYS = ("dataset", "schedule", "backbone", "train_subset", "epochs")
+
+
 @dataclass
 class Row:
     """One configuration: all seeds of one run group, mean ± std over them."""
@@ -209,6 +213,12 @@ class Row:
     @property
     def n_seeds(self) -> int:
         return len(self.seeds)
+
+    @property
+    def setting(self) -> tuple[Any, ...]:
+        """The values of :data:`SETTING_KEYS`: what a guided run and its unguided baseline
+        must share to be compared."""
+        return tuple(getattr(self, k) for k in SETTING_KEYS)
 
     @property
     def uses_maps(self) -> bool:
