@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .plotting import pyplot, save_figure, to_display
-from .records import DATASET_NAMES, PAPER_CONFIG, Row
+from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, Row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -230,13 +230,13 @@ def sensitivity(sens: Sequence[dict[str, Any]], rows: Sequence[Row] = ()) -> Fig
     """Test accuracy against map IoU, one panel per setting (data set, backbone, schedule)
     and one line per degradation from the clean oracle outwards; the same method with
     other map sources (intensity, a VLM) in the same setting on the same axes."""
-    settings = list(dict.fromkeys((s["dataset"], s["backbone"], s["schedule"]) for s in sens))
+    settings = list(dict.fromkeys(tuple(s[k] for k in SETTING_KEYS) for s in sens))
     if not settings:
         return None
     plt = pyplot()
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.4), dpi=110, squeeze=False)
     for ax, setting in zip(axes[0], settings):
-        pts = [s for s in sens if (s["dataset"], s["backbone"], s["schedule"]) == setting]
+        pts = [s for s in sens if tuple(s[k] for k in SETTING_KEYS) == setting]
         _sensitivity_panel(ax, pts, rows)
     fig.suptitle("How good must the maps be? Degraded oracle maps (annotation, not VLM)", fontsize=10)
     fig.tight_layout()
@@ -245,10 +245,13 @@ def sensitivity(sens: Sequence[dict[str, Any]], rows: Sequence[Row] = ()) -> Fig
 
 def _sensitivity_panel(ax, pts: Sequence[dict[str, Any]], rows: Sequence[Row]) -> None:
     colours = pyplot().get_cmap("tab10")
-    ds, backbone, schedule, method = pts[0]["dataset"], pts[0]["backbone"], pts[0]["schedule"], pts[0]["method"]
+    setting = tuple(pts[0][k] for k in SETTING_KEYS)
+    ds, schedule, backbone, subset, _ = setting
+    method = pts[0]["method"]
     ref = next((s for s in pts if s["degradation"] == "none"), None)
     for k, kind in enumerate(sorted({s["degradation"] for s in pts} - {"none"})):
-        line = ([ref] if ref else []) + sorted((s for s in pts if s["degradation"] == kind), key=lambda s: s["strength"])
+        line = ([ref] if ref else []) + sorted((s for s in pts if s["degradation"] == kind),
+                                               key=lambda s: s["strength"])
         ax.errorbar([s["map_iou"] for s in line], [s["test_acc_mean"] for s in line],
                     yerr=[s["test_acc_std"] for s in line], marker="o", color=colours(k % 10), capsize=3, label=kind)
         for s in line[1 if ref else 0:]:
@@ -257,29 +260,76 @@ def _sensitivity_panel(ax, pts: Sequence[dict[str, Any]], rows: Sequence[Row]) -
     if ref:
         ax.scatter([ref["map_iou"]], [ref["test_acc_mean"]], marker="*", s=160, color="black", zorder=3,
                    label="clean oracle")
-    others = [r for r in rows if (r.dataset, r.backbone, r.schedule, r.method) == (ds, backbone, schedule, method)
+    others = [r for r in rows if r.setting == setting and r.method == method
               and r.input_transform == PAPER_CONFIG.input_transform and r.role != "sensitivity"
               and r.maps.name != PAPER_CONFIG.maps and r.maps.iou is not None]
     for j, r in enumerate(others):
         ax.errorbar([r.maps.iou], [r.test_acc_mean], yerr=[r.test_acc_std], marker="X", ms=9, ls="none",
                     color=("dimgray", "tab:purple", "tab:brown")[j % 3], capsize=3, label=f"{r.maps.label} maps")
-    baseline = next((r for r in rows if (r.dataset, r.backbone, r.schedule) == (ds, backbone, schedule)
-                     and r.compared and not r.uses_maps and r.input_transform == PAPER_CONFIG.input_transform), None)
+    baseline = next((r for r in rows if r.setting == setting and r.compared and not r.uses_maps
+                     and r.input_transform == PAPER_CONFIG.input_transform), None)
     if baseline is not None:
         ax.axhline(baseline.test_acc_mean, color="gray", ls="--", lw=1, label=f"{baseline.method} (no maps)")
     ax.set_xlabel("map quality: IoU of the map above the digit threshold with the digit (training images)")
     ax.set_ylabel(f"{method} test accuracy %")
-    ax.set_title(f"{_name(ds)}, {backbone}, {schedule} schedule", fontsize=10)
+    ax.set_title(f"{_name(ds)}, {backbone}, {schedule} schedule" + (f", {subset:,} images" if subset else ""),
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, title="maps (numbers: degradation strength)", title_fontsize=7)
 
 
+def sweep(summary: dict[str, Any] | None) -> Figure | None:
+    """Left: mean test accuracy per grid point (a heat map for two axes, a line for one),
+    the point validation chose outlined. Right: every run's test accuracy, with the
+    published number of the method when there is one."""
+    if not summary or len(summary["axes"]) > 2:
+        return None
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    names = list(summary["axes"])
+    mean = {tuple(p["point"][k] for k in names): float(np.mean(p["test_acc"])) for p in summary["points"]}
+    chosen = tuple(summary["chosen"][k] for k in names)
+    if len(names) == 2:
+        xs, ys = summary["axes"][names[0]], summary["axes"][names[1]]
+        grid = np.array([[mean[(x, y)] for x in xs] for y in ys])  # (len ys, len xs)
+        im = left.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
+        left.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, float) else str(x) for x in xs], fontsize=7)
+        left.set_yticks(range(len(ys)), [f"{y:g}" if isinstance(y, float) else str(y) for y in ys], fontsize=7)
+        left.set_xlabel(names[0])
+        left.set_ylabel(names[1])
+        left.scatter([xs.index(chosen[0])], [ys.index(chosen[1])], marker="s", s=120, facecolors="none",
+                     edgecolors="red", linewidths=2, label="chosen on validation")
+        fig.colorbar(im, ax=left, label="mean test accuracy %")
+    else:
+        xs = summary["axes"][names[0]]
+        left.plot(range(len(xs)), [mean[(x,)] for x in xs], marker="o")
+        left.set_xticks(range(len(xs)), [str(x) for x in xs], fontsize=7)
+        left.axvline(xs.index(chosen[0]), color="red", ls="--", label="chosen on validation")
+        left.set_xlabel(names[0])
+        left.set_ylabel("mean test accuracy %")
+    left.legend(fontsize=7)
+    left.set_title("test accuracy per grid point (shown after the choice)", fontsize=9)
+    runs = [a for p in summary["points"] for a in p["test_acc"]]
+    right.hist(runs, bins=min(30, max(5, len(runs) // 3)), color="tab:blue", alpha=0.8)
+    if summary.get("published_acc") is not None:
+        right.axvline(summary["published_acc"], color="black", ls="--",
+                      label=f"published {summary['published_acc']:g} %")
+        right.legend(fontsize=7)
+    right.set_xlabel("test accuracy % of each run (validation-selected epoch)")
+    right.set_ylabel("runs")
+    right.set_title(f"{_name(summary['dataset'])}, {summary['method']}: all {len(runs)} runs", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def write_figures(out: str | os.PathLike, rows: Sequence[Row], sens: Sequence[dict[str, Any]],
-                  published: Sequence[dict[str, Any]], stamp: str | None = None) -> list[Path]:
+                  published: Sequence[dict[str, Any]], stamp: str | None = None,
+                  sweep_summary: dict[str, Any] | None = None) -> list[Path]:
     """Draw every figure that the rows support and write it into ``out``; ``stamp`` (e.g.
     "smoke run: numbers mean nothing") is written across each of them."""
     figures = {"qualitative.png": qualitative(rows), **guidance_maps(rows), "curves.png": curves(rows),
-               "accuracy.png": accuracy_bars(rows, published), "sensitivity.png": sensitivity(sens, rows)}
+               "accuracy.png": accuracy_bars(rows, published), "sensitivity.png": sensitivity(sens, rows),
+               "sweep.png": sweep(sweep_summary)}
     written = []
     for name, fig in figures.items():
         if fig is None:

@@ -57,6 +57,9 @@ class Method:
     default_selection: ClassVar[str] = "val_acc"
     #: Which map :func:`~learning_to_look.attribution.attention` gives this method.
     attention_kind: ClassVar[str] = "auto"
+    #: Whether the stacked trainer can run it: its loss is ``loss_weights`` applied to
+    #: the cross-entropy and the CAM alignment KL, and nothing else (PROTOCOL 3.7).
+    stackable: ClassVar[bool] = True
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -84,6 +87,10 @@ class Method:
 
     def lam(self, epoch: int) -> float:
         return float(self.cfg.lambda0 or 0.0)
+
+    def loss_weights(self, epoch: int) -> tuple[float, float]:
+        """(weight of the cross-entropy, weight of the attention alignment) in this epoch."""
+        return 1.0, 0.0
 
     def target(self, maps: Tensor, backbone: type[Backbone]) -> Tensor:
         """The attention target (N, h, w) at the feature map's resolution, summing to 1 per image."""
@@ -155,17 +162,20 @@ class L2L(Method):
     def lam(self, epoch: int) -> float:
         return lambda_schedule(epoch, self.cfg.e_att, float(self.cfg.lambda0), self.cfg.lambda_ramp)
 
+    def loss_weights(self, epoch: int) -> tuple[float, float]:
+        return {"ce": (1.0, 0.0), "attention": (0.0, 1.0), "joint": (1.0, self.lam(epoch))}[self.phase(epoch)]
+
     def loss(self, model: Backbone, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
-        phase = self.phase(epoch)
-        if phase == "ce":
+        w_ce, w_attn = self.loss_weights(epoch)
+        if not w_attn:
             return super().loss(model, batch, epoch)
         logits, s = self.attention(model, batch.x, batch.y)  # (B,K), (B,h,w)
         kl = forward_kl(s, batch.aux["target"])
         stats = {"attn": kl.detach(), "correct": (logits.argmax(1) == batch.y).sum()}
-        if phase == "attention":
-            return kl, stats
+        if not w_ce:  # attention only: the fc bias gets no gradient at all (PROTOCOL 3.7)
+            return w_attn * kl, stats
         ce = F.cross_entropy(logits, batch.y)
-        return ce + self.lam(epoch) * kl, stats | {"ce": ce.detach()}
+        return w_ce * ce + w_attn * kl, stats | {"ce": ce.detach()}
 
 
 @register_method
@@ -175,6 +185,7 @@ class GradCAMKL(L2L):
 
     name = "gradcam-kl"
     attention_kind = "grad-cam"
+    stackable = False
 
 
 @register_method
@@ -186,6 +197,7 @@ class RRR(Method):
 
     name = "rrr"
     uses_maps = True
+    stackable = False  # its penalty is on input gradients, not the CAM
     default_lambda = 100.0  # Ross et al.'s rule of thumb, see the class docstring
 
     def aux(self, maps: Tensor, backbone: type[Backbone]) -> dict[str, Tensor]:

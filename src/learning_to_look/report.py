@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .io import atomic_write_json, atomic_write_text
-from .records import DATASET_NAMES, PAPER_CONFIG, Record, Row, aggregate, paper_match
+from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, Record, Row, aggregate, paper_match
 
 CSV_FIELDS = ("origin", "dataset", "method", "backbone", "schedule", "maps", "maps_kind", "role", "input_transform",
               "map_options",
@@ -64,16 +64,16 @@ def sensitivity_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     method on the paper's maps in that setting as strength 0."""
     sens = [r for r in rows if r.role == "sensitivity"]
     out = []
-    for ds, backbone, schedule in sorted({(r.dataset, r.backbone, r.schedule) for r in sens}):
-        group = [r for r in sens if (r.dataset, r.backbone, r.schedule) == (ds, backbone, schedule)]
+    for setting in sorted({r.setting for r in sens}, key=str):
+        group = [r for r in sens if r.setting == setting]
         method = group[0].method
-        ref = next((r for r in rows if (r.dataset, r.backbone, r.schedule, r.method) == (ds, backbone, schedule, method)
+        ref = next((r for r in rows if r.setting == setting and r.method == method
                     and r.maps.name == PAPER_CONFIG.maps and r.input_transform == PAPER_CONFIG.input_transform
                     and r.role == "method"), None)
         members = ([(ref, "none", 0.0)] if ref else []) + [
             (r, r.map_options.get("degradation"), float(r.map_options.get("strength", 0))) for r in group]
         for r, kind, strength in members:
-            out.append({"dataset": ds, "backbone": backbone, "schedule": schedule, "method": method,
+            out.append(dict(zip(SETTING_KEYS, setting)) | {"method": method,
                         "degradation": kind, "strength": strength, "map_iou": r.maps.iou,
                         "map_auroc": r.maps.auroc, "test_acc_mean": r.test_acc_mean, "test_acc_std": r.test_acc_std,
                         "n_seeds": r.n_seeds})
@@ -99,19 +99,19 @@ def bootstrap_diff(a: Sequence[float], b: Sequence[float], level: float = 0.95) 
 
 
 def verdict_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Per benchmark setting (data set, schedule, backbone) with an unguided baseline:
+    """Per benchmark setting (``SETTING_KEYS``) with an unguided baseline:
     each guided method's difference from it in points, with its 95 % interval, and
     whether alignment helps (interval above 0), hurts (below 0) or shows no clear effect."""
     out = []
     for base in (r for r in rows if r.compared and not r.uses_maps and r.input_transform == "none"):
         guided = [r for r in rows if r.uses_maps and r.role in ("method", "vlm", "control", "sensitivity")
-                  and (r.dataset, r.schedule, r.backbone) == (base.dataset, base.schedule, base.backbone)]
+                  and r.setting == base.setting]
         for g in guided:
             diff, low, high = bootstrap_diff([m.test.accuracy for m in g.members],
                                              [m.test.accuracy for m in base.members])
             effect = ("too few seeds to tell" if min(g.n_seeds, base.n_seeds) < MIN_VERDICT_SEEDS
                       else "helps" if low > 0 else "hurts" if high < 0 else "no clear effect")
-            out.append({"dataset": base.dataset, "schedule": base.schedule, "backbone": base.backbone,
+            out.append(dict(zip(SETTING_KEYS, base.setting)) | {
                         "baseline": base.method, "baseline_acc_mean": base.test_acc_mean,
                         "baseline_acc_std": base.test_acc_std, "baseline_n": base.n_seeds, "method": g.method,
                         "maps": g.maps.label, "acc_mean": g.test_acc_mean, "acc_std": g.test_acc_std,
@@ -130,21 +130,33 @@ def verdict_summary(rows: Sequence[Row], verdict: Sequence[dict[str, Any]], pape
     in ``paper_loss``) on oracle maps. The setting's verdict is its best guided run's;
     ``notes`` add a reason per data set."""
     out = []
-    for setting in dict.fromkeys((v["dataset"], v["schedule"], v["backbone"]) for v in verdict):
-        ds, schedule, backbone = setting
-        mine = [v for v in verdict if (v["dataset"], v["schedule"], v["backbone"]) == setting]
+    for setting in dict.fromkeys(tuple(v[k] for k in SETTING_KEYS) for v in verdict):
+        mine = [v for v in verdict if tuple(v[k] for k in SETTING_KEYS) == setting]
         best = max(mine, key=lambda v: v["acc_mean"])
         oracle = next((v for v in mine if v["method"] in paper_loss and v["maps"].startswith("oracle")), None)
         bound = next((r for r in rows if r.role == "upper-bound" and r.dataset == "mnist"
-                      and (r.schedule, r.backbone) == (schedule, backbone)), None)
-        out.append({"dataset": ds, "schedule": schedule, "backbone": backbone, "baseline": best["baseline"],
+                      and r.setting[1:] == setting[1:]), None)
+        out.append(dict(zip(SETTING_KEYS, setting)) | {"baseline": best["baseline"],
                     "baseline_acc_mean": best["baseline_acc_mean"], "baseline_acc_std": best["baseline_acc_std"],
                     "baseline_n": best["baseline_n"],
                     "bound_acc_mean": bound.test_acc_mean if bound else None,
                     "bound_acc_std": bound.test_acc_std if bound else None, "bound_n": bound.n_seeds if bound else 0,
                     "best": best, "l2l_oracle": oracle, "effect": best["effect"],
-                    "note": (notes or {}).get(ds, "")})
+                    "note": (notes or {}).get(setting[0], "")})
     return out
+
+
+def sweep_summary(selection: dict[str, Any] | None, published: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """A sweep's answer (``selection.json``: the point validation chose, its test accuracy
+    over seeds) and how many of all its runs reach the published number of its method."""
+    if not selection:
+        return None
+    runs = [a for p in selection["points"] for a in p["test_acc"]]
+    ds = selection["dataset"]
+    pub = next((p for p in published if p.get("method") == selection["method"] and ds in p), None)
+    return selection | {"n_runs": len(runs), "published_acc": pub[ds] if pub else None,
+                        "published_source": pub["source"] if pub else None,
+                        "reach_published": sum(a >= pub[ds] for a in runs) if pub else None}
 
 
 def shared_settings(records: Sequence[Record]) -> dict[str, Any]:
@@ -263,7 +275,8 @@ def _sensitivity_table(sens: Sequence[dict[str, Any]]) -> str:
 
 
 def _setting(d: dict[str, Any]) -> str:
-    return f"{DATASET_NAMES.get(d['dataset'], d['dataset'])}, {d['schedule']}, {d['backbone']}"
+    subset = f", {d['train_subset']:,} images" if d.get("train_subset") else ""
+    return f"{DATASET_NAMES.get(d['dataset'], d['dataset'])}, {d['schedule']}, {d['backbone']}{subset}"
 
 
 def _verdict_table(verdict: Sequence[dict[str, Any]]) -> str:
@@ -291,11 +304,26 @@ def _summary_table(summary: Sequence[dict[str, Any]]) -> str:
     body = [[_setting(s), f"{_acc(s['baseline_acc_mean'], s['baseline_acc_std'], s['baseline_n'])} "
              f"(n {s['baseline_n']})",
              f"{_acc(s['bound_acc_mean'], s['bound_acc_std'], s['bound_n'])} (n {s['bound_n']})" if s["bound_n"]
-             else "not run", _vs(s["best"]), _vs(s["l2l_oracle"]), s["effect"] + (f": {s['note']}" if s["note"] else "")]
+             else "not run", _vs(s["best"]), _vs(s["l2l_oracle"]),
+             s["effect"] + (f": {s['note']}" if s["note"] else "")]
             for s in summary]
     return _table(["setting (data set, schedule, backbone)", "vanilla test acc %", "clean-MNIST bound %",
                    "best guided: test acc %; difference [95 % interval]",
                    "paper's loss, oracle maps: test acc %; difference [95 % interval]", "verdict"], body)
+
+
+def _sweep_text(sw: dict[str, Any]) -> list[str]:
+    chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sw["chosen"].items())
+    acc = _acc(sw["test_acc_mean"], sw["test_acc_std"], len(sw["seeds"]))
+    reach = ("" if sw["published_acc"] is None else
+             f" {sw['reach_published']} of the sweep's {sw['n_runs']} runs reach the published "
+             f"{sw['published_acc']:g} % ({sw['published_source']}), each run validation-selected within itself.")
+    return ["## Sweep", "",
+            f"Grid: {', '.join(f'{k} {v}' for k, v in sw['axes'].items())}; seeds {', '.join(map(str, sw['seeds']))}. "
+            f"Chosen on validation alone (best mean selection score over seeds, docs/protocol.md §3.8): {chosen}. "
+            f"Its test accuracy: **{acc} %** over {len(sw['seeds'])} seeds.{reach} `sweep.png`: the mean test "
+            "accuracy of every grid point (shown after the choice, never used for it) and the distribution of all "
+            "runs.", ""]
 
 
 def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[str, Any], n_runs: int) -> str:
@@ -337,6 +365,8 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
                   f"The paper's loss: {' or '.join(tables.paper_loss) or 'not named'}.", "",
                   _summary_table(tables.summary), "", "Every guided run:", "",
                   _verdict_table(tables.verdict), ""]
+    if tables.sweep:
+        parts += _sweep_text(tables.sweep)
     if sens:
         parts += ["## Map-quality sensitivity", "",
                   "The guided method trained on oracle maps degraded in one controlled way at a time; strength 0 is "
@@ -384,17 +414,21 @@ class Tables:
     summary: list[dict[str, Any]]
     shared: dict[str, Any]
     paper_loss: tuple[str, ...] = ()
+    sweep: dict[str, Any] | None = None
 
 
 def build(records: Sequence[Record], runs_dir: str | Path | None, published: Sequence[dict[str, Any]],
-          datasets: Sequence[str], paper_loss: Sequence[str] = (), notes: dict[str, str] | None = None) -> Tables:
+          datasets: Sequence[str], paper_loss: Sequence[str] = (), notes: dict[str, str] | None = None,
+          selection: dict[str, Any] | None = None) -> Tables:
     """The tables of ``records``; ``published`` numbers are set beside the matching rows;
-    ``paper_loss`` and ``notes`` as in :func:`verdict_summary`."""
+    ``paper_loss`` and ``notes`` as in :func:`verdict_summary`; ``selection`` is a
+    sweep's ``selection.json`` when the records are a sweep's."""
     rows = aggregate(records, runs_dir)
     attach_published(rows, published)
     verdict = verdict_rows(rows)
     return Tables(rows, published_rows(rows, published, datasets), sensitivity_rows(rows), verdict,
-                  verdict_summary(rows, verdict, paper_loss, notes), shared_settings(records), tuple(paper_loss))
+                  verdict_summary(rows, verdict, paper_loss, notes), shared_settings(records), tuple(paper_loss),
+                  sweep_summary(selection, published))
 
 
 def write_report(out: str | Path, tables: Tables, records: Sequence[Record], runs_dir: str | Path | None,
@@ -409,6 +443,7 @@ def write_report(out: str | Path, tables: Tables, records: Sequence[Record], run
     summary = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "header": header, "shared_settings": tables.shared,
                "environment": environment, "rows": [r.summary() for r in tables.rows], "published": tables.published,
                "sensitivity": tables.sensitivity, "verdict": tables.verdict, "verdict_summary": tables.summary,
+               "sweep": tables.sweep,
                "runs": runs}
     md = render_markdown(tables, header, environment, len(records))
     atomic_write_text(out / "report.md", md)

@@ -203,13 +203,13 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
 
 
 def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: str,
-                stamp: str | None = None) -> dict[str, Any]:
+                stamp: str | None = None, selection: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report and figures of ``records`` beside the paper's published numbers;
-    ``stamp`` marks every figure (a smoke profile's)."""
+    ``stamp`` marks every figure (a smoke profile's); ``selection`` is a sweep's choice."""
     from . import figures, report
 
     tables = report.build(records, runs_dir, PAPER.published, PAPER.benchmarks,
-                          PAPER.verdict.get("paper_loss", ()), PAPER.verdict.get("notes"))
+                          PAPER.verdict.get("paper_loss", ()), PAPER.verdict.get("notes"), selection)
     summary = report.write_report(out, tables, records, runs_dir, {"title": title})
-    figures.write_figures(out, tables.rows, tables.sensitivity, PAPER.published, stamp)
+    figures.write_figures(out, tables.rows, tables.sensitivity, PAPER.published, stamp, tables.sweep)
     return summary

@@ -341,6 +341,16 @@ def _train_and_test(cfg: TrainConfig, out: Path, data_dir: Path | None, progress
     atomic_write_json(out / "config.json", cfg.to_dict())
     fitted = fit(cfg, prep.train, prep.val, checkpoint=out / "checkpoint.pt", progress=progress, on_epoch=on_epoch,
                  started=t0)
+    result = record_run(cfg, out, prep, fitted, role, fitted.prior_seconds + time.perf_counter() - t0)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    return result
+
+
+def record_run(cfg: TrainConfig, out: Path, prep: Prepared, fitted: FitResult, role: str | None,
+               wall_seconds: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save the selected model, evaluate it on the test split, write its examples and its
+    ``result.json`` (plus ``extra`` keys): the end of every run, whichever engine trained it."""
+    atomic_write_json(out / "config.json", cfg.to_dict())
     atomic_torch_save(out / "model.pt", fitted.model.state_dict())
     # The test split is read here for the first and only time, after selection.
     test = evaluate_split(fitted.model, prep.dataset.test, cfg.input_transform, device=pick_device(cfg.device))
@@ -354,11 +364,9 @@ def _train_and_test(cfg: TrainConfig, out: Path, data_dir: Path | None, progress
         "selection": {"rule": cfg.selection, "epoch": fitted.selected_epoch, "score": fitted.selected_score,
                       "val": {k: v for k, v in fitted.history[fitted.selected_epoch].items() if k.startswith("val_")}},
         "test": test, "history": fitted.history, "seconds_per_epoch": train_seconds / len(fitted.history),
-        "wall_seconds": fitted.prior_seconds + time.perf_counter() - t0,
-        "device": str(pick_device(cfg.device)), "environment": environment(),
-    }
-    atomic_write_json(result_file, result)
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+        "wall_seconds": wall_seconds, "device": str(pick_device(cfg.device)), "environment": environment(),
+    } | (extra or {})
+    atomic_write_json(out / "result.json", result)
     return result
 
 

@@ -16,7 +16,7 @@ ABORTED = "aborted; rerun the same command to resume"
 
 
 #: The command modules; importing one registers its commands on the root app.
-COMMANDS = ("train", "reproduce", "report", "data", "maps")
+COMMANDS = ("train", "sweep", "reproduce", "report", "data", "maps")
 
 
 def _app(argv: list[str] | None = None):

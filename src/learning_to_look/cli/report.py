@@ -20,6 +20,7 @@ def report(runs_dir: Path = typer.Argument(..., help="Folder of run folders (<da
 
     Example: l2l report runs --out reports/mine
     """
+    from ..io import read_json
     from ..plotting import pyplot
     from ..records import collect
     from ..reproduce import report_runs
@@ -30,5 +31,7 @@ def report(runs_dir: Path = typer.Argument(..., help="Folder of run folders (<da
     records = collect(runs_dir)
     if not records:
         raise L2LError(f"no finished runs under {runs_dir} (looked for */*/seed*/result.json); train some first")
-    report_runs(out, records, runs_dir, f"All {len(records)} finished runs in `{runs_dir}`")
+    selection_file = runs_dir / "selection.json"  # written by `l2l sweep`
+    selection = read_json(selection_file, "rerun the sweep to rewrite it") if selection_file.exists() else None
+    report_runs(out, records, runs_dir, f"All {len(records)} finished runs in `{runs_dir}`", selection=selection)
     typer.echo(f"report: {out / 'report.md'} ({len(records)} runs)")

@@ -1,0 +1,57 @@
+"""`l2l sweep`: a hyper-parameter grid over seeds, trained as stacks of models."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..config import TrainConfig
+from ..data import DATASETS
+from ..errors import L2LError
+from ..maps import MAP_SOURCES
+from ..methods import METHODS
+from .app import DATA_DIR, app
+from .train import RUNS_DIR, _flag, parse_seeds
+
+
+@app.command("sweep")
+def sweep(
+    grid: list[str] = typer.Option(..., "--grid", help="FIELD=START:STOP:STEP (STOP included) or FIELD=V1,V2; "
+                                                       "repeat for more axes. FIELD: lambda0, e_att, lr, phase1."),
+    dataset: Optional[str] = _flag("dataset", DATASETS.help()),
+    method: Optional[str] = _flag("method", METHODS.help()),
+    maps: Optional[str] = _flag("maps", MAP_SOURCES.help() + " | a cached map set"),
+    seeds: str = typer.Option("0", help="Seeds, e.g. 0,1,2 or 0-4; each seed's grid points share one stack."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings; flags override it."),
+    epochs: Optional[int] = _flag("epochs"),
+    e_att: Optional[int] = _flag("e_att", flag="--e-att"),
+    lambda0: Optional[float] = _flag("lambda0"),
+    train_subset: Optional[int] = _flag("train_subset"),
+    device: Optional[str] = _flag("device"),
+    max_stack: int = typer.Option(64, "--max-stack", help="Most models trained as one stack (memory grows with it)."),
+    runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train every grid point for every seed, each seed's points as one stacked network,
+    then choose the point with the best mean validation score (PROTOCOL 3.8).
+
+    Example: l2l sweep --dataset colormnist --method l2l --grid lambda0=100:300:20 --grid e_att=5:25:2 --seeds 0-4
+    """
+    from ..sweep import parse_grid, plan_sweep, run_sweep
+
+    base = TrainConfig.from_file(config) if config else TrainConfig()
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = dataclasses.replace(base, **{k: v for k, v in locals().items() if k in fields and v is not None})
+    axes = dict(parse_grid(g) for g in grid)
+    if len(axes) != len(grid):
+        raise L2LError("the same field is given twice in --grid; give each field once")
+    plan = plan_sweep(base, axes, parse_seeds(seeds), runs_dir)
+    n = len(plan.points) * len(plan.seeds)
+    typer.echo(f"sweep {plan.folder}: {len(plan.points)} grid points x {len(plan.seeds)} seeds = {n} models")
+    s = run_sweep(plan, max_stack=max_stack, data_dir=data_dir, progress=not quiet, echo=typer.echo)
+    chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["chosen"].items())
+    typer.echo(f"chosen on validation: {chosen}; test accuracy {s['test_acc_mean']:.2f} +- {s['test_acc_std']:.2f} % "
+               f"over {len(s['seeds'])} seeds; records in {plan.folder} (l2l report {plan.folder} --out DIR)")

@@ -1,0 +1,324 @@
+"""Many small models trained as one network (PROTOCOL 3.7).
+
+A sweep over lambda0, E_att or the learning rate trains dozens of LeNet-GAPs of about
+3k parameters each. One at a time, the single-run engine is bound by per-step
+overhead, not arithmetic; stacked, M models cost one forward and one backward pass
+per batch. Every model keeps its own schedule: phases, lambda ramp, StepLR, momentum
+reset at its own E_att and the fc-bias rule of the attention-only phase. The schedule
+itself comes from each model's :class:`~learning_to_look.methods.Method`, the same
+object the single-run engine asks, so the two engines cannot disagree about it.
+
+All models of a stack share one batch stream (shuffled by ``data_seed``) and one data
+set, map source and batch size; with one seed for the whole stack each model is the
+run ``l2l train`` would give for its config, up to float rounding (which l2l's
+chaotic joint phase can grow; PROTOCOL 3.7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .attribution import minmax_normalize
+from .config import TrainConfig
+from .data.pipeline import batch_indices
+from .errors import L2LError, corrupt_file
+from .io import atomic_torch_save, torch_load
+from .losses import forward_kl, kl_per_image, reverse_kl
+from .methods import METHODS, Batch, Method
+from .models import LeNetGAP, build_backbone
+from .registry import Registry
+from .train import FitResult, pick_device, selection_score, set_determinism
+
+#: Config fields a model may set for itself; every other field must agree across a stack.
+PER_MODEL_FIELDS = ("lambda0", "e_att", "lr", "phase1", "seed")
+
+
+class StackedLeNetGAP(nn.Module):
+    """M LeNet-GAPs (PROTOCOL 3.1) as one network: parameters carry a leading model
+    dimension; conv1 is one convolution with M*6 filters, conv2 a grouped convolution
+    (groups = M) and the head an einsum."""
+
+    backbone: ClassVar[type[LeNetGAP]] = LeNetGAP
+    #: Parameters that only the cross-entropy reaches (CAM uses the fc weight, not its
+    #: bias): a model whose loss has no CE term leaves them untouched that step.
+    ce_only = ("fc_b",)
+
+    def __init__(self, models: Sequence[LeNetGAP]) -> None:
+        super().__init__()
+        self.m = len(models)
+        self.num_classes = models[0].num_classes
+
+        def stack(get: Callable[[LeNetGAP], Tensor]) -> nn.Parameter:
+            return nn.Parameter(torch.stack([get(m).detach().clone() for m in models]))
+
+        self.conv1_w, self.conv1_b = stack(lambda m: m.conv1.weight), stack(lambda m: m.conv1.bias)
+        self.conv2_w, self.conv2_b = stack(lambda m: m.conv2.weight), stack(lambda m: m.conv2.bias)
+        self.fc_w, self.fc_b = stack(lambda m: m.fc.weight), stack(lambda m: m.fc.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits (B,M,K), features (B,M,C,h,w))``: conv2 before its ReLU, as CAM wants."""
+        b, m = x.shape[0], self.m
+        h = F.conv2d(x, self.conv1_w.flatten(0, 1), self.conv1_b.flatten())  # (B,M*6,28,28)
+        h = F.max_pool2d(F.relu(h), 2)  # (B,M*6,14,14)
+        feats = F.conv2d(h, self.conv2_w.flatten(0, 1), self.conv2_b.flatten(), groups=m)  # (B,M*16,10,10)
+        pooled = F.max_pool2d(F.relu(feats), 2).mean(dim=(2, 3)).view(b, m, -1)  # (B,M,16)
+        logits = torch.einsum("bmc,mkc->bmk", pooled, self.fc_w) + self.fc_b  # (B,M,K)
+        return logits, feats.view(b, m, -1, *feats.shape[2:])
+
+    def cam(self, feats: Tensor, labels: Tensor) -> Tensor:
+        """Min-max normalised CAM (B,M,h,w) of each sample's label in each model (PROTOCOL 3.2)."""
+        weight = self.fc_w[:, labels]  # (M,B,C)
+        raw = F.relu(torch.einsum("mbc,bmchw->bmhw", weight, feats))  # (B,M,h,w)
+        return minmax_normalize(raw.flatten(0, 1)).view_as(raw)
+
+    def single(self, i: int) -> LeNetGAP:
+        """Model ``i`` as an ordinary LeNet-GAP (for saving, testing and reports)."""
+        model = self.backbone(num_classes=self.num_classes, in_channels=self.conv1_w.shape[2])
+        model.load_state_dict(self.single_state(i))
+        return model
+
+    def single_state(self, i: int) -> dict[str, Tensor]:
+        return {"conv1.weight": self.conv1_w[i], "conv1.bias": self.conv1_b[i], "conv2.weight": self.conv2_w[i],
+                "conv2.bias": self.conv2_b[i], "fc.weight": self.fc_w[i], "fc.bias": self.fc_b[i]}
+
+
+STACKED: Registry[type[StackedLeNetGAP]] = Registry("stacked backbone")
+STACKED.add(LeNetGAP.name, StackedLeNetGAP)
+
+
+class StackedSGD:
+    """``torch.optim.SGD`` (momentum, weight decay, no dampening) with a learning rate per
+    model, momentum buffers a model can clear alone, and per-model updates that can be
+    skipped: ``d = g + wd*p``; ``buf = d`` on a model's first step since its (re)start,
+    else ``buf = momentum*buf + d``; ``p -= lr*buf`` (PROTOCOL 3.7)."""
+
+    def __init__(self, params: dict[str, nn.Parameter], momentum: float, weight_decay: float) -> None:
+        self.params, self.momentum, self.weight_decay = params, momentum, weight_decay
+        m = next(iter(params.values())).shape[0]
+        self.buf = {k: torch.zeros_like(p) for k, p in params.items()}
+        self.started = {k: torch.zeros(m, dtype=torch.bool, device=p.device) for k, p in params.items()}
+
+    def restart(self, models: Tensor) -> None:
+        """Forget the momentum of ``models`` (bool (M,)), as a freshly built optimiser would."""
+        for started in self.started.values():
+            started &= ~models.to(started.device)
+
+    @torch.no_grad()
+    def step(self, lr: Tensor, active: dict[str, Tensor]) -> None:
+        """One update with per-model ``lr`` (M,); ``active[name]`` (bool (M,)) says which
+        models' slices of that parameter had a gradient in their own loss."""
+        for name, p in self.params.items():
+            shape = (-1,) + (1,) * (p.ndim - 1)
+            on, fresh = active[name].view(shape), ~self.started[name].view(shape)
+            d = p.grad + self.weight_decay * p
+            buf = torch.where(fresh, d, self.buf[name] * self.momentum + d)
+            self.buf[name] = torch.where(on, buf, self.buf[name])
+            p.sub_(torch.where(on, lr.view(shape) * buf, torch.zeros_like(p)))
+            self.started[name] |= active[name]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"buf": self.buf, "started": self.started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buf, self.started = dict(state["buf"]), dict(state["started"])
+
+
+@dataclass
+class ModelSchedule:
+    """What one model does in one epoch, asked of its own method object."""
+
+    phase: str
+    ce_weight: float
+    attention_weight: float
+    lr: float
+    restart: bool
+    eligible: bool
+
+
+def epoch_schedule(method: Method, epoch: int) -> ModelSchedule:
+    """The epoch as the single-run engine runs it: StepLR counted from the last start or
+    restart, the method's phase and loss weights."""
+    cfg = method.cfg
+    start = max((e for e in range(epoch + 1) if method.resets_optimizer(e)), default=0)
+    ce, attn = method.loss_weights(epoch)
+    return ModelSchedule(method.phase(epoch), ce, attn, cfg.lr * cfg.gamma ** ((epoch - start) // cfg.step_size),
+                         method.resets_optimizer(epoch), method.eligible(epoch))
+
+
+def check_stack(cfgs: Sequence[TrainConfig]) -> None:
+    """Raise unless the resolved ``cfgs`` can share one stack."""
+    if not cfgs:
+        raise L2LError("a stack needs at least one model")
+    first = cfgs[0]
+    if first.backbone not in STACKED.names():
+        raise L2LError(f"stacked training exists for {', '.join(STACKED.names())}, not {first.backbone}; "
+                       "train this backbone with l2l train")
+    if not METHODS.get(first.method).stackable:
+        stackable = [n for n in METHODS.names() if METHODS.get(n).stackable]
+        raise L2LError(f"method {first.method} cannot be stacked; stackable methods: {', '.join(stackable)}")
+    if first.momentum is None or first.step_size is None:
+        raise L2LError(f"stacked training follows the SGD + StepLR schedule; got --schedule {first.schedule}, "
+                       "use --schedule paper")
+    shared = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in PER_MODEL_FIELDS]
+    for cfg in cfgs[1:]:
+        differ = [k for k in shared if getattr(cfg, k) != getattr(first, k)]
+        if differ:
+            raise L2LError(f"models of one stack may differ only in {', '.join(PER_MODEL_FIELDS)}; "
+                           f"these differ too: {', '.join(differ)}")
+
+
+def _initial_models(cfgs: Sequence[TrainConfig]) -> list[LeNetGAP]:
+    """Each model initialised exactly as its single run would be (seeded, then built)."""
+    models = []
+    for cfg in cfgs:
+        set_determinism(cfg.seed)
+        models.append(build_backbone(cfg.backbone))
+    return models
+
+
+def _per_model_loss(stack: StackedLeNetGAP, batch: Batch, sched: Sequence[ModelSchedule]) -> tuple[Tensor, Tensor]:
+    """(summed loss, correct predictions per model (M,)); each model's term depends on
+    its own parameters only, so one backward pass gives every model its own gradient."""
+    logits, feats = stack(batch.x)  # (B,M,K), (B,M,C,h,w)
+    b, m, k = logits.shape
+    ce_w = torch.tensor([s.ce_weight for s in sched], device=logits.device)  # (M,)
+    attn_w = torch.tensor([s.attention_weight for s in sched], device=logits.device)  # (M,)
+    ce = F.cross_entropy(logits.reshape(b * m, k), batch.y.repeat_interleave(m), reduction="none")  # (B*M,)
+    loss = (ce.view(b, m).mean(0) * ce_w).sum()
+    if bool((attn_w > 0).any()):
+        s = stack.cam(feats, batch.y)  # (B,M,h,w)
+        target = batch.aux["target"].repeat_interleave(m, dim=0)  # (B*M,h,w)
+        kl = forward_kl(s.flatten(0, 1), target, reduction="none").view(b, m).sum(0) / b  # (M,) batchmean each
+        loss = loss + (kl * attn_w).sum()
+    return loss, (logits.argmax(2) == batch.y[:, None]).sum(0)
+
+
+@torch.no_grad()
+def _validate(stack: StackedLeNetGAP, val: Batch, device: torch.device, bs: int = 1000) -> list[dict[str, float]]:
+    """Per model: validation accuracy and, with a target, the nan-mean KL and reverse KL
+    of its CAM to the target (what the single-run engine logs)."""
+    stack.eval()
+    correct = torch.zeros(stack.m)
+    per_image: dict[str, list[Tensor]] = {}
+    for idx in batch_indices(len(val), bs, shuffle=False):
+        b = val.take(idx, device)
+        logits, feats = stack(b.x)  # (B,M,K), (B,M,C,h,w)
+        correct += (logits.argmax(2) == b.y[:, None]).sum(0).cpu()
+        if "target" in b.aux:
+            s = stack.cam(feats, b.y).cpu().float()  # (B,M,h,w)
+            q = b.aux["target"].cpu().float()[:, None].expand_as(s)  # (B,M,h,w)
+            per_image.setdefault("kl", []).append(kl_per_image(s.flatten(0, 1), q.flatten(0, 1)).view(s.shape[:2]))
+            per_image.setdefault("rkl", []).append(
+                reverse_kl(s.flatten(0, 1), q.flatten(0, 1), reduction="none").view(s.shape[:2]))
+    joined = {k: torch.cat(v) for k, v in per_image.items()}  # (N,M) each
+    return [{"val_acc": 100.0 * float(correct[i]) / len(val)}
+            | {f"val_{k}": float(torch.nanmean(v[:, i])) for k, v in joined.items()} for i in range(stack.m)]
+
+
+def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_seed: int | None = None,
+                checkpoint: Path | None = None, progress: bool = True,
+                on_epoch: Callable[[int], None] | None = None) -> list[FitResult]:
+    """Train the resolved ``cfgs`` as one stack on ``train`` and select each model's epoch
+    on ``val`` alone; no test data comes in. ``data_seed`` (default: the models' common
+    seed) shuffles the shared batch stream. With ``checkpoint`` the whole state is
+    written atomically after every epoch, and a stack found there resumes."""
+    check_stack(cfgs)
+    seeds = {c.seed for c in cfgs}
+    if data_seed is None and len(seeds) > 1:
+        raise L2LError("models with different seeds share one batch stream: pass data_seed")
+    data_seed = seeds.pop() if data_seed is None else data_seed
+    started = time.perf_counter()
+    device = pick_device(cfgs[0].device)
+    methods = [METHODS.get(c.method)(c) for c in cfgs]
+    stack = StackedLeNetGAP(_initial_models(cfgs)).to(device)
+    params = dict(stack.named_parameters())
+    opt = StackedSGD(params, cfgs[0].momentum, cfgs[0].weight_decay)
+    shuffle = torch.Generator().manual_seed(data_seed)
+    histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+    best: list[dict[str, Any]] = [{"epoch": -1, "score": -float("inf"), "state": None} for _ in cfgs]
+    start, prior = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        start, prior = _resume(checkpoint, cfgs, stack, opt, shuffle, histories, best, data_seed)
+    epochs = cfgs[0].epochs
+    bar = tqdm(total=epochs * len(cfgs), initial=start * len(cfgs), unit="model-epoch", desc=f"stack of {len(cfgs)}",
+               disable=not progress, dynamic_ncols=True)
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        sched = [epoch_schedule(m, epoch) for m in methods]
+        opt.restart(torch.tensor([s.restart for s in sched]))
+        train_acc = _train_epoch(stack, opt, train, sched, shuffle, cfgs[0].batch_size, device)
+        rows = _validate(stack, val, device)
+        seconds = time.perf_counter() - t0
+        for i, (cfg, s, row) in enumerate(zip(cfgs, sched, rows)):
+            row = {"epoch": epoch, "phase": s.phase, "lambda": methods[i].lam(epoch), "lr": s.lr,
+                   "train_acc": train_acc[i]} | row
+            row |= {"eligible": s.eligible, "score": selection_score(cfg.selection, row, cfg.selection_beta)
+                    if s.eligible else None, "seconds": seconds / len(cfgs)}
+            histories[i].append(row)
+            if s.eligible and row["score"] > best[i]["score"]:
+                best[i] = {"epoch": epoch, "score": row["score"],
+                           "state": {k: v.detach().clone() for k, v in stack.single_state(i).items()}}
+        if checkpoint is not None:
+            atomic_torch_save(checkpoint, {"configs": [c.to_dict() for c in cfgs], "data_seed": data_seed,
+                                           "epoch": epoch, "stack": stack.state_dict(), "optimizer": opt.state_dict(),
+                                           "shuffle": shuffle.get_state(), "histories": histories, "best": best,
+                                           "wall_seconds": prior + time.perf_counter() - started})
+        bar.update(len(cfgs))
+        if on_epoch is not None:
+            on_epoch(epoch)
+    bar.close()
+    return [_fitted(stack, b, h, prior) for b, h in zip(best, histories)]
+
+
+def _train_epoch(stack: StackedLeNetGAP, opt: StackedSGD, train: Batch, sched: Sequence[ModelSchedule],
+                 shuffle: torch.Generator, batch_size: int, device: torch.device) -> list[float]:
+    """One pass over the shared batch stream; returns each model's training accuracy %."""
+    stack.train()
+    lr = torch.tensor([s.lr for s in sched], device=device)  # (M,)
+    with_ce = torch.tensor([s.ce_weight > 0 for s in sched], device=device)  # (M,)
+    active = {name: with_ce if name in stack.ce_only else torch.ones_like(with_ce) for name in opt.params}
+    correct = torch.zeros(stack.m)
+    for idx in batch_indices(len(train), batch_size, shuffle):
+        loss, hits = _per_model_loss(stack, train.take(idx, device), sched)
+        if not torch.isfinite(loss):
+            raise L2LError(f"a stacked loss became {loss.item()}; lower --lr or --lambda0")
+        for p in opt.params.values():
+            p.grad = None
+        loss.backward()
+        opt.step(lr, active)
+        correct += hits.cpu()
+    return [100.0 * float(c) / len(train) for c in correct]
+
+
+def _fitted(stack: StackedLeNetGAP, best: dict[str, Any], history: list[dict[str, Any]], prior: float) -> FitResult:
+    if best["state"] is None:
+        raise L2LError("no epoch was eligible for selection; make --epochs larger than --e-att")
+    model = stack.backbone(num_classes=stack.num_classes, in_channels=stack.conv1_w.shape[2])
+    model.load_state_dict(best["state"])
+    return FitResult(model, history, best["epoch"], best["score"], prior)
+
+
+def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGAP, opt: StackedSGD,
+            shuffle: torch.Generator, histories: list, best: list, data_seed: int) -> tuple[int, float]:
+    """Load the state saved after the last finished epoch; (next epoch, seconds spent so far)."""
+    fix = f"delete {checkpoint} to restart this stack from its first epoch"
+    state = torch_load(checkpoint, fix, map_location=next(stack.parameters()).device, weights_only=False)
+    if not isinstance(state, dict) or not {"stack", "optimizer", "shuffle", "histories", "best"} <= set(state):
+        raise corrupt_file(checkpoint, "not a stacked-training checkpoint", fix)
+    if state.get("configs") != [c.to_dict() for c in cfgs] or state.get("data_seed") != data_seed:
+        raise L2LError(f"checkpoint {checkpoint} belongs to another stack; {fix}")
+    stack.load_state_dict(state["stack"])
+    opt.load_state_dict(state["optimizer"])
+    shuffle.set_state(state["shuffle"])
+    histories[:] = state["histories"]
+    best[:] = state["best"]
+    return state["epoch"] + 1, float(state["wall_seconds"])

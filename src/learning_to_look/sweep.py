@@ -1,0 +1,156 @@
+"""`l2l sweep`: a grid of hyper-parameters over seeds, trained as stacks (PROTOCOL 3.7, 3.8).
+
+Each seed's grid points share one stack, its batch stream shuffled by that seed, so
+each model is the run ``l2l train`` would give for its config up to float rounding.
+Every (grid point, seed) gets an ordinary run record, in the same ``result.json``
+schema, under the sweep's own folder: ``l2l report`` reads a sweep like any runs
+folder, and a sweep's records never stand in for single-engine runs. The choice of
+grid point looks at validation scores only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .config import TrainConfig
+from .errors import L2LError
+from .io import atomic_write_json, folder_lock, read_json, sha256_text
+from .methods import resolve
+from .stacked import PER_MODEL_FIELDS, check_stack, fit_stacked
+from .train import default_runs_dir, prepare, record_run, run_dir_for
+
+#: Fields a grid may vary: what a model of a stack may set for itself, except the seed
+#: (seeds are the sweep's other axis).
+GRID_FIELDS = tuple(f for f in PER_MODEL_FIELDS if f != "seed")
+#: Default largest stack: memory grows with it (about 3 MB per model at batch 32).
+DEFAULT_MAX_STACK = 64
+#: The most grid points one sweep may ask for (a typo should not plan a million models).
+MAX_POINTS = 10_000
+GRID_HELP = "give FIELD=START:STOP:STEP (STOP included) or FIELD=V1,V2,... with FIELD one of " + ", ".join(GRID_FIELDS)
+
+
+def parse_grid(text: str) -> tuple[str, list[Any]]:
+    """'lambda0=100:300:20' or 'phase1=attention,ce' -> (field, values); a bad one is a one-line error."""
+    name, sep, spec = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in GRID_FIELDS:
+        raise L2LError(f"malformed --grid {text!r}; {GRID_HELP}")
+    kind = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[name]
+    cast = int if "int" in str(kind) else float if "float" in str(kind) else str
+    span = re.fullmatch(r"\s*([-+.\deE]+)\s*:\s*([-+.\deE]+)\s*:\s*([-+.\deE]+)\s*", spec)
+    try:
+        if span:
+            start, stop, step = (cast(v) for v in span.groups())
+            if step <= 0 or stop < start:
+                raise ValueError("empty range or step not above 0")
+            count = int(np.floor((stop - start) / step + 1e-9)) + 1
+            values = [cast(round(start + i * step, 12)) for i in range(min(count, MAX_POINTS + 1))]
+        else:
+            values = [cast(v.strip()) for v in spec.split(",") if v.strip()]
+    except ValueError as e:
+        raise L2LError(f"malformed --grid {text!r} ({e}); {GRID_HELP}") from None
+    if not values or len(set(values)) != len(values):
+        raise L2LError(f"malformed --grid {text!r}: no values or repeated values; {GRID_HELP}")
+    return name, values
+
+
+def grid_points(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of the axes, in order, one dict per point."""
+    points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    if len(points) > MAX_POINTS:
+        raise L2LError(f"the grid has {len(points):,} points, more than {MAX_POINTS:,}; use fewer values")
+    return points
+
+
+@dataclass
+class Sweep:
+    """A planned sweep: the base config, the grid, the seeds and where its records go."""
+
+    base: TrainConfig
+    axes: dict[str, list[Any]]
+    seeds: list[int]
+    folder: Path
+
+    @property
+    def points(self) -> list[dict[str, Any]]:
+        return grid_points(self.axes)
+
+    def configs(self, seed: int) -> list[TrainConfig]:
+        """Each grid point's resolved config for ``seed`` (a value the config rejects is an error here)."""
+        return [resolve(dataclasses.replace(self.base, seed=seed, **point)) for point in self.points]
+
+
+def plan_sweep(base: TrainConfig, axes: dict[str, list[Any]], seeds: Sequence[int],
+               runs_dir: Path | None = None) -> Sweep:
+    """Validate everything (every point resolves, the stack is buildable) before any training."""
+    if not axes:
+        raise L2LError(f"a sweep needs at least one --grid; {GRID_HELP}")
+    key = json.dumps({"base": base.to_dict() | {"seed": None}, "axes": axes}, sort_keys=True, default=str)
+    folder = Path(runs_dir or default_runs_dir()) / "sweeps" / f"{base.dataset}-{base.method}-{sha256_text(key)[:10]}"
+    sweep = Sweep(base, dict(axes), list(seeds), folder)
+    check_stack(sweep.configs(sweep.seeds[0]))
+    return sweep
+
+
+def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Path | None = None,
+              progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train every missing (point, seed) in stacks of at most ``max_stack`` models, write
+    their records, then choose the grid point on validation alone (:func:`choose`)."""
+    if max_stack < 1:
+        raise L2LError(f"--max-stack must be at least 1, got {max_stack}")
+    with folder_lock(sweep.folder, "this sweep"):
+        atomic_write_json(sweep.folder / "sweep.json", {"base": sweep.base.to_dict(), "axes": sweep.axes,
+                                                        "seeds": sweep.seeds})
+        for seed in sweep.seeds:
+            cfgs = [c for c in sweep.configs(seed) if not (run_dir_for(c, sweep.folder) / "result.json").exists()]
+            for k in range(0, len(cfgs), max_stack):
+                _train_stack(cfgs[k:k + max_stack], sweep.folder, seed, data_dir, progress, echo)
+        summary = choose(sweep)
+        atomic_write_json(sweep.folder / "selection.json", summary)
+    return summary
+
+
+def _train_stack(cfgs: list[TrainConfig], folder: Path, seed: int, data_dir: Path | None, progress: bool,
+                 echo: Callable[[str], None]) -> None:
+    t0 = time.perf_counter()
+    prep = prepare(cfgs[0], data_dir, progress)
+    tag = sha256_text(json.dumps([c.to_dict() for c in cfgs], sort_keys=True, default=str))[:10]
+    checkpoint = folder / "stacks" / f"seed{seed}-{tag}.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    fitted = fit_stacked(cfgs, prep.train, prep.val, checkpoint=checkpoint, progress=progress)
+    wall = (fitted[0].prior_seconds + time.perf_counter() - t0) / len(cfgs)
+    for cfg, fit in zip(cfgs, fitted):
+        out = run_dir_for(cfg, folder)
+        out.mkdir(parents=True, exist_ok=True)
+        record_run(cfg, out, prep, fit, None, wall, {"engine": {"name": "stacked", "stack_size": len(cfgs),
+                                                                "data_seed": seed}})
+    checkpoint.unlink(missing_ok=True)
+    echo(f"seed {seed}: {len(cfgs)} models trained as one stack in {time.perf_counter() - t0:.0f} s")
+
+
+def choose(sweep: Sweep) -> dict[str, Any]:
+    """PROTOCOL 3.8: the grid point with the best mean validation selection score over the
+    seeds; its test accuracy over those seeds is the sweep's result. The test numbers of
+    the other points are read only to report them beside the choice, after it is made."""
+    points = []
+    for point in sweep.points:
+        results = [read_json(run_dir_for(resolve(dataclasses.replace(sweep.base, seed=s, **point)), sweep.folder)
+                             / "result.json", "delete the sweep folder and rerun the sweep") for s in sweep.seeds]
+        val = [r["selection"]["score"] for r in results]
+        points.append({"point": point, "val_score_mean": float(np.mean(val)),
+                       "test_acc": [r["test"]["accuracy"] for r in results]})
+    best = max(points, key=lambda p: p["val_score_mean"])  # validation only
+    acc = np.asarray(best["test_acc"])
+    return {"dataset": sweep.base.dataset, "method": sweep.base.method, "axes": sweep.axes,
+            "chosen": best["point"], "val_score_mean": best["val_score_mean"], "seeds": sweep.seeds,
+            "test_acc_mean": float(acc.mean()), "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+            "points": points}

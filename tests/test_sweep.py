@@ -1,0 +1,96 @@
+"""`l2l sweep`: grid parsing, records, validation-only choice, resuming, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from learning_to_look import sweep as sweep_mod
+from learning_to_look.cli import main
+from learning_to_look.config import TrainConfig
+from learning_to_look.errors import L2LError
+from learning_to_look.records import collect
+from learning_to_look.report import sweep_summary
+from learning_to_look.sweep import choose, parse_grid, plan_sweep, run_sweep
+
+
+def test_parse_grid_ranges_and_lists():
+    assert parse_grid("lambda0=100:300:50") == ("lambda0", [100.0, 150.0, 200.0, 250.0, 300.0])
+    assert parse_grid("e_att=5:9:2") == ("e_att", [5, 7, 9])
+    assert parse_grid("e-att=3") == ("e_att", [3])
+    assert parse_grid("lr=0.1:0.3:0.1") == ("lr", [0.1, 0.2, 0.3])
+    assert parse_grid("phase1=attention,ce") == ("phase1", ["attention", "ce"])
+
+
+@pytest.mark.parametrize("bad", ["lambda0", "seed=0:4:1", "epochs=1:3:1", "lambda0=1:5:0", "lambda0=5:1:1",
+                                 "lambda0=", "e_att=1.5", "lambda0=1,1", "lambda0=a:b:c"])
+def test_malformed_grids_are_one_line_errors(bad):
+    with pytest.raises(L2LError, match="malformed --grid"):
+        parse_grid(bad)
+
+
+def test_a_value_the_config_rejects_fails_before_training(tmp_path):
+    base = TrainConfig(dataset="decoymnist", method="l2l", epochs=3, e_att=1)
+    with pytest.raises(L2LError, match="lambda0"):
+        plan_sweep(base, {"lambda0": [-1.0]}, [0], tmp_path)
+    with pytest.raises(L2LError, match="E_att"):
+        plan_sweep(base, {"e_att": [1, 3]}, [0], tmp_path)
+    with pytest.raises(L2LError, match="cannot be stacked"):
+        plan_sweep(TrainConfig(method="rrr"), {"lambda0": [1.0]}, [0], tmp_path)
+
+
+def test_sweep_end_to_end_records_choice_and_resume(tmp_path, data_dir, monkeypatch):
+    base = TrainConfig(dataset="decoymnist", method="l2l", epochs=2, e_att=1, train_subset=120)
+    plan = plan_sweep(base, {"lambda0": [1.0, 2.0, 4.0]}, [0, 1], tmp_path)
+    summary = run_sweep(plan, max_stack=2, data_dir=data_dir, progress=False, echo=lambda _: None)
+    records = collect(plan.folder)
+    assert len(records) == 6 and {r.config.lambda0 for r in records} == {1.0, 2.0, 4.0}
+    result = json.loads((records[0].run_dir / "result.json").read_text())
+    assert result["engine"]["name"] == "stacked" and {"test", "history", "selection"} <= set(result)
+    best = max(summary["points"], key=lambda p: p["val_score_mean"])
+    assert summary["chosen"] == best["point"] and len(summary["points"]) == 3
+
+    # The choice never reads the test split: rewrite every test accuracy and choose again.
+    for r in records:
+        path = r.run_dir / "result.json"
+        doc = json.loads(path.read_text())
+        doc["test"]["accuracy"] = 100.0 - doc["test"]["accuracy"] if doc["config"]["lambda0"] != 2.0 else -5.0
+        path.write_text(json.dumps(doc))
+    assert choose(plan)["chosen"] == summary["chosen"]
+
+    # A second call trains nothing.
+    monkeypatch.setattr(sweep_mod, "fit_stacked", lambda *a, **k: pytest.fail("retrained a finished sweep"))
+    run_sweep(plan, data_dir=data_dir, progress=False, echo=lambda _: None)
+
+    # `l2l report` on the sweep folder adds the sweep's answer and its figure.
+    assert main(["report", str(plan.folder), "--out", str(tmp_path / "report")]) == 0
+    assert "## Sweep" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "sweep.png").stat().st_size > 0
+
+
+def test_sweep_summary_counts_runs_reaching_the_published_number():
+    selection = {"dataset": "colormnist", "method": "l2l", "axes": {"lambda0": [1.0, 2.0]}, "chosen": {"lambda0": 2.0},
+                 "seeds": [0, 1], "test_acc_mean": 50.0, "test_acc_std": 1.0, "val_score_mean": 0.5,
+                 "points": [{"point": {"lambda0": 1.0}, "test_acc": [70.0, 10.0]},
+                            {"point": {"lambda0": 2.0}, "test_acc": [64.88, 64.87]}]}
+    published = [{"method": "l2l", "colormnist": 64.88, "source": "paper"}, {"method": None, "colormnist": 1.0}]
+    got = sweep_summary(selection, published)
+    assert (got["n_runs"], got["reach_published"], got["published_acc"]) == (4, 2, 64.88)
+    assert sweep_summary(selection | {"method": "vanilla"}, published)["reach_published"] is None
+    assert sweep_summary(None, published) is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "gamma=1:2:1"], "malformed --grid"),
+    (["--grid", "lambda0=1:3:0"], "malformed --grid"),
+    (["--grid", "lambda0=1,2", "--grid", "lambda0=3"], "given twice"),
+    (["--grid", "lambda0=1,2", "--max-stack", "0"], "--max-stack"),
+    (["--grid", "lambda0=1,2", "--method", "gradcam-kl"], "cannot be stacked"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
+    method = [] if "--method" in args else ["--method", "l2l"]
+    code = main(["sweep", "--dataset", "decoymnist", *method, "--epochs", "2", "--e-att", "1",
+                 "--runs-dir", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
