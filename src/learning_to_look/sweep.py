@@ -141,10 +141,11 @@ def choose(sweep: Sweep) -> dict[str, Any]:
     """PROTOCOL 3.8: the grid point with the best mean validation selection score over the
     seeds; its test accuracy over those seeds is the sweep's result. The test numbers of
     the other points are read only to report them beside the choice, after it is made."""
+    per_seed = [sweep.configs(s) for s in sweep.seeds]  # [seed][point]
     points = []
-    for point in sweep.points:
-        results = [read_json(run_dir_for(resolve(dataclasses.replace(sweep.base, seed=s, **point)), sweep.folder)
-                             / "result.json", "delete the sweep folder and rerun the sweep") for s in sweep.seeds]
+    for i, point in enumerate(sweep.points):
+        results = [read_json(run_dir_for(cfgs[i], sweep.folder) / "result.json",
+                             "delete the sweep folder and rerun the sweep") for cfgs in per_seed]
         val = [r["selection"]["score"] for r in results]
         points.append({"point": point, "val_score_mean": float(np.mean(val)),
                        "test_acc": [r["test"]["accuracy"] for r in results]})
