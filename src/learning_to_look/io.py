@@ -29,6 +29,8 @@ TMP_SUFFIX = ".tmp"
 #: A temporary file this old belongs to a write that was killed, not to one in progress.
 STALE_TMP_SECONDS = 3600
 LOCK_NAME = ".lock"
+#: How often a process waiting for a lock looks again.
+LOCK_POLL_SECONDS = 0.5
 
 
 def sha256_array(a: np.ndarray) -> str:
@@ -149,14 +151,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
-    """Hold ``folder/.lock`` while working there, so that a second identical command
-    stops with a clear message instead of duplicating (or corrupting) the work. A lock
-    left by a process that no longer runs (killed with -9) is taken over."""
+def folder_lock(folder: str | os.PathLike, what: str, *, name: str = LOCK_NAME, wait: float = 0.0) -> Iterator[Path]:
+    """Hold ``folder/name`` while working there, so that a second identical command
+    stops with a clear message instead of duplicating (or corrupting) the work, or,
+    with ``wait`` seconds, waits for the first to finish (parallel workers that all
+    need the same data set). A lock left by a process that no longer runs (killed with
+    -9) is taken over."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_NAME
-    for _ in range(2):
+    lock = folder / name
+    deadline = time.monotonic() + wait
+    for _ in range(2 + int(wait / LOCK_POLL_SECONDS)):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
         except FileExistsError:
@@ -165,6 +170,9 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
             except (OSError, ValueError):
                 pid = 0
             if pid and pid != os.getpid() and _pid_alive(pid):
+                if time.monotonic() < deadline:
+                    time.sleep(LOCK_POLL_SECONDS)
+                    continue
                 raise L2LError(f"another l2l process (pid {pid}) is already running {what} in {folder}; wait for it "
                                f"to finish, or delete {lock} if that process is gone") from None
             lock.unlink(missing_ok=True)  # stale: its process is gone

@@ -36,6 +36,10 @@ class Batch:
     def __len__(self) -> int:
         return len(self.y)
 
+    def to(self, device: torch.device) -> "Batch":
+        """The whole split on ``device`` (still grey), so a GPU copies no batch from the host."""
+        return Batch(self.x.to(device), self.y.to(device), {k: v.to(device) for k, v in self.aux.items()})
+
     def take(self, idx: Tensor, device: torch.device) -> "Batch":
         """Rows ``idx`` on ``device``, grey inputs widened to RGB (kept grey in memory)."""
         return Batch(as_rgb(self.x[idx].to(device, non_blocking=True)), self.y[idx].to(device, non_blocking=True),

@@ -18,6 +18,7 @@ import yaml
 from .config import TrainConfig
 from .data import dataset_path, load_dataset
 from .methods import resolve
+from .parallel import run_tasks
 from .plotting import pyplot
 from .records import PAPER_CONFIG, RESULT_FILE, MapsInfo, Record, load_record
 from .registry import Registry
@@ -163,7 +164,7 @@ def check_vlm(vlm: str) -> dict[str, Any]:
 
 
 def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | None = None, out: Path | None = None,
-              runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True,
+              runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True, n_jobs: int = 1,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the data, train every planned run (reusing what is on disk), write the report
     from the runs' records, as ``l2l report`` would from the same runs."""
@@ -185,21 +186,31 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
         echo(f"VLM maps: {vlm_info['backend']}/{vlm_info['variant']} from {vlm_info['identity']} ({real})")
     else:
         echo(NO_VLM_LINE)
-    trained = 0
-    for i, (cell, cfg) in enumerate(jobs, 1):
-        cached = (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()
-        result = run_resolved(cfg, runs_dir=runs_dir, data_dir=data_dir, progress=progress, role=cell.role)
-        trained += not cached
-        when = "cached" if cached else f"{result['wall_seconds']:.0f} s"
+    todo = [(cfg, runs_dir, data_dir, progress and n_jobs == 1, cell.role) for cell, cfg in jobs
+            if not (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
+    if todo:
+        echo(f"{len(jobs) - len(todo)} runs found, {len(todo)} to train in {n_jobs} process(es)")
+    for k, (i, result) in enumerate(run_tasks(_train_one, todo, n_jobs), 1):
+        cfg = todo[i][0]
         extra = "" if cfg.input_transform == "none" else f" {cfg.input_transform}"
-        echo(f"[{i}/{len(jobs)}] {cfg.dataset} {cfg.method}{extra} {MapsInfo.from_result(result['maps']).label} "
-             f"{cfg.backbone} seed {cfg.seed}: test acc {result['test']['accuracy']:.2f}%  ({when})")
+        echo(f"[{k}/{len(todo)}] {cfg.dataset} {cfg.method}{extra} {MapsInfo.from_result(result['maps']).label} "
+             f"{cfg.backbone} seed {cfg.seed}: test acc {result['test']['accuracy']:.2f}%  "
+             f"({result['wall_seconds']:.0f} s)")
+    for cell, cfg in jobs:  # every run now has a record: set the role this profile reads it in
+        run_resolved(cfg, runs_dir=runs_dir, data_dir=data_dir, progress=False, role=cell.role)
+    trained = len(todo)
     records = [load_record(run_dir_for(cfg, runs_dir)) for _, cfg in jobs]
     summary = report_runs(out, records, runs_dir, f"Profile **{profile.name}**: {profile.description}",
                           stamp=SMOKE_STAMP if profile.smoke else None)
     echo(f"report: {out / 'report.md'} ({trained} runs trained, {len(jobs) - trained} cached, "
          f"{time.perf_counter() - t0:.0f} s)")
     return summary | {"trained": trained, "cached": len(jobs) - trained}
+
+
+def _train_one(cfg: TrainConfig, runs_dir: Path, data_dir: Path | None, progress: bool, role: str) -> dict[str, Any]:
+    from .train import run_resolved
+
+    return run_resolved(cfg, runs_dir=runs_dir, data_dir=data_dir, progress=progress, role=role)
 
 
 def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: str,

@@ -185,16 +185,17 @@ def _initial_models(cfgs: Sequence[TrainConfig]) -> list[LeNetGAP]:
     return models
 
 
-def _per_model_loss(stack: StackedLeNetGAP, batch: Batch, sched: Sequence[ModelSchedule]) -> tuple[Tensor, Tensor]:
-    """(summed loss, correct predictions per model (M,)); each model's term depends on
-    its own parameters only, so one backward pass gives every model its own gradient."""
+def _per_model_loss(stack: StackedLeNetGAP, batch: Batch, ce_w: Tensor, attn_w: Tensor | None
+                    ) -> tuple[Tensor, Tensor]:
+    """(summed loss, correct predictions per model (M,)) with per-model loss weights
+    ``ce_w`` and ``attn_w`` (M,) (``attn_w`` None: no model aligns this epoch); each
+    model's term depends on its own parameters only, so one backward pass gives every
+    model its own gradient."""
     logits, feats = stack(batch.x)  # (B,M,K), (B,M,C,h,w)
     b, m, k = logits.shape
-    ce_w = torch.tensor([s.ce_weight for s in sched], device=logits.device)  # (M,)
-    attn_w = torch.tensor([s.attention_weight for s in sched], device=logits.device)  # (M,)
     ce = F.cross_entropy(logits.reshape(b * m, k), batch.y.repeat_interleave(m), reduction="none")  # (B*M,)
     loss = (ce.view(b, m).mean(0) * ce_w).sum()
-    if bool((attn_w > 0).any()):
+    if attn_w is not None:
         s = stack.cam(feats, batch.y)  # (B,M,h,w)
         target = batch.aux["target"].repeat_interleave(m, dim=0)  # (B*M,h,w)
         kl = forward_kl(s.flatten(0, 1), target, reduction="none").view(b, m).sum(0) / b  # (M,) batchmean each
@@ -214,11 +215,12 @@ def _validate(stack: StackedLeNetGAP, val: Batch, device: torch.device, bs: int 
         logits, feats = stack(b.x)  # (B,M,K), (B,M,C,h,w)
         correct += (logits.argmax(2) == b.y[:, None]).sum(0).cpu()
         if "target" in b.aux:
-            s = stack.cam(feats, b.y).cpu().float()  # (B,M,h,w)
-            q = b.aux["target"].cpu().float()[:, None].expand_as(s)  # (B,M,h,w)
-            per_image.setdefault("kl", []).append(kl_per_image(s.flatten(0, 1), q.flatten(0, 1)).view(s.shape[:2]))
+            s = stack.cam(feats, b.y).float()  # (B,M,h,w)
+            q = b.aux["target"].float()[:, None].expand_as(s)  # (B,M,h,w)
+            per_image.setdefault("kl", []).append(
+                kl_per_image(s.flatten(0, 1), q.flatten(0, 1)).view(s.shape[:2]).cpu())
             per_image.setdefault("rkl", []).append(
-                reverse_kl(s.flatten(0, 1), q.flatten(0, 1), reduction="none").view(s.shape[:2]))
+                reverse_kl(s.flatten(0, 1), q.flatten(0, 1), reduction="none").view(s.shape[:2]).cpu())
     joined = {k: torch.cat(v) for k, v in per_image.items()}  # (N,M) each
     return [{"val_acc": 100.0 * float(correct[i]) / len(val)}
             | {f"val_{k}": float(torch.nanmean(v[:, i])) for k, v in joined.items()} for i in range(stack.m)]
@@ -240,6 +242,7 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
     device = pick_device(cfgs[0].device)
     methods = [METHODS.get(c.method)(c) for c in cfgs]
     stack = StackedLeNetGAP(_initial_models(cfgs)).to(device)
+    train, val = train.to(device), val.to(device)
     params = dict(stack.named_parameters())
     opt = StackedSGD(params, cfgs[0].momentum, cfgs[0].weight_decay)
     shuffle = torch.Generator().manual_seed(data_seed)
@@ -285,18 +288,23 @@ def _train_epoch(stack: StackedLeNetGAP, opt: StackedSGD, train: Batch, sched: S
     stack.train()
     lr = torch.tensor([s.lr for s in sched], device=device)  # (M,)
     with_ce = torch.tensor([s.ce_weight > 0 for s in sched], device=device)  # (M,)
+    ce_w = torch.tensor([s.ce_weight for s in sched], device=device)  # (M,)
+    aligns = any(s.attention_weight > 0 for s in sched)
+    attn_w = torch.tensor([s.attention_weight for s in sched], device=device) if aligns else None  # (M,)
     active = {name: with_ce if name in stack.ce_only else torch.ones_like(with_ce) for name in opt.params}
-    correct = torch.zeros(stack.m)
+    correct = torch.zeros(stack.m, dtype=torch.long, device=device)  # (M,)
+    finite = torch.ones((), dtype=torch.bool, device=device)  # checked once per epoch: no per-step host sync
     for idx in batch_indices(len(train), batch_size, shuffle):
-        loss, hits = _per_model_loss(stack, train.take(idx, device), sched)
-        if not torch.isfinite(loss):
-            raise L2LError(f"a stacked loss became {loss.item()}; lower --lr or --lambda0")
+        loss, hits = _per_model_loss(stack, train.take(idx, device), ce_w, attn_w)
+        finite &= torch.isfinite(loss)
         for p in opt.params.values():
             p.grad = None
         loss.backward()
         opt.step(lr, active)
-        correct += hits.cpu()
-    return [100.0 * float(c) / len(train) for c in correct]
+        correct += hits
+    if not bool(finite):
+        raise L2LError("a stacked loss became infinite or NaN; lower --lr or --lambda0")
+    return [100.0 * float(c) / len(train) for c in correct.cpu()]
 
 
 def _fitted(stack: StackedLeNetGAP, best: dict[str, Any], history: list[dict[str, Any]], prior: float) -> FitResult:

@@ -25,6 +25,7 @@ from .config import TrainConfig
 from .errors import L2LError
 from .io import atomic_write_json, folder_lock, read_json, sha256_text
 from .methods import resolve
+from .parallel import check_jobs, run_tasks
 from .stacked import PER_MODEL_FIELDS, check_stack, fit_stacked
 from .train import default_runs_dir, prepare, record_run, run_dir_for
 
@@ -102,25 +103,29 @@ def plan_sweep(base: TrainConfig, axes: dict[str, list[Any]], seeds: Sequence[in
 
 
 def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Path | None = None,
-              progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train every missing (point, seed) in stacks of at most ``max_stack`` models, write
-    their records, then choose the grid point on validation alone (:func:`choose`)."""
+              progress: bool = True, jobs: int = 1, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train every missing (point, seed) in stacks of at most ``max_stack`` models (``jobs``
+    stacks at a time, each in its own process), write their records, then choose the grid
+    point on validation alone (:func:`choose`)."""
     if max_stack < 1:
         raise L2LError(f"--max-stack must be at least 1, got {max_stack}")
+    check_jobs(jobs)
     with folder_lock(sweep.folder, "this sweep"):
         atomic_write_json(sweep.folder / "sweep.json", {"base": sweep.base.to_dict(), "axes": sweep.axes,
                                                         "seeds": sweep.seeds})
+        stacks = []
         for seed in sweep.seeds:
             cfgs = [c for c in sweep.configs(seed) if not (run_dir_for(c, sweep.folder) / "result.json").exists()]
-            for k in range(0, len(cfgs), max_stack):
-                _train_stack(cfgs[k:k + max_stack], sweep.folder, seed, data_dir, progress, echo)
+            stacks += [(cfgs[k:k + max_stack], sweep.folder, seed, data_dir, progress and jobs == 1)
+                       for k in range(0, len(cfgs), max_stack)]
+        for _, line in run_tasks(_train_stack, stacks, jobs):
+            echo(line)
         summary = choose(sweep)
         atomic_write_json(sweep.folder / "selection.json", summary)
     return summary
 
 
-def _train_stack(cfgs: list[TrainConfig], folder: Path, seed: int, data_dir: Path | None, progress: bool,
-                 echo: Callable[[str], None]) -> None:
+def _train_stack(cfgs: list[TrainConfig], folder: Path, seed: int, data_dir: Path | None, progress: bool) -> str:
     t0 = time.perf_counter()
     prep = prepare(cfgs[0], data_dir, progress)
     tag = sha256_text(json.dumps([c.to_dict() for c in cfgs], sort_keys=True, default=str))[:10]
@@ -134,7 +139,7 @@ def _train_stack(cfgs: list[TrainConfig], folder: Path, seed: int, data_dir: Pat
         record_run(cfg, out, prep, fit, None, wall, {"engine": {"name": "stacked", "stack_size": len(cfgs),
                                                                 "data_seed": seed}})
     checkpoint.unlink(missing_ok=True)
-    echo(f"seed {seed}: {len(cfgs)} models trained as one stack in {time.perf_counter() - t0:.0f} s")
+    return f"seed {seed}: {len(cfgs)} models trained as one stack in {time.perf_counter() - t0:.0f} s"
 
 
 def choose(sweep: Sweep) -> dict[str, Any]:

@@ -179,6 +179,7 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
     set_determinism(cfg.seed)
     model = build_backbone(cfg.backbone).to(device)
     method.check_backbone(model)
+    train, val = train.to(device), val.to(device)
     opt, sched = _optimizer(model, cfg)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import L2LError
-from .app import DATA_DIR, app
+from .app import DATA_DIR, JOBS, app
 from ..reproduce import PROFILES
 from .train import RUNS_DIR, parse_seeds
 
@@ -23,7 +23,7 @@ def reproduce(
     vlm: Optional[str] = typer.Option(None, "--vlm", help="CLIP weights (hub id or folder) for VLM maps; without it "
                                                           "the VLM rows are skipped."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder [default: ./reports/<profile>]."),
-    runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
+    jobs: int = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars (one line per run stays)."),
 ) -> None:
     """Build the data, train every method on ColorMNIST and DecoyMNIST over several
@@ -39,4 +39,4 @@ def reproduce(
         raise L2LError(f"--quick, --full and --profile exclude each other, got {' and '.join(named)}; pass one of them")
     run_all(PROFILES.get(named[0] if named else "default"), seeds=parse_seeds(seeds) if seeds is not None else None,
             vlm=vlm, out=out, runs_dir=runs_dir,
-            data_dir=data_dir, progress=not quiet, echo=typer.echo)
+            data_dir=data_dir, progress=not quiet, n_jobs=jobs, echo=typer.echo)

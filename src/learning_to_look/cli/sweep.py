@@ -13,7 +13,7 @@ from ..data import DATASETS
 from ..errors import L2LError
 from ..maps import MAP_SOURCES
 from ..methods import METHODS
-from .app import DATA_DIR, app
+from .app import DATA_DIR, JOBS, app
 from .train import RUNS_DIR, _flag, parse_seeds
 
 
@@ -32,7 +32,7 @@ def sweep(
     train_subset: Optional[int] = _flag("train_subset"),
     device: Optional[str] = _flag("device"),
     max_stack: int = typer.Option(64, "--max-stack", help="Most models trained as one stack (memory grows with it)."),
-    runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
+    jobs: int = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train every grid point for every seed, each seed's points as one stacked network,
@@ -51,7 +51,8 @@ def sweep(
     plan = plan_sweep(base, axes, parse_seeds(seeds), runs_dir)
     n = len(plan.points) * len(plan.seeds)
     typer.echo(f"sweep {plan.folder}: {len(plan.points)} grid points x {len(plan.seeds)} seeds = {n} models")
-    s = run_sweep(plan, max_stack=max_stack, data_dir=data_dir, progress=not quiet, echo=typer.echo)
+    s = run_sweep(plan, max_stack=max_stack, data_dir=data_dir, progress=not quiet, jobs=jobs,
+                  echo=typer.echo)
     chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["chosen"].items())
     typer.echo(f"chosen on validation: {chosen}; test accuracy {s['test_acc_mean']:.2f} +- {s['test_acc_std']:.2f} % "
                f"over {len(s['seeds'])} seeds; records in {plan.folder} (l2l report {plan.folder} --out DIR)")

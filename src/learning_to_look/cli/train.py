@@ -18,7 +18,7 @@ from ..maps import MAP_SOURCES
 from ..methods import METHODS
 from ..models import BACKBONES
 from ..records import MapsInfo, mean_std
-from .app import DATA_DIR, app
+from .app import DATA_DIR, JOBS, app
 
 RUNS_DIR = typer.Option(None, "--runs-dir", envvar="L2L_RUNS_DIR", help="Folder of run folders [default: ./runs].")
 
@@ -78,28 +78,35 @@ def train(
     input_transform: Optional[str] = _flag("input_transform", " | ".join(INPUT_TRANSFORMS)),
     train_subset: Optional[int] = _flag("train_subset"),
     device: Optional[str] = _flag("device"),
-    runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
+    jobs: int = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a method on a data set, select on validation, test once.
 
     Example: l2l train --dataset colormnist --method l2l --maps oracle --seeds 0,1,2
     """
-    from ..train import run
+    from ..parallel import run_tasks
 
     base = TrainConfig.from_file(config) if config else TrainConfig()
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {k: v for k, v in locals().items() if k in fields and v is not None}
     cfg = dataclasses.replace(base, **flags)
+    cfgs = [dataclasses.replace(cfg, seed=s) for s in (parse_seeds(seeds) if seeds is not None else [cfg.seed])]
+    tasks = [(c, runs_dir, data_dir, not quiet and jobs == 1) for c in cfgs]
     results = []
-    for seed in parse_seeds(seeds) if seeds is not None else [cfg.seed]:
-        r = run(dataclasses.replace(cfg, seed=seed), runs_dir=runs_dir, data_dir=data_dir, progress=not quiet)
+    for _, r in run_tasks(_run_one, tasks, jobs):
         t = r["test"]
         extra = f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
-        typer.echo(f"seed {seed}: test acc {t['accuracy']:.2f}%  (epoch {r['selection']['epoch']}, "
+        typer.echo(f"seed {r['config']['seed']}: test acc {t['accuracy']:.2f}%  (epoch {r['selection']['epoch']}, "
                    f"val acc {r['selection']['val']['val_acc']:.2f}%)  CAM on digit {t['cam_on_digit']:.2f}{extra}  "
                    f"{r['seconds_per_epoch']:.1f}s/epoch  maps: {MapsInfo.from_result(r['maps']).label}")
         results.append(r)
     if len(results) > 1:
         m, s = mean_std([r["test"]["accuracy"] for r in results])
         typer.echo(f"{cfg.dataset} {cfg.method}: test accuracy {m:.2f} +- {s:.2f} % over {len(results)} seeds")
+
+
+def _run_one(cfg: TrainConfig, runs_dir: Path | None, data_dir: Path | None, progress: bool) -> dict[str, Any]:
+    from ..train import run
+
+    return run(cfg, runs_dir=runs_dir, data_dir=data_dir, progress=progress)

@@ -24,6 +24,8 @@ from .mnist import load_mnist
 
 DATA_DIR_ENV = "L2L_DATA_DIR"
 FORMAT_VERSION = 1
+#: How long a build waits for another process building the same data set (one build takes seconds).
+BUILD_WAIT_SECONDS = 300.0
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +103,19 @@ def build_command(name: str, path: Path, force: bool = False) -> str:
 def build_dataset(name: str, data_dir: str | os.PathLike | None = None, mnist_dir: str | None = None) -> Path:
     """Build ``name`` from verified MNIST and write it atomically; returns the file.
 
-    The data folder's lock is held while building, so a second build there stops with a
-    clear message, and the temporary files a killed build left are removed first."""
+    The data set's lock is held while building: a second build of the same data set
+    waits for the first and then uses its file (parallel workers need the same data),
+    other data sets build beside it, and the temporary files a killed build left are
+    removed first."""
     spec = DATASETS.get(name)
     folder = data_folder(data_dir)
     path = dataset_path(name, folder)
     t0 = time.perf_counter()
     mnist = load_mnist(mnist_dir)  # first: a bad --mnist-dir fails before anything is made
-    with folder_lock(folder, f"`l2l data build {spec.name}`"):
+    existed = path.exists()
+    with folder_lock(folder, f"`l2l data build {spec.name}`", name=f".{path.name}.lock", wait=BUILD_WAIT_SECONDS):
+        if path.exists() and not existed:
+            return path  # another process built it while we waited for its lock
         for tmp in folder.glob(f".{path.name}.*{TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)  # we hold the lock: a dead build's half-written file
         arrays = spec.build(mnist)
