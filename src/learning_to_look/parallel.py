@@ -1,10 +1,12 @@
 """Independent runs or stacks in worker processes (`--jobs N`).
 
-Each worker is a fresh single-thread process (``spawn``, so CUDA works in it too). Tiny
-convolutions gain little from intra-op threads, and two processes with two threads
-each on two cores spin-wait for each other's descheduled threads (PROTOCOL 3.7's
-thread note and the README's thread table). Every task writes its own folder with
-atomic writes, so results do not depend on ``jobs`` or on the order tasks finish in,
+Every run trains with one thread, in a worker process (``spawn``, so CUDA works there
+too) or, with ``jobs == 1``, in this one. Measured on 2 cores (README, "Threads"):
+tiny convolutions gain little from a second thread, a 2-thread run beside any other
+busy process spins for its descheduled partner (2.3x slower for the single-run
+engine), and two 1-thread stacks finish more model-epochs than one 2-thread stack.
+One thread count everywhere also keeps the numbers independent of ``jobs``: every
+task writes its own folder with atomic writes, whatever the order tasks finish in,
 and a killed pool resumes like a killed single run.
 """
 
@@ -15,37 +17,55 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator, Sequence
 
+from tqdm import tqdm
+
 from .errors import L2LError
 
 #: Threads per worker process; measured in the README's thread table.
 WORKER_THREADS = 1
 
 
-def check_jobs(jobs: int) -> int:
+def default_jobs() -> int:
+    """One worker per core."""
+    return os.cpu_count() or 1
+
+
+def workers(jobs: int | None, n_tasks: int) -> int:
+    """How many processes ``n_tasks`` tasks get: ``jobs`` (default: one per core), at
+    most one per task. One means the tasks run here, one after another (with progress bars)."""
+    jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
         raise L2LError(f"--jobs must be at least 1, got {jobs}")
-    return jobs
+    return max(1, min(jobs, n_tasks))
 
 
 def _init_worker() -> None:
+    """One thread per run (module docstring)."""
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)
     torch.set_num_threads(WORKER_THREADS)
 
 
-def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int) -> Iterator[tuple[int, Any]]:
-    """Yield ``(index, fn(*tasks[index]))`` as tasks finish: inline for ``jobs == 1``,
-    else in ``jobs`` worker processes. ``fn`` must be a module-level function."""
-    if check_jobs(jobs) == 1 or len(tasks) <= 1:
+def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int | None, *, unit: str | None = None,
+              sizes: Sequence[int] | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield ``(index, fn(*tasks[index]))`` as tasks finish, in :func:`workers` processes
+    (here when that is one). ``fn`` must be a module-level function. With ``unit``, the
+    workers' progress is one bar counting ``sizes[i]`` (default 1) per finished task."""
+    n = workers(jobs, len(tasks))
+    if n == 1:
+        _init_worker()
         for i, args in enumerate(tasks):
             yield i, fn(*args)
         return
+    sizes = list(sizes or [1] * len(tasks))
+    bar = tqdm(total=sum(sizes), unit=unit or "task", desc=f"{n} workers", disable=unit is None, dynamic_ncols=True)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker) as pool, bar:
         futures = {pool.submit(fn, *args): i for i, args in enumerate(tasks)}
         try:
             for future in as_completed(futures):
+                bar.update(sizes[futures[future]])
                 yield futures[future], future.result()
         except BaseException:
             for future in futures:

@@ -18,7 +18,7 @@ import yaml
 from .config import TrainConfig
 from .data import dataset_path, load_dataset
 from .methods import resolve
-from .parallel import run_tasks
+from .parallel import run_tasks, workers
 from .plotting import pyplot
 from .records import PAPER_CONFIG, RESULT_FILE, MapsInfo, Record, load_record
 from .registry import Registry
@@ -164,7 +164,7 @@ def check_vlm(vlm: str) -> dict[str, Any]:
 
 
 def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | None = None, out: Path | None = None,
-              runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True, n_jobs: int = 1,
+              runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True, n_jobs: int | None = None,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the data, train every planned run (reusing what is on disk), write the report
     from the runs' records, as ``l2l report`` would from the same runs."""
@@ -186,11 +186,12 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
         echo(f"VLM maps: {vlm_info['backend']}/{vlm_info['variant']} from {vlm_info['identity']} ({real})")
     else:
         echo(NO_VLM_LINE)
-    todo = [(cfg, runs_dir, data_dir, progress and n_jobs == 1, cell.role) for cell, cfg in jobs
-            if not (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
+    todo = [cfg for _, cfg in jobs if not (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
+    n = workers(n_jobs, len(todo))
+    todo = [(cfg, runs_dir, data_dir, progress and n == 1, cell.role) for cell, cfg in jobs if cfg in todo]
     if todo:
-        echo(f"{len(jobs) - len(todo)} runs found, {len(todo)} to train in {n_jobs} process(es)")
-    for k, (i, result) in enumerate(run_tasks(_train_one, todo, n_jobs), 1):
+        echo(f"{len(jobs) - len(todo)} runs found, {len(todo)} to train in {n} process(es) of one thread")
+    for k, (i, result) in enumerate(run_tasks(_train_one, todo, n_jobs, unit="run" if progress else None), 1):
         cfg = todo[i][0]
         extra = "" if cfg.input_transform == "none" else f" {cfg.input_transform}"
         echo(f"[{k}/{len(todo)}] {cfg.dataset} {cfg.method}{extra} {MapsInfo.from_result(result['maps']).label} "

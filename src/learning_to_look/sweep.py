@@ -25,7 +25,7 @@ from .config import TrainConfig
 from .errors import L2LError
 from .io import atomic_write_json, folder_lock, read_json, sha256_text
 from .methods import resolve
-from .parallel import check_jobs, run_tasks
+from .parallel import run_tasks, workers
 from .stacked import PER_MODEL_FIELDS, check_stack, fit_stacked
 from .train import default_runs_dir, prepare, record_run, run_dir_for
 
@@ -103,22 +103,24 @@ def plan_sweep(base: TrainConfig, axes: dict[str, list[Any]], seeds: Sequence[in
 
 
 def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Path | None = None,
-              progress: bool = True, jobs: int = 1, echo: Callable[[str], None] = print) -> dict[str, Any]:
+              progress: bool = True, jobs: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every missing (point, seed) in stacks of at most ``max_stack`` models (``jobs``
     stacks at a time, each in its own process), write their records, then choose the grid
     point on validation alone (:func:`choose`)."""
     if max_stack < 1:
         raise L2LError(f"--max-stack must be at least 1, got {max_stack}")
-    check_jobs(jobs)
+    workers(jobs, 1)  # a bad --jobs fails before the lock is taken
     with folder_lock(sweep.folder, "this sweep"):
         atomic_write_json(sweep.folder / "sweep.json", {"base": sweep.base.to_dict(), "axes": sweep.axes,
                                                         "seeds": sweep.seeds})
-        stacks = []
+        chunks = []
         for seed in sweep.seeds:
             cfgs = [c for c in sweep.configs(seed) if not (run_dir_for(c, sweep.folder) / "result.json").exists()]
-            stacks += [(cfgs[k:k + max_stack], sweep.folder, seed, data_dir, progress and jobs == 1)
-                       for k in range(0, len(cfgs), max_stack)]
-        for _, line in run_tasks(_train_stack, stacks, jobs):
+            chunks += [(cfgs[k:k + max_stack], seed) for k in range(0, len(cfgs), max_stack)]
+        bars = progress and workers(jobs, len(chunks)) == 1  # bars only where stacks run here, one by one
+        stacks = [(cfgs, sweep.folder, seed, data_dir, bars) for cfgs, seed in chunks]
+        sizes = [len(cfgs) * cfgs[0].epochs for cfgs, _ in chunks]  # model-epochs per stack
+        for _, line in run_tasks(_train_stack, stacks, jobs, unit="model-epoch" if progress else None, sizes=sizes):
             echo(line)
         summary = choose(sweep)
         atomic_write_json(sweep.folder / "selection.json", summary)

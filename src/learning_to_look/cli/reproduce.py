@@ -23,7 +23,7 @@ def reproduce(
     vlm: Optional[str] = typer.Option(None, "--vlm", help="CLIP weights (hub id or folder) for VLM maps; without it "
                                                           "the VLM rows are skipped."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder [default: ./reports/<profile>]."),
-    jobs: int = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
+    jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars (one line per run stays)."),
 ) -> None:
     """Build the data, train every method on ColorMNIST and DecoyMNIST over several

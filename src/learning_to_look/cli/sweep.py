@@ -32,7 +32,7 @@ def sweep(
     train_subset: Optional[int] = _flag("train_subset"),
     device: Optional[str] = _flag("device"),
     max_stack: int = typer.Option(64, "--max-stack", help="Most models trained as one stack (memory grows with it)."),
-    jobs: int = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
+    jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train every grid point for every seed, each seed's points as one stacked network,

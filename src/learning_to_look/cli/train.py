@@ -78,23 +78,23 @@ def train(
     input_transform: Optional[str] = _flag("input_transform", " | ".join(INPUT_TRANSFORMS)),
     train_subset: Optional[int] = _flag("train_subset"),
     device: Optional[str] = _flag("device"),
-    jobs: int = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
+    jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a method on a data set, select on validation, test once.
 
     Example: l2l train --dataset colormnist --method l2l --maps oracle --seeds 0,1,2
     """
-    from ..parallel import run_tasks
+    from ..parallel import run_tasks, workers
 
     base = TrainConfig.from_file(config) if config else TrainConfig()
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {k: v for k, v in locals().items() if k in fields and v is not None}
     cfg = dataclasses.replace(base, **flags)
     cfgs = [dataclasses.replace(cfg, seed=s) for s in (parse_seeds(seeds) if seeds is not None else [cfg.seed])]
-    tasks = [(c, runs_dir, data_dir, not quiet and jobs == 1) for c in cfgs]
+    tasks = [(c, runs_dir, data_dir, not quiet and workers(jobs, len(cfgs)) == 1) for c in cfgs]
     results = []
-    for _, r in run_tasks(_run_one, tasks, jobs):
+    for _, r in run_tasks(_run_one, tasks, jobs, unit=None if quiet else "run"):
         t = r["test"]
         extra = f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
         typer.echo(f"seed {r['config']['seed']}: test acc {t['accuracy']:.2f}%  (epoch {r['selection']['epoch']}, "
