@@ -51,6 +51,17 @@ def test_sweep_end_to_end_records_choice_and_resume(tmp_path, data_dir, monkeypa
     best = max(summary["points"], key=lambda p: p["val_score_mean"])
     assert summary["chosen"] == best["point"] and len(summary["points"]) == 3
 
+    # The optimistic bound: written after the choice, from every epoch's weights, at least
+    # the selected epoch's test accuracy for every run, and kept apart from the records.
+    bound = json.loads((plan.folder / "optimistic_bound.json").read_text())
+    assert (plan.folder / "optimistic_bound.json").stat().st_mtime_ns >= (plan.folder / "selection.json").stat().st_mtime_ns
+    assert bound["runs_with_saved_weights"] == 6 and "NOT A RESULT" in bound["label"]
+    for point in bound["points"]:
+        recorded = [r.test.accuracy for r in sorted(records, key=lambda r: r.config.seed)
+                    if r.config.lambda0 == point["point"]["lambda0"]]  # seeds 0, 1 as the bound lists them
+        assert all(b >= a - 0.05 for a, b in zip(recorded, point["best_test_acc"], strict=True))
+        assert set(point["epochs"]) <= {1}  # epoch 0 is phase 1 at E_att = 1: never eligible
+
     # The choice never reads the test split: rewrite every test accuracy and choose again.
     for r in records:
         path = r.run_dir / "result.json"
@@ -65,7 +76,9 @@ def test_sweep_end_to_end_records_choice_and_resume(tmp_path, data_dir, monkeypa
 
     # `l2l report` on the sweep folder adds the sweep's answer and its figure.
     assert main(["report", str(plan.folder), "--out", str(tmp_path / "report")]) == 0
-    assert "## Sweep" in (tmp_path / "report" / "report.md").read_text()
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Sweep" in md and "Optimistic bound (test-peeking; not a result)" in md
+    assert "NOT A RESULT" not in (tmp_path / "report" / "results.json").read_text()
     assert (tmp_path / "report" / "sweep.png").stat().st_size > 0
 
 

@@ -326,6 +326,15 @@ def _sweep_text(sw: dict[str, Any]) -> list[str]:
             "runs.", ""]
 
 
+def _bound_text(bound: dict[str, Any]) -> list[str]:
+    point = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in bound["bound_point"].items())
+    return ["### Optimistic bound (test-peeking; not a result)", "",
+            f"{bound['label']}. Best mean over seeds: {bound['bound_test_acc_mean']:.2f} % at {point}, from "
+            f"{bound['runs_with_saved_weights']} runs' per-epoch weights (`optimistic_bound.json`). It says how much "
+            "choosing by test accuracy would inflate a number; compare it with the validation-chosen result above, "
+            "never in its place.", ""]
+
+
 def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[str, Any], n_runs: int) -> str:
     rows, published, sens, shared = tables.rows, tables.published, tables.sensitivity, tables.shared
     methods = sorted({f"{r.method} ({r.backbone})" for r in rows if r.compared})
@@ -367,6 +376,8 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
                   _verdict_table(tables.verdict), ""]
     if tables.sweep:
         parts += _sweep_text(tables.sweep)
+    if tables.bound:
+        parts += _bound_text(tables.bound)
     if sens:
         parts += ["## Map-quality sensitivity", "",
                   "The guided method trained on oracle maps degraded in one controlled way at a time; strength 0 is "
@@ -415,20 +426,21 @@ class Tables:
     shared: dict[str, Any]
     paper_loss: tuple[str, ...] = ()
     sweep: dict[str, Any] | None = None
+    bound: dict[str, Any] | None = None  # a sweep's optimistic bound: shown, labelled, never in results.json
 
 
 def build(records: Sequence[Record], runs_dir: str | Path | None, published: Sequence[dict[str, Any]],
           datasets: Sequence[str], paper_loss: Sequence[str] = (), notes: dict[str, str] | None = None,
-          selection: dict[str, Any] | None = None) -> Tables:
+          selection: dict[str, Any] | None = None, bound: dict[str, Any] | None = None) -> Tables:
     """The tables of ``records``; ``published`` numbers are set beside the matching rows;
     ``paper_loss`` and ``notes`` as in :func:`verdict_summary`; ``selection`` is a
-    sweep's ``selection.json`` when the records are a sweep's."""
+    sweep's ``selection.json`` when the records are a sweep's, ``bound`` its optimistic bound."""
     rows = aggregate(records, runs_dir)
     attach_published(rows, published)
     verdict = verdict_rows(rows)
     return Tables(rows, published_rows(rows, published, datasets), sensitivity_rows(rows), verdict,
                   verdict_summary(rows, verdict, paper_loss, notes), shared_settings(records), tuple(paper_loss),
-                  sweep_summary(selection, published))
+                  sweep_summary(selection, published), bound)
 
 
 def write_report(out: str | Path, tables: Tables, records: Sequence[Record], runs_dir: str | Path | None,

@@ -215,13 +215,15 @@ def _train_one(cfg: TrainConfig, runs_dir: Path, data_dir: Path | None, progress
 
 
 def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: str,
-                stamp: str | None = None, selection: dict[str, Any] | None = None) -> dict[str, Any]:
+                stamp: str | None = None, selection: dict[str, Any] | None = None,
+                bound: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report and figures of ``records`` beside the paper's published numbers;
-    ``stamp`` marks every figure (a smoke profile's); ``selection`` is a sweep's choice."""
+    ``stamp`` marks every figure (a smoke profile's); ``selection`` is a sweep's choice
+    and ``bound`` its optimistic bound."""
     from . import figures, report
 
     tables = report.build(records, runs_dir, PAPER.published, PAPER.benchmarks,
-                          PAPER.verdict.get("paper_loss", ()), PAPER.verdict.get("notes"), selection)
+                          PAPER.verdict.get("paper_loss", ()), PAPER.verdict.get("notes"), selection, bound)
     summary = report.write_report(out, tables, records, runs_dir, {"title": title})
     figures.write_figures(out, tables.rows, tables.sensitivity, PAPER.published, stamp, tables.sweep)
     return summary

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .attribution import minmax_normalize
 from .config import TrainConfig
-from .data.pipeline import batch_indices
+from .data.pipeline import as_rgb, batch_indices
 from .errors import L2LError, corrupt_file
 from .io import atomic_torch_save, torch_load
 from .losses import forward_kl, kl_per_image, reverse_kl
@@ -63,6 +63,25 @@ class StackedLeNetGAP(nn.Module):
         self.conv1_w, self.conv1_b = stack(lambda m: m.conv1.weight), stack(lambda m: m.conv1.bias)
         self.conv2_w, self.conv2_b = stack(lambda m: m.conv2.weight), stack(lambda m: m.conv2.bias)
         self.fc_w, self.fc_b = stack(lambda m: m.fc.weight), stack(lambda m: m.fc.bias)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> "StackedLeNetGAP":
+        """The stack a saved ``state_dict`` came from (its sizes read off the tensors)."""
+        m, _, in_channels = state["conv1_w"].shape[:3]
+        stack = cls([cls.backbone(num_classes=state["fc_w"].shape[1], in_channels=in_channels) for _ in range(m)])
+        stack.load_state_dict(state)
+        return stack
+
+    @torch.no_grad()
+    def accuracy(self, x: Tensor, y: Tensor, bs: int = 1000) -> Tensor:
+        """Accuracy % of every model (M,) on inputs ``x`` (N,C,H,W) with labels ``y`` (N,)."""
+        self.eval()
+        device = self.conv1_w.device
+        correct = torch.zeros(self.m, device=device)  # (M,)
+        for i in range(0, len(y), bs):
+            logits, _ = self(as_rgb(x[i:i + bs].to(device)))  # (B,M,K)
+            correct += (logits.argmax(2) == y[i:i + bs, None].to(device)).sum(0)
+        return 100.0 * correct.cpu() / len(y)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(logits (B,M,K), features (B,M,C,h,w))``: conv2 before its ReLU, as CAM wants."""
@@ -227,12 +246,15 @@ def _validate(stack: StackedLeNetGAP, val: Batch, device: torch.device, bs: int 
 
 
 def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_seed: int | None = None,
-                checkpoint: Path | None = None, progress: bool = True,
+                checkpoint: Path | None = None, epoch_weights: Path | None = None, progress: bool = True,
                 on_epoch: Callable[[int], None] | None = None) -> list[FitResult]:
     """Train the resolved ``cfgs`` as one stack on ``train`` and select each model's epoch
     on ``val`` alone; no test data comes in. ``data_seed`` (default: the models' common
     seed) shuffles the shared batch stream. With ``checkpoint`` the whole state is
-    written atomically after every epoch, and a stack found there resumes."""
+    written atomically after every epoch, and a stack found there resumes. With
+    ``epoch_weights`` every epoch's weights (3k numbers a model) and which models could
+    be selected then go to ``epoch_weights/epochNNN.pt``, for the optimistic bound of
+    PROTOCOL 3.8, computed only after all selection."""
     check_stack(cfgs)
     seeds = {c.seed for c in cfgs}
     if data_seed is None and len(seeds) > 1:
@@ -270,6 +292,10 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
             if s.eligible and row["score"] > best[i]["score"]:
                 best[i] = {"epoch": epoch, "score": row["score"],
                            "state": {k: v.detach().clone() for k, v in stack.single_state(i).items()}}
+        if epoch_weights is not None:
+            atomic_torch_save(epoch_weights / f"epoch{epoch:03d}.pt",
+                              {"stack": {k: v.detach().cpu() for k, v in stack.state_dict().items()},
+                               "eligible": [s.eligible for s in sched]})
         if checkpoint is not None:
             atomic_torch_save(checkpoint, {"configs": [c.to_dict() for c in cfgs], "data_seed": data_seed,
                                            "epoch": epoch, "stack": stack.state_dict(), "optimizer": opt.state_dict(),

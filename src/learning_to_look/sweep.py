@@ -20,20 +20,29 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from .config import TrainConfig
+from .data import load_dataset
+from .data.pipeline import to_input
 from .errors import L2LError
-from .io import atomic_write_json, folder_lock, read_json, sha256_text
+from .io import atomic_write_json, folder_lock, read_json, sha256_text, torch_load
 from .methods import resolve
 from .parallel import run_tasks, workers
-from .stacked import PER_MODEL_FIELDS, check_stack, fit_stacked
-from .train import default_runs_dir, prepare, record_run, run_dir_for
+from .stacked import PER_MODEL_FIELDS, StackedLeNetGAP, check_stack, fit_stacked
+from .train import default_runs_dir, pick_device, prepare, record_run, run_dir_for
 
 #: Fields a grid may vary: what a model of a stack may set for itself, except the seed
 #: (seeds are the sweep's other axis).
 GRID_FIELDS = tuple(f for f in PER_MODEL_FIELDS if f != "seed")
 #: Default largest stack: memory grows with it (about 3 MB per model at batch 32).
 DEFAULT_MAX_STACK = 64
+#: Where a sweep keeps every epoch's weights, apart from its records (PROTOCOL 3.8).
+WEIGHTS_DIR = "epoch_weights"
+#: The optimistic bound's file, apart from ``selection.json`` and the records.
+BOUND_FILE = "optimistic_bound.json"
+BOUND_LABEL = ("OPTIMISTIC BOUND, NOT A RESULT: each model's epoch and the grid point chosen by test accuracy, "
+               "which no honest selection can do (PROTOCOL 3.8)")
 #: The most grid points one sweep may ask for (a typo should not plan a million models).
 MAX_POINTS = 10_000
 GRID_HELP = "give FIELD=START:STOP:STEP (STOP included) or FIELD=V1,V2,... with FIELD one of " + ", ".join(GRID_FIELDS)
@@ -124,6 +133,9 @@ def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Pat
             echo(line)
         summary = choose(sweep)
         atomic_write_json(sweep.folder / "selection.json", summary)
+        bound = optimistic_bound(sweep, data_dir)  # only now: every choice above is final
+        if bound:
+            atomic_write_json(sweep.folder / BOUND_FILE, bound)
     return summary
 
 
@@ -133,7 +145,9 @@ def _train_stack(cfgs: list[TrainConfig], folder: Path, seed: int, data_dir: Pat
     tag = sha256_text(json.dumps([c.to_dict() for c in cfgs], sort_keys=True, default=str))[:10]
     checkpoint = folder / "stacks" / f"seed{seed}-{tag}.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    fitted = fit_stacked(cfgs, prep.train, prep.val, checkpoint=checkpoint, progress=progress)
+    weights = folder / WEIGHTS_DIR / f"seed{seed}-{tag}"
+    atomic_write_json(weights / "runs.json", [str(run_dir_for(c, folder).relative_to(folder)) for c in cfgs])
+    fitted = fit_stacked(cfgs, prep.train, prep.val, checkpoint=checkpoint, epoch_weights=weights, progress=progress)
     wall = (fitted[0].prior_seconds + time.perf_counter() - t0) / len(cfgs)
     for cfg, fit in zip(cfgs, fitted):
         out = run_dir_for(cfg, folder)
@@ -162,3 +176,37 @@ def choose(sweep: Sweep) -> dict[str, Any]:
             "chosen": best["point"], "val_score_mean": best["val_score_mean"], "seeds": sweep.seeds,
             "test_acc_mean": float(acc.mean()), "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
             "points": points}
+
+
+def optimistic_bound(sweep: Sweep, data_dir: Path | None = None) -> dict[str, Any] | None:
+    """PROTOCOL 3.8's test-peeking bound, from the epoch weights the stacks saved: each
+    model's best test accuracy over its eligible epochs, then the grid point whose mean
+    over seeds is best. Call it only after ``selection.json`` is written; None when no
+    stack saved weights (a sweep from before they were kept)."""
+    stacks = sorted(p for p in (sweep.folder / WEIGHTS_DIR).glob("*/runs.json"))
+    if not stacks:
+        return None
+    test = load_dataset(sweep.base.dataset, data_dir).test
+    cfg = sweep.configs(sweep.seeds[0])[0]
+    x = to_input(test.images, StackedLeNetGAP.backbone.input_size, cfg.input_transform)  # (N,C,H,W)
+    y = torch.as_tensor(test.labels)  # (N,)
+    device = pick_device(cfg.device)
+    best: dict[str, dict[str, Any]] = {}
+    for manifest in stacks:
+        runs = read_json(manifest)
+        epochs = sorted(manifest.parent.glob("epoch*.pt"))
+        for path in epochs:
+            saved = torch_load(path, "rerun the sweep to write it again", weights_only=False)
+            acc = StackedLeNetGAP.from_state(saved["stack"]).to(device).accuracy(x, y)  # (M,)
+            for run, ok, a in zip(runs, saved["eligible"], acc.tolist()):
+                if ok and a > best.get(run, {"acc": -1.0})["acc"]:
+                    best[run] = {"acc": a, "epoch": int(path.stem[5:])}
+    points = []
+    for point, cfgs in zip(sweep.points, zip(*(sweep.configs(s) for s in sweep.seeds))):
+        runs = [str(run_dir_for(c, sweep.folder).relative_to(sweep.folder)) for c in cfgs]
+        found = [best[r] for r in runs if r in best]
+        points.append({"point": point, "best_test_acc": [b["acc"] for b in found], "epochs": [b["epoch"] for b in found],
+                       "mean": float(np.mean([b["acc"] for b in found])) if found else None})
+    top = max((p for p in points if p["mean"] is not None), key=lambda p: p["mean"])
+    return {"label": BOUND_LABEL, "bound_test_acc_mean": top["mean"], "bound_point": top["point"],
+            "runs_with_saved_weights": len(best), "points": points}

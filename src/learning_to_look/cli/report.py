@@ -33,5 +33,8 @@ def report(runs_dir: Path = typer.Argument(..., help="Folder of run folders (<da
         raise L2LError(f"no finished runs under {runs_dir} (looked for */*/seed*/result.json); train some first")
     selection_file = runs_dir / "selection.json"  # written by `l2l sweep`
     selection = read_json(selection_file, "rerun the sweep to rewrite it") if selection_file.exists() else None
-    report_runs(out, records, runs_dir, f"All {len(records)} finished runs in `{runs_dir}`", selection=selection)
+    bound_file = runs_dir / "optimistic_bound.json"  # written by `l2l sweep` after selection.json
+    bound = read_json(bound_file, "rerun the sweep to rewrite it") if selection and bound_file.exists() else None
+    report_runs(out, records, runs_dir, f"All {len(records)} finished runs in `{runs_dir}`", selection=selection,
+                bound=bound)
     typer.echo(f"report: {out / 'report.md'} ({len(records)} runs)")
