@@ -107,3 +107,12 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
                  "--runs-dir", str(tmp_path), *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_stack_larger_than_memory_is_one_line_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sweep_mod, "free_bytes", lambda device: 3 * 2**30)  # 3 GiB free
+    monkeypatch.setattr(sweep_mod, "fit_stacked", lambda *a, **k: pytest.fail("trained a stack that cannot fit"))
+    code = main(["sweep", "--dataset", "decoymnist", "--method", "l2l", "--grid", "lambda0=1:400:1",
+                 "--max-stack", "400", "--jobs", "1", "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-stack 128 or fewer --jobs" in err and len(err.strip().splitlines()) == 1

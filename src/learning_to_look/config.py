@@ -61,6 +61,9 @@ class Schedule:
     gamma: float | None = None  # StepLR only
 
 
+#: Default largest stack of `l2l sweep`: memory grows with it (stacked.BYTES_PER_MODEL).
+DEFAULT_MAX_STACK = 64
+
 SCHEDULES: Registry[Schedule] = Registry("schedule")
 #: The paper's (docs/protocol.md §3.5).
 SCHEDULES.register(Schedule("paper", "sgd", epochs=30, batch_size=32, lr=1e-3, weight_decay=1e-4, momentum=0.98,

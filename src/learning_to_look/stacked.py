@@ -38,6 +38,14 @@ from .models import LeNetGAP, build_backbone
 from .registry import Registry
 from .train import FitResult, pick_device, selection_score, set_determinism
 
+#: Images x models in one validation batch: about 1 GB of activations, whatever M is.
+VAL_IMAGE_MODELS = 32_000
+#: Training memory per model of a stack at batch 32 (activations kept for backward,
+#: parameters, momentum), rounded up; what ``--max-stack`` is checked against.
+BYTES_PER_MODEL = 8 * 2**20
+#: Memory a stack needs besides its models: validation batches, data, the framework.
+BYTES_FIXED = 2 * 2**30
+
 #: Config fields a model may set for itself; every other field must agree across a stack.
 PER_MODEL_FIELDS = ("lambda0", "e_att", "lr", "phase1", "seed")
 
@@ -223,10 +231,11 @@ def _per_model_loss(stack: StackedLeNetGAP, batch: Batch, ce_w: Tensor, attn_w: 
 
 
 @torch.no_grad()
-def _validate(stack: StackedLeNetGAP, val: Batch, device: torch.device, bs: int = 1000) -> list[dict[str, float]]:
+def _validate(stack: StackedLeNetGAP, val: Batch, device: torch.device) -> list[dict[str, float]]:
     """Per model: validation accuracy and, with a target, the nan-mean KL and reverse KL
     of its CAM to the target (what the single-run engine logs)."""
     stack.eval()
+    bs = min(1000, max(32, VAL_IMAGE_MODELS // stack.m))  # bounded activations however large the stack
     correct = torch.zeros(stack.m)
     per_image: dict[str, list[Tensor]] = {}
     for idx in batch_indices(len(val), bs, shuffle=False):

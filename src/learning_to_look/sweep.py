@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -22,21 +23,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import DEFAULT_MAX_STACK, TrainConfig
 from .data import load_dataset
 from .data.pipeline import to_input
 from .errors import L2LError
 from .io import atomic_write_json, folder_lock, read_json, sha256_text, torch_load
 from .methods import resolve
 from .parallel import run_tasks, workers
-from .stacked import PER_MODEL_FIELDS, StackedLeNetGAP, check_stack, fit_stacked
+from .stacked import BYTES_FIXED, BYTES_PER_MODEL, PER_MODEL_FIELDS, StackedLeNetGAP, check_stack, fit_stacked
 from .train import default_runs_dir, pick_device, prepare, record_run, run_dir_for
 
 #: Fields a grid may vary: what a model of a stack may set for itself, except the seed
 #: (seeds are the sweep's other axis).
 GRID_FIELDS = tuple(f for f in PER_MODEL_FIELDS if f != "seed")
-#: Default largest stack: memory grows with it (about 3 MB per model at batch 32).
-DEFAULT_MAX_STACK = 64
 #: Where a sweep keeps every epoch's weights, apart from its records (PROTOCOL 3.8).
 WEIGHTS_DIR = "epoch_weights"
 #: The optimistic bound's file, apart from ``selection.json`` and the records.
@@ -118,7 +117,9 @@ def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Pat
     point on validation alone (:func:`choose`)."""
     if max_stack < 1:
         raise L2LError(f"--max-stack must be at least 1, got {max_stack}")
-    workers(jobs, 1)  # a bad --jobs fails before the lock is taken
+    m = min(max_stack, len(sweep.points))
+    at_once = workers(jobs, len(sweep.seeds) * -(-len(sweep.points) // m))  # a bad --jobs fails here
+    check_memory(m, at_once, pick_device(sweep.base.device))
     with folder_lock(sweep.folder, "this sweep"):
         atomic_write_json(sweep.folder / "sweep.json", {"base": sweep.base.to_dict(), "axes": sweep.axes,
                                                         "seeds": sweep.seeds})
@@ -137,6 +138,26 @@ def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Pat
         if bound:
             atomic_write_json(sweep.folder / BOUND_FILE, bound)
     return summary
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory free for one stack on ``device`` (the GPU's free memory, or the machine's available RAM)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(m: int, at_once: int, device: torch.device) -> None:
+    """``at_once`` stacks of ``m`` models that would not fit are a one-line error before any training."""
+    need, free = at_once * (BYTES_FIXED + m * BYTES_PER_MODEL), free_bytes(device)
+    if need > free:
+        fits = max(1, (free // at_once - BYTES_FIXED) // BYTES_PER_MODEL)
+        raise L2LError(f"{at_once} stack(s) of {m} models need about {need / 2**30:.1f} GiB, but only "
+                       f"{free / 2**30:.1f} GiB is free on {device}; pass --max-stack {fits} or fewer --jobs")
 
 
 def _train_stack(cfgs: list[TrainConfig], folder: Path, seed: int, data_dir: Path | None, progress: bool) -> str:

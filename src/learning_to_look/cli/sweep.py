@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..config import TrainConfig
+from ..config import DEFAULT_MAX_STACK, TrainConfig
 from ..data import DATASETS
 from ..errors import L2LError
 from ..maps import MAP_SOURCES
@@ -31,7 +31,8 @@ def sweep(
     lambda0: Optional[float] = _flag("lambda0"),
     train_subset: Optional[int] = _flag("train_subset"),
     device: Optional[str] = _flag("device"),
-    max_stack: int = typer.Option(64, "--max-stack", help="Most models trained as one stack (memory grows with it)."),
+    max_stack: int = typer.Option(DEFAULT_MAX_STACK, "--max-stack",
+                                  help="Most models trained as one stack (memory grows with it)."),
     jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
