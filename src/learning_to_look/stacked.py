@@ -347,7 +347,7 @@ def _fitted(stack: StackedLeNetGAP, best: dict[str, Any], history: list[dict[str
         raise L2LError("no epoch was eligible for selection; make --epochs larger than --e-att")
     model = stack.backbone(num_classes=stack.num_classes, in_channels=stack.conv1_w.shape[2])
     model.load_state_dict(best["state"])
-    return FitResult(model, history, best["epoch"], best["score"], prior)
+    return FitResult(model.to(stack.conv1_w.device), history, best["epoch"], best["score"], prior)
 
 
 def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGAP, opt: StackedSGD,
