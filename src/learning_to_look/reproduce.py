@@ -186,19 +186,17 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
         echo(f"VLM maps: {vlm_info['backend']}/{vlm_info['variant']} from {vlm_info['identity']} ({real})")
     else:
         echo(NO_VLM_LINE)
-    todo = [cfg for _, cfg in jobs if not (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
+    found = [(cell, cfg) for cell, cfg in jobs if (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
+    todo = [(cell, cfg) for cell, cfg in jobs if (cell, cfg) not in found]
     n = workers(n_jobs, len(todo))
-    todo = [(cfg, runs_dir, data_dir, progress and n == 1, cell.role) for cell, cfg in jobs if cfg in todo]
+    for k, (cell, cfg) in enumerate(found, 1):  # reused: set the role this profile reads each run in
+        echo(_run_line(k, len(jobs), cfg, run_resolved(cfg, runs_dir=runs_dir, role=cell.role), "cached"))
     if todo:
-        echo(f"{len(jobs) - len(todo)} runs found, {len(todo)} to train in {n} process(es) of one thread")
-    for k, (i, result) in enumerate(run_tasks(_train_one, todo, n_jobs, unit="run" if progress else None), 1):
-        cfg = todo[i][0]
-        extra = "" if cfg.input_transform == "none" else f" {cfg.input_transform}"
-        echo(f"[{k}/{len(todo)}] {cfg.dataset} {cfg.method}{extra} {MapsInfo.from_result(result['maps']).label} "
-             f"{cfg.backbone} seed {cfg.seed}: test acc {result['test']['accuracy']:.2f}%  "
-             f"({result['wall_seconds']:.0f} s)")
-    for cell, cfg in jobs:  # every run now has a record: set the role this profile reads it in
-        run_resolved(cfg, runs_dir=runs_dir, data_dir=data_dir, progress=False, role=cell.role)
+        echo(f"{len(todo)} runs to train in {n} process(es) of one thread")
+    tasks = [(cfg, runs_dir, data_dir, progress and n == 1, cell.role) for cell, cfg in todo]
+    for k, (i, result) in enumerate(run_tasks(_train_one, tasks, n_jobs, unit="run" if progress else None),
+                                    len(found) + 1):
+        echo(_run_line(k, len(jobs), tasks[i][0], result, f"{result['wall_seconds']:.0f} s"))
     trained = len(todo)
     records = [load_record(run_dir_for(cfg, runs_dir)) for _, cfg in jobs]
     summary = report_runs(out, records, runs_dir, f"Profile **{profile.name}**: {profile.description}",
@@ -206,6 +204,12 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
     echo(f"report: {out / 'report.md'} ({trained} runs trained, {len(jobs) - trained} cached, "
          f"{time.perf_counter() - t0:.0f} s)")
     return summary | {"trained": trained, "cached": len(jobs) - trained}
+
+
+def _run_line(k: int, n: int, cfg: TrainConfig, result: dict[str, Any], when: str) -> str:
+    extra = "" if cfg.input_transform == "none" else f" {cfg.input_transform}"
+    return (f"[{k}/{n}] {cfg.dataset} {cfg.method}{extra} {MapsInfo.from_result(result['maps']).label} "
+            f"{cfg.backbone} seed {cfg.seed}: test acc {result['test']['accuracy']:.2f}%  ({when})")
 
 
 def _train_one(cfg: TrainConfig, runs_dir: Path, data_dir: Path | None, progress: bool, role: str) -> dict[str, Any]:
