@@ -168,7 +168,7 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the data, train every planned run (reusing what is on disk), write the report
     from the runs' records, as ``l2l report`` would from the same runs."""
-    from .train import default_runs_dir, run_dir_for, run_resolved
+    from .train import default_runs_dir, run_dir_for, run_resolved, run_task
 
     t0 = time.perf_counter()
     pyplot()  # the report ends in figures: fail now, not after hours of training, if matplotlib is missing
@@ -194,7 +194,7 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
     if todo:
         echo(f"{len(todo)} runs to train in {n} process(es) of one thread")
     tasks = [(cfg, runs_dir, data_dir, progress and n == 1, cell.role) for cell, cfg in todo]
-    for k, (i, result) in enumerate(run_tasks(_train_one, tasks, n_jobs, unit="run" if progress else None),
+    for k, (i, result) in enumerate(run_tasks(run_task, tasks, n_jobs, unit="run" if progress else None),
                                     len(found) + 1):
         echo(_run_line(k, len(jobs), tasks[i][0], result, f"{result['wall_seconds']:.0f} s"))
     trained = len(todo)
@@ -210,12 +210,6 @@ def _run_line(k: int, n: int, cfg: TrainConfig, result: dict[str, Any], when: st
     extra = "" if cfg.input_transform == "none" else f" {cfg.input_transform}"
     return (f"[{k}/{n}] {cfg.dataset} {cfg.method}{extra} {MapsInfo.from_result(result['maps']).label} "
             f"{cfg.backbone} seed {cfg.seed}: test acc {result['test']['accuracy']:.2f}%  ({when})")
-
-
-def _train_one(cfg: TrainConfig, runs_dir: Path, data_dir: Path | None, progress: bool, role: str) -> dict[str, Any]:
-    from .train import run_resolved
-
-    return run_resolved(cfg, runs_dir=runs_dir, data_dir=data_dir, progress=progress, role=role)
 
 
 def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: str,

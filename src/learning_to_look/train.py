@@ -329,6 +329,12 @@ def run_resolved(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Pa
                 folder.rmdir()
 
 
+def run_task(cfg: TrainConfig, runs_dir: Path | None, data_dir: Path | None, progress: bool,
+             role: str | None = None) -> dict[str, Any]:
+    """:func:`run_resolved` with positional arguments: one task of ``--jobs`` workers."""
+    return run_resolved(cfg, runs_dir=runs_dir, data_dir=data_dir, progress=progress, role=role)
+
+
 def _train_and_test(cfg: TrainConfig, out: Path, data_dir: Path | None, progress: bool,
                     on_epoch: Callable[[int], None] | None, role: str | None) -> dict[str, Any]:
     """The body of a run, inside its folder's lock (so no other writer is there: the

@@ -85,16 +85,18 @@ def train(
 
     Example: l2l train --dataset colormnist --method l2l --maps oracle --seeds 0,1,2
     """
+    from ..methods import resolve
     from ..parallel import run_tasks, workers
+    from ..train import run_task
 
     base = TrainConfig.from_file(config) if config else TrainConfig()
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {k: v for k, v in locals().items() if k in fields and v is not None}
     cfg = dataclasses.replace(base, **flags)
     cfgs = [dataclasses.replace(cfg, seed=s) for s in (parse_seeds(seeds) if seeds is not None else [cfg.seed])]
-    tasks = [(c, runs_dir, data_dir, not quiet and workers(jobs, len(cfgs)) == 1) for c in cfgs]
+    tasks = [(resolve(c), runs_dir, data_dir, not quiet and workers(jobs, len(cfgs)) == 1) for c in cfgs]
     results = []
-    for _, r in run_tasks(_run_one, tasks, jobs, unit=None if quiet else "run"):
+    for _, r in run_tasks(run_task, tasks, jobs, unit=None if quiet else "run"):
         t = r["test"]
         extra = f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
         typer.echo(f"seed {r['config']['seed']}: test acc {t['accuracy']:.2f}%  (epoch {r['selection']['epoch']}, "
@@ -105,8 +107,3 @@ def train(
         m, s = mean_std([r["test"]["accuracy"] for r in results])
         typer.echo(f"{cfg.dataset} {cfg.method}: test accuracy {m:.2f} +- {s:.2f} % over {len(results)} seeds")
 
-
-def _run_one(cfg: TrainConfig, runs_dir: Path | None, data_dir: Path | None, progress: bool) -> dict[str, Any]:
-    from ..train import run
-
-    return run(cfg, runs_dir=runs_dir, data_dir=data_dir, progress=progress)
