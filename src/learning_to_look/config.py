@@ -23,7 +23,7 @@ from .data.pipeline import INPUT_TRANSFORMS
 from .losses import OUTLINE_THRESHOLD
 from .registry import Registry
 
-SELECTION_RULES = ("val_acc", "acc_x_1mkl", "acc_exp_rkl")
+SELECTION_RULES = ("val_acc", "acc_x_1mkl", "acc_exp_rkl", "val_worst_group")
 #: With ``train_subset = N`` validation uses the first N // 5 validation images (at
 #: least 2), about the full split's 9,600 : 50,400.
 SUBSET_VAL_DIVISOR = 5

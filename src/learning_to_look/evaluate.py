@@ -9,6 +9,8 @@ normalised map to the oracle outline target.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,17 @@ def digit_masks(digits: np.ndarray, dilate: int = 3) -> torch.Tensor:
     """The clean digit's pixels, dilated with a ``dilate`` square: (N, 28, 28) float."""
     m = torch.as_tensor(digits > DIGIT_THRESHOLD, dtype=torch.float32)[:, None]  # (N,1,28,28)
     return F.max_pool2d(m, dilate, stride=1, padding=dilate // 2)[:, 0]
+
+
+def group_accuracy(correct: torch.Tensor, groups: torch.Tensor) -> dict[str, Any]:
+    """Accuracy per group, its minimum and its unweighted mean over the groups present
+    (Sagawa et al. 2020): a model that reads a spurious feature fails its minority groups,
+    which the overall accuracy of a majority-heavy split hides. ``correct`` (N,) bool,
+    ``groups`` (N,) int; accuracies in percent, keys of ``group_accuracy`` the group ids."""
+    present = torch.unique(groups)  # (G,)
+    per = {int(g): float(correct[groups == g].float().mean()) * 100 for g in present}
+    return {"worst_group_accuracy": min(per.values()), "mean_group_accuracy": sum(per.values()) / len(per),
+            "group_accuracy": {str(g): a for g, a in per.items()}}
 
 
 def evaluate_split(model: Backbone, split: Split, input_transform: str = "none", batch_size: int = 1000,
@@ -67,6 +80,8 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
         "kl_to_oracle": float(torch.nanmean(torch.cat(sums["kl"]))),
         "n": int(len(y_all)),
     }
+    if split.groups is not None:
+        out |= group_accuracy(torch.cat(sums["correct"]), torch.as_tensor(split.groups))
     if decoy is not None:
         out["cam_on_decoy"] = float(torch.nanmean(torch.cat(sums["cam_decoy"])))
         out["grad_on_decoy"] = float(torch.nanmean(torch.cat(sums["grad_decoy"])))

@@ -32,13 +32,15 @@ class Batch:
     x: Tensor  # (N, C, H, W) normalised inputs; C = 1 is widened to 3 by take()
     y: Tensor  # (N,) labels
     aux: dict[str, Tensor] = field(default_factory=dict)  # name -> (N, ...)
+    groups: Tensor | None = None  # (N,) group labels of spurious-correlation data, read by validation only
 
     def __len__(self) -> int:
         return len(self.y)
 
     def to(self, device: torch.device) -> "Batch":
         """The whole split on ``device`` (still grey), so a GPU copies no batch from the host."""
-        return Batch(self.x.to(device), self.y.to(device), {k: v.to(device) for k, v in self.aux.items()})
+        return Batch(self.x.to(device), self.y.to(device), {k: v.to(device) for k, v in self.aux.items()},
+                     None if self.groups is None else self.groups.to(device))
 
     def take(self, idx: Tensor, device: torch.device) -> "Batch":
         """Rows ``idx`` on ``device``, grey inputs widened to RGB (kept grey in memory)."""
@@ -101,7 +103,12 @@ class Method:
         kw: dict[str, Any] = {"size": backbone.feature_size}
         if self.cfg.target == "outline":
             kw |= {"threshold": self.cfg.target_threshold, "upsample": backbone.input_size}
-        return make_target(self.cfg.target, maps, **kw)
+        target = make_target(self.cfg.target, maps, **kw)  # (N,h,w)
+        if len(target) and not bool(target.flatten(1).sum(1).gt(0).any()):
+            raise L2LError(f"every {self.cfg.target} attention target from maps {self.cfg.maps} is empty, so the "
+                           "alignment term would teach nothing (a map that covers the whole image has no outline); "
+                           "use --target filled, or a map source that singles out the object")
+        return target
 
     def attention(self, model: Backbone, x: Tensor, y: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
         """(logits (B,K), attention map (B,h,w) of the true class, min-max normalised to [0, 1])."""
@@ -231,7 +238,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise L2LError(f"device {cfg.device} requested but CUDA is not available; pass --device cpu (or auto)")
     method = METHODS.get(cfg.method)
-    DATASETS.get(cfg.dataset)
+    spec = DATASETS.get(cfg.dataset)
+    if cfg.selection == "val_worst_group" and not spec.group_names:
+        raise L2LError(f"--selection val_worst_group needs group labels and {spec.name} has none; use --selection "
+                       f"val_acc, or a data set with groups ({', '.join(d.name for d in DATASETS.values() if d.group_names)})")
     TARGETS.get(cfg.target)
     method(cfg).check_backbone(BACKBONES.get(cfg.backbone))
     if method.two_phase and cfg.e_att >= cfg.epochs:

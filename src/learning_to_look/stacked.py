@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .attribution import minmax_normalize
 from .config import TrainConfig
+from .data import DATASETS
 from .data.pipeline import as_rgb, batch_indices
 from .errors import L2LError, corrupt_file
 from .io import atomic_torch_save, torch_load
@@ -36,7 +37,7 @@ from .losses import forward_kl, kl_per_image, reverse_kl
 from .methods import METHODS, Batch, Method
 from .models import LeNetGAP, build_backbone
 from .registry import Registry
-from .train import FitResult, pick_device, selection_score, set_determinism
+from .train import FitResult, no_selection, pick_device, selection_score, set_determinism
 
 #: Images x models in one validation batch: about 1 GB of activations, whatever M is.
 VAL_IMAGE_MODELS = 32_000
@@ -208,7 +209,7 @@ def _initial_models(cfgs: Sequence[TrainConfig]) -> list[LeNetGAP]:
     models = []
     for cfg in cfgs:
         set_determinism(cfg.seed)
-        models.append(build_backbone(cfg.backbone))
+        models.append(build_backbone(cfg.backbone, DATASETS.get(cfg.dataset).num_classes))
     return models
 
 
@@ -314,7 +315,7 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
         if on_epoch is not None:
             on_epoch(epoch)
     bar.close()
-    return [_fitted(stack, b, h, prior) for b, h in zip(best, histories)]
+    return [_fitted(stack, b, h, prior, c) for b, h, c in zip(best, histories, cfgs)]
 
 
 def _train_epoch(stack: StackedLeNetGAP, opt: StackedSGD, train: Batch, sched: Sequence[ModelSchedule],
@@ -342,9 +343,10 @@ def _train_epoch(stack: StackedLeNetGAP, opt: StackedSGD, train: Batch, sched: S
     return [100.0 * float(c) / len(train) for c in correct.cpu()]
 
 
-def _fitted(stack: StackedLeNetGAP, best: dict[str, Any], history: list[dict[str, Any]], prior: float) -> FitResult:
+def _fitted(stack: StackedLeNetGAP, best: dict[str, Any], history: list[dict[str, Any]], prior: float,
+            cfg: TrainConfig) -> FitResult:
     if best["state"] is None:
-        raise L2LError("no epoch was eligible for selection; make --epochs larger than --e-att")
+        raise L2LError(no_selection(cfg, history))
     model = stack.backbone(num_classes=stack.num_classes, in_channels=stack.conv1_w.shape[2])
     model.load_state_dict(best["state"])
     return FitResult(model.to(stack.conv1_w.device), history, best["epoch"], best["score"], prior)

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import SCHEDULES, SUBSET_VAL_DIVISOR, TrainConfig
-from .data import Dataset, Split, load_dataset, to_input, train_val
+from .data import DATASETS, Dataset, Split, load_dataset, to_input, train_val
 from .data.pipeline import batch_indices
-from .evaluate import evaluate_split, examples
+from .evaluate import evaluate_split, examples, group_accuracy
 from .errors import L2LError, corrupt_file
 from .io import (atomic_save_npz, atomic_torch_save, atomic_write_json, clean_stale_tmp, folder_lock, read_json,
                  torch_load)
@@ -66,7 +66,7 @@ def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: 
     x = to_input(split.images, backbone.input_size, cfg.input_transform)  # (N,C,S,S)
     y = torch.as_tensor(split.labels, dtype=torch.long)  # (N,)
     aux = {} if maps is None else method.aux(torch.as_tensor(maps), backbone)
-    return Batch(x, y, aux)
+    return Batch(x, y, aux, None if split.groups is None else torch.as_tensor(split.groups))
 
 
 def training_maps(cfg: TrainConfig, dataset_name: str, split: Split, progress: bool = True) -> tuple[np.ndarray, dict]:
@@ -80,26 +80,42 @@ def _validate(model: Backbone, method: Method, val: Batch, device: torch.device,
     """Validation metrics used for selection: accuracy and the method's own per-image
     metrics (e.g. the attention's KL to its target), nan-averaged."""
     model.eval()
-    correct, per_image = 0, {}
+    correct, per_image = [], {}
     for idx in batch_indices(len(val), bs, shuffle=False):
         b = val.take(idx, device)
         logits, metrics = method.validate(model, b)
-        correct += int((logits.argmax(1) == b.y).sum())
+        correct.append(logits.argmax(1) == b.y)  # (B,)
         for k, v in metrics.items():
             per_image.setdefault(k, []).append(v)
-    return {"val_acc": 100.0 * correct / len(val)} | {f"val_{k}": float(torch.nanmean(torch.cat(v)))
-                                                       for k, v in per_image.items()}
+    right = torch.cat(correct)  # (N,)
+    groups = {} if val.groups is None else group_accuracy(right, val.groups.to(right.device))
+    return ({"val_acc": 100.0 * float(right.float().mean())}
+            | {f"val_{k}": v for k, v in groups.items() if k != "group_accuracy"}
+            | {f"val_{k}": float(torch.nanmean(torch.cat(v))) for k, v in per_image.items()})
 
 
 def selection_score(rule: str, metrics: dict[str, float], beta: float) -> float:
     acc = metrics["val_acc"] / 100.0
     if rule == "val_acc":
         return acc
+    if rule == "val_worst_group":
+        if "val_worst_group_accuracy" not in metrics:
+            raise L2LError("selection rule val_worst_group needs group labels in the validation split and this data "
+                           "set has none; use --selection val_acc")
+        return metrics["val_worst_group_accuracy"] / 100.0
     if "val_kl" not in metrics:
         raise L2LError(f"selection rule {rule} needs attention maps; use --selection val_acc for this method")
     if rule == "acc_x_1mkl":
         return acc * (1.0 - metrics["val_kl"])
     return acc * float(np.exp(-beta * metrics["val_rkl"]))
+
+
+def no_selection(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
+    """Why no epoch could be selected: none was eligible, or every eligible score was NaN."""
+    if any(r["eligible"] for r in history):
+        return (f"selection rule {cfg.selection} scored every eligible epoch NaN (its validation metrics are "
+                "undefined for these targets); use --selection val_acc")
+    return "no epoch was eligible for selection; make --epochs larger than --e-att"
 
 
 def _optimizer(model: Backbone, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -177,7 +193,7 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
     method = METHODS.get(cfg.method)(cfg)
     device = pick_device(cfg.device)
     set_determinism(cfg.seed)
-    model = build_backbone(cfg.backbone).to(device)
+    model = build_backbone(cfg.backbone, DATASETS.get(cfg.dataset).num_classes).to(device)
     method.check_backbone(model)
     train, val = train.to(device), val.to(device)
     opt, sched = _optimizer(model, cfg)
@@ -216,7 +232,7 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
         if on_epoch is not None:
             on_epoch(epoch)
     if best["state"] is None:
-        raise L2LError("no epoch was eligible for selection; make --epochs larger than --e-att")
+        raise L2LError(no_selection(cfg, history))
     model.load_state_dict(best["state"])
     return FitResult(model, history, best["epoch"], best["score"], prior)
 

@@ -76,7 +76,7 @@ def info(name: str = typer.Argument(..., help=DATASETS.help()),
     for split in (ds.train, ds.test):
         counts = Counter(split.labels.tolist())
         typer.echo(f"  {split.name}: {len(split)} images {tuple(split.images.shape[1:])} uint8; "
-                   f"labels {' '.join(f'{c}:{counts[c]}' for c in range(10))}")
+                   f"labels {' '.join(f'{c}:{counts[c]}' for c in sorted(counts))}")
     typer.echo("  sha256:")
     for k, meta in h["arrays"].items():
         typer.echo(f"    {k:<13} {str(tuple(meta['shape'])):<20} {meta['sha256']}")

@@ -99,11 +99,15 @@ def train(
     for _, r in run_tasks(run_task, tasks, jobs, unit=None if quiet else "run"):
         t = r["test"]
         extra = f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
-        typer.echo(f"seed {r['config']['seed']}: test acc {t['accuracy']:.2f}%  (epoch {r['selection']['epoch']}, "
+        groups = f"  worst group {t['worst_group_accuracy']:.2f}%" if "worst_group_accuracy" in t else ""
+        typer.echo(f"seed {r['config']['seed']}: test acc {t['accuracy']:.2f}%{groups}  (epoch {r['selection']['epoch']}, "
                    f"val acc {r['selection']['val']['val_acc']:.2f}%)  CAM on digit {t['cam_on_digit']:.2f}{extra}  "
                    f"{r['seconds_per_epoch']:.1f}s/epoch  maps: {MapsInfo.from_result(r['maps']).label}")
         results.append(r)
     if len(results) > 1:
         m, s = mean_std([r["test"]["accuracy"] for r in results])
         typer.echo(f"{cfg.dataset} {cfg.method}: test accuracy {m:.2f} +- {s:.2f} % over {len(results)} seeds")
+        if all("worst_group_accuracy" in r["test"] for r in results):
+            m, s = mean_std([r["test"]["worst_group_accuracy"] for r in results])
+            typer.echo(f"{cfg.dataset} {cfg.method}: worst-group accuracy {m:.2f} +- {s:.2f} %")
 

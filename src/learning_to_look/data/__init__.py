@@ -5,6 +5,7 @@ from .builders import (DATASETS, DIGIT_THRESHOLD, PALETTE, SPLITS, DatasetSpec, 
 from .mnist import MNISTArrays, load_mnist
 from .pipeline import as_rgb, batch_indices, colour_invariant, to_input
 from .splits import train_val, train_val_indices
+from . import synthetic  # noqa: F401  (registers shapes-bg)
 from .store import (Dataset, DatasetMismatch, Split, build_dataset, data_folder, dataset_path, default_data_dir,
                     load_dataset, read_header)
 

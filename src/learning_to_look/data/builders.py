@@ -150,12 +150,17 @@ class DatasetSpec:
     """A registered data set: how to build it and what it is."""
 
     name: str
-    build: Callable[[MNISTArrays], dict[str, np.ndarray]]
+    build: Callable[[MNISTArrays | None], dict[str, np.ndarray]]
     protocol: str
     description: str
     channels: int
     decoy_size: int = 0
     version: int = 1
+    num_classes: int = 10
+    #: Names of the groups (e.g. "circle/checks") of spurious-correlation data; the
+    #: builder then writes ``group_{split}`` and results report worst-group accuracy.
+    group_names: tuple[str, ...] = ()
+    uses_mnist: bool = True  # False: built from nothing but a seed (synthetic)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("data set")

@@ -36,7 +36,7 @@ def write_figure(fig, out: str | os.PathLike) -> Path:
 
 
 def _first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
-    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
 
 
 def preview_dataset(ds: Dataset, out: str | os.PathLike, per_class: int = 2) -> Path:

@@ -51,6 +51,7 @@ class Split:
     decoy_size: int = 0
     indices: np.ndarray | None = None
     shades: np.ndarray | None = None  # DecoyMNIST-RRR: the digit whose shade the swatch has (the label in training)
+    groups: np.ndarray | None = None  # (N,) group of each image in spurious-correlation data (shapes-bg)
 
     @property
     def is_test(self) -> bool:
@@ -69,7 +70,8 @@ class Split:
         base = self.indices if self.indices is not None else np.arange(len(self))
         return Split(name or self.name, self.images[idx], self.labels[idx], self.digits[idx],
                      None if self.corners is None else self.corners[idx], self.decoy_size, base[idx],
-                     None if self.shades is None else self.shades[idx])
+                     None if self.shades is None else self.shades[idx],
+                     None if self.groups is None else self.groups[idx])
 
     def decoy_masks(self) -> np.ndarray | None:
         """Boolean (N, 28, 28) decoy squares, or None for data sets without a decoy."""
@@ -111,7 +113,7 @@ def build_dataset(name: str, data_dir: str | os.PathLike | None = None, mnist_di
     folder = data_folder(data_dir)
     path = dataset_path(name, folder)
     t0 = time.perf_counter()
-    mnist = load_mnist(mnist_dir)  # first: a bad --mnist-dir fails before anything is made
+    mnist = load_mnist(mnist_dir) if spec.uses_mnist else None  # first: a bad --mnist-dir fails before anything
     existed = path.exists()
     with folder_lock(folder, f"`l2l data build {spec.name}`", name=f".{path.name}.lock", wait=BUILD_WAIT_SECONDS):
         if path.exists() and not existed:
@@ -126,7 +128,7 @@ def build_dataset(name: str, data_dir: str | os.PathLike | None = None, mnist_di
             "format_version": FORMAT_VERSION,
             "description": spec.description,
             "decoy_size": spec.decoy_size,
-            "mnist_source": mnist.source,
+            "mnist_source": mnist.source if mnist else "none (synthetic, seeded)",
             "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": sha256_array(v)}
                        for k, v in arrays.items()},
             "build_seconds": round(time.perf_counter() - t0, 3),
@@ -169,6 +171,8 @@ def expected_shapes(spec: DatasetSpec) -> dict[str, tuple]:
         shapes |= {f"x_{s}": (-1, spec.channels, 28, 28), f"y_{s}": (-1,), f"digit_{s}": (-1, 28, 28)}
         if spec.decoy_size:
             shapes[f"corner_{s}"] = (-1, 2)
+        if spec.group_names:
+            shapes[f"group_{s}"] = (-1,)
     return shapes
 
 
@@ -261,6 +265,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, build:
 
     def split(s: str) -> Split:
         return Split(s, arrays[f"x_{s}"], arrays[f"y_{s}"].astype(np.int64), arrays[f"digit_{s}"],
-                     arrays.get(f"corner_{s}"), spec.decoy_size, shades=arrays.get(f"shade_{s}"))
+                     arrays.get(f"corner_{s}"), spec.decoy_size, shades=arrays.get(f"shade_{s}"),
+                     groups=None if f"group_{s}" not in arrays else arrays[f"group_{s}"].astype(np.int64))
 
     return Dataset(name, split("train"), split("test"), header)
