@@ -30,3 +30,31 @@ def data_dir(tmp_path_factory):
 def datasets(data_dir):
     """name -> Dataset loaded (and hash-verified) from ``data_dir``."""
     return {name: load_dataset(name, data_dir, build=False) for name in DATASET_NAMES}
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    """Folder holding shapes-bg.npz, built from nothing but its seed (MNIST is never read)."""
+    folder = tmp_path_factory.mktemp("shapes")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("learning_to_look.data.store.load_mnist", lambda *a, **k: pytest.fail("shapes-bg read MNIST"))
+        build_dataset("shapes-bg", folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shapes(shapes_dir):
+    return load_dataset("shapes-bg", shapes_dir, build=False)
+
+
+@pytest.fixture(scope="session")
+def shapes_run(shapes_dir, tmp_path_factory):
+    """The folder of a tiny finished shapes-bg run (vanilla, 2 epochs, worst-group selection)."""
+    from learning_to_look.config import TrainConfig
+    from learning_to_look.train import run, run_dir_for
+    from learning_to_look.methods import resolve
+
+    runs = tmp_path_factory.mktemp("shapes_runs")
+    cfg = TrainConfig(dataset="shapes-bg", method="vanilla", epochs=2, train_subset=300, selection="val_worst_group")
+    run(cfg, runs_dir=runs, data_dir=shapes_dir, progress=False)
+    return run_dir_for(resolve(cfg), runs)

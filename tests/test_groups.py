@@ -6,27 +6,14 @@ import torch
 
 from learning_to_look.cli import main
 from learning_to_look.config import TrainConfig
-from learning_to_look.data import DIGIT_THRESHOLD, build_dataset, load_dataset
+from learning_to_look.data import DIGIT_THRESHOLD
 from learning_to_look.data import synthetic as sb
 from learning_to_look.errors import L2LError
 from learning_to_look.evaluate import group_accuracy
 from learning_to_look.methods import METHODS, resolve
 from learning_to_look.models import BACKBONES
-from learning_to_look.train import run, selection_score
-
-
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("shapes")
-    with pytest.MonkeyPatch.context() as mp:  # built from nothing: MNIST is never read
-        mp.setattr("learning_to_look.data.store.load_mnist", lambda *a, **k: pytest.fail("shapes-bg read MNIST"))
-        build_dataset("shapes-bg", folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def shapes(shapes_dir):
-    return load_dataset("shapes-bg", shapes_dir, build=False)
+from learning_to_look.io import read_json
+from learning_to_look.train import selection_score
 
 
 def test_shapes_bg_is_reproducible_byte_for_byte(shapes):
@@ -94,10 +81,8 @@ def test_a_target_empty_for_every_image_is_refused_before_training():
         method.target(torch.ones(3, 28, 28), BACKBONES.get("lenet-gap"))  # a map covering everything has no outline
 
 
-def test_a_run_on_shapes_bg_records_group_metrics_and_worst_group_selection(shapes_dir, tmp_path):
-    cfg = TrainConfig(dataset="shapes-bg", method="vanilla", epochs=2, train_subset=300,
-                      selection="val_worst_group")
-    r = run(cfg, runs_dir=tmp_path, data_dir=shapes_dir, progress=False)
+def test_a_run_on_shapes_bg_records_group_metrics_and_worst_group_selection(shapes_run):
+    r = read_json(shapes_run / "result.json")
     t = r["test"]
     assert len(t["group_accuracy"]) == len(sb.GROUP_NAMES)
     assert t["worst_group_accuracy"] == min(t["group_accuracy"].values())

@@ -15,8 +15,9 @@ import sys
 ABORTED = "aborted; rerun the same command to resume"
 
 
-#: The command modules; importing one registers its commands on the root app.
-COMMANDS = ("train", "sweep", "reproduce", "report", "data", "maps")
+#: Command -> the module that registers it on the root app when imported.
+COMMANDS = {"train": "train", "sweep": "sweep", "reproduce": "reproduce", "report": "report", "data": "data",
+            "maps": "maps", "predict": "predict", "explain": "predict"}
 
 
 def _app(argv: list[str] | None = None):
@@ -27,7 +28,7 @@ def _app(argv: list[str] | None = None):
     from .app import app
 
     first = next((a for a in argv or [] if not a.startswith("-")), None)
-    for name in [first] if first in COMMANDS else COMMANDS:
+    for name in [COMMANDS[first]] if first in COMMANDS else dict.fromkeys(COMMANDS.values()):
         importlib.import_module(f"{__name__}.{name}")
     return app
 

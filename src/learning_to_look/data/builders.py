@@ -161,6 +161,7 @@ class DatasetSpec:
     #: builder then writes ``group_{split}`` and results report worst-group accuracy.
     group_names: tuple[str, ...] = ()
     uses_mnist: bool = True  # False: built from nothing but a seed (synthetic)
+    class_names: tuple[str, ...] = ()  # what predictions call the classes; unset: "0", "1", ...
 
 
 DATASETS: Registry[DatasetSpec] = Registry("data set")

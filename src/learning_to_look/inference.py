@@ -1,0 +1,140 @@
+"""Use a trained run: load its selected model, predict new images, and show where it looks.
+
+``load_run(folder)`` gives a :class:`TrainedRun` (model, resolved config, the maps it
+was trained with); ``predict`` and ``explain`` take uint8 images of any size, prepared
+exactly as in training (grey where the data set is grey, resized to the network's
+input, the run's input transform), so a prediction here is what the run's test
+accuracy measured.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .attribution import attention, minmax_normalize
+from .config import TrainConfig
+from .data import DATASETS, as_rgb, to_input
+from .errors import L2LError
+from .io import atomic_write_bytes, read_json, torch_load
+from .models import Backbone, build_backbone
+from .train import pick_device
+
+#: Images per forward pass of predict and explain.
+BATCH_SIZE = 256
+
+
+@dataclass
+class TrainedRun:
+    """A finished run, ready to use. ``maps`` is the recorded description of the maps it
+    was trained to look at (``kind`` says whether they came from a VLM)."""
+
+    path: Path
+    model: Backbone  # the selected epoch's weights, in eval mode
+    config: TrainConfig
+    maps: dict[str, Any]
+    result: dict[str, Any]
+    class_names: tuple[str, ...]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def inputs(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> (N, 3, S, S) network input, as the run's data was prepared."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise L2LError(f"images must be uint8 (N, 1 or 3, H, W), got {images.dtype} {images.shape}")
+        if DATASETS.get(self.config.dataset).channels == 1 and images.shape[1] == 3:
+            images = np.round(images.mean(axis=1, keepdims=True)).astype(np.uint8)  # the run saw grey images
+        x = to_input(images, self.model.input_size, self.config.input_transform)  # (N,C,S,S)
+        return as_rgb(x).to(self.device)
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities, float32 (N, K)."""
+        self.model.eval()
+        out = [F.softmax(self.model(self.inputs(images[i:i + BATCH_SIZE]))[0], dim=1).cpu()
+               for i in range(0, len(images), BATCH_SIZE)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.model.num_classes), np.float32)
+
+    def explain(self, images: np.ndarray, classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (N, K), maps (N, H, W) in [0, 1] at the images' size): the CAM
+        (Grad-CAM where the network has no GAP head) of ``classes``, by default of each
+        image's predicted class, min-max normalised per image."""
+        self.model.eval()
+        probs, maps = [], []
+        for i in range(0, len(images), BATCH_SIZE):
+            x = self.inputs(images[i:i + BATCH_SIZE]).requires_grad_(True)  # (B,3,S,S)
+            with torch.no_grad():
+                p = F.softmax(self.model(x)[0], dim=1)  # (B,K)
+            y = p.argmax(1) if classes is None else torch.as_tensor(classes[i:i + BATCH_SIZE], device=self.device)
+            _, att = attention(self.model, x, y, create_graph=False)  # (B,h,w)
+            att = F.interpolate(minmax_normalize(att.detach())[:, None], size=images.shape[-2:], mode="bilinear",
+                                align_corners=False)[:, 0]  # (B,H,W)
+            probs.append(p.cpu())
+            maps.append(att.clamp(0, 1).cpu())
+        return torch.cat(probs).numpy(), torch.cat(maps).numpy()
+
+
+def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
+    """The finished run in folder ``path`` (the one holding its ``result.json``)."""
+    path = Path(path)
+    if not (path / "result.json").is_file():
+        what = "has not finished (no result.json); rerun its training command to finish it" if path.is_dir() \
+            else "does not exist"
+        raise L2LError(f"run folder {path} {what}; pass a folder like runs/DATASET/GROUP/seedN")
+    result = read_json(path / "result.json", f"delete the run folder {path} and train it again")
+    cfg = TrainConfig.from_dict(result["config"]).validate()
+    spec = DATASETS.get(cfg.dataset)
+    model = build_backbone(cfg.backbone, spec.num_classes)
+    fix = f"delete the run folder {path} and train it again"
+    state = torch_load(path / "model.pt", fix, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise L2LError(f"{path / 'model.pt'} does not fit a {cfg.backbone} for {cfg.dataset} "
+                       f"({str(e).splitlines()[0]}); {fix}") from None
+    names = spec.class_names or tuple(str(c) for c in range(spec.num_classes))
+    return TrainedRun(path, model.to(pick_device(device)).eval(), cfg, result.get("maps", {}), result, names)
+
+
+def predictions_csv(names: Sequence[str], probs: np.ndarray, class_names: Sequence[str]) -> bytes:
+    """One row per image: file, predicted class, its probability, then every class's probability."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "prediction", "probability", *[f"p_{c}" for c in class_names]])
+    for name, p in zip(names, probs):
+        k = int(p.argmax())
+        w.writerow([name, class_names[k], f"{p[k]:.6f}", *[f"{v:.6f}" for v in p]])
+    return buf.getvalue().encode()
+
+
+def write_predictions(out: str | os.PathLike, names: Sequence[str], probs: np.ndarray,
+                      class_names: Sequence[str]) -> Path:
+    return atomic_write_bytes(out, predictions_csv(names, probs, class_names))
+
+
+def write_overlay(out: str | os.PathLike, image: np.ndarray, cam: np.ndarray, title: str) -> Path:
+    """The image beside the image with its CAM in a heat colour map and a colour bar, as one PNG."""
+    from .plotting import pyplot, save_figure, to_display
+
+    plt = pyplot()
+    shown = to_display(np.asarray(image)[None])[0]  # (H,W,3)
+    fig, axes = plt.subplots(1, 2, figsize=(5.4, 2.6), dpi=120)
+    axes[0].imshow(shown, interpolation="nearest")
+    axes[1].imshow(shown, interpolation="nearest")
+    heat = axes[1].imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    for ax in axes:
+        ax.set_axis_off()
+    fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04, label="CAM (min-max per image)")
+    fig.suptitle(title, fontsize=8)
+    return save_figure(fig, out)
