@@ -243,7 +243,8 @@ def generate_data_dir_is_a_file(c): return c.oracle("generate", *LIMIT, "--data-
 @case("l2l data build decoymnist")
 def check_never_builds_the_data(c): return c.oracle("check", *LIMIT, "--data-dir", str(c.tmp / "none"))
 @case("no image folder")
-def images_is_a_file(c): return ["maps", "generate", "--backend", "intensity", "--images", str(c.npy)]
+def images_is_a_file(c): return ["maps", "generate", "--backend", "intensity", "--images", str(c.npy), "--out",
+                                  str(c.tmp / "out")]
 
 
 def _bad_png_folder(c):
@@ -255,7 +256,7 @@ def _bad_png_folder(c):
 
 @case("cannot read image")
 def images_with_a_corrupt_png(c): return ["maps", "generate", "--backend", "intensity", "--images",
-                                          str(_bad_png_folder(c))]
+                                          str(_bad_png_folder(c)), "--out", str(c.tmp / "out")]
 
 
 # ---------------------------------------------------------------- precomputed maps files

@@ -85,10 +85,23 @@ def test_oracle_on_an_image_folder_is_one_line_exit_2(tmp_path, capsys):
     from PIL import Image
 
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "a.png")
-    rc = main(["maps", "generate", "--images", str(tmp_path), "--backend", "oracle"])
+    rc = main(["maps", "generate", "--images", str(tmp_path), "--backend", "oracle", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("error: map source oracle needs the clean digit") and "--dataset" in err
+
+
+def test_image_sub_folders_keep_their_paths_and_images_need_out(tmp_path, capsys):
+    from PIL import Image
+
+    for name in ("cat/a.png", "cat/b.jpg", "dog/c.png", ".hidden/d.png"):
+        (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(tmp_path / "imgs" / name)
+    args = ["maps", "generate", "--images", str(tmp_path / "imgs"), "--backend", "intensity"]
+    assert main(args) == 2 and "--images needs --out DIR" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    assert written == ["cat/a.png", "cat/b.png", "dog/c.png"]
 
 
 # ---- read-only commands, the lock, --quiet, kill -9, the optional vlm extra ------------------------
@@ -159,7 +172,8 @@ def test_quiet_silences_loading_the_model(data_dir, vlm, tmp_path, capsys):
     from PIL import Image
 
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(src / "a.png")
-    assert main(["maps", "generate", "--images", str(src), "--vlm", vlm, "--input-size", "32", "--quiet"]) == 0
+    assert main(["maps", "generate", "--images", str(src), "--vlm", vlm, "--input-size", "32", "--quiet",
+                 "--out", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().err == ""
 
 

@@ -161,6 +161,9 @@ def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT,
     """
     if out is not None and images is None:
         raise L2LError("--out applies only with --images (one PNG map per image); drop it, or pass --images DIR")
+    if images is not None and out is None:
+        raise L2LError("--images needs --out DIR, where its maps are written as one grey PNG per image (same "
+                       "names and sub-folders); pass e.g. --out maps")
     gen = _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
                      guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device)
     if images is not None:

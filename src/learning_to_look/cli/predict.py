@@ -45,7 +45,7 @@ def predict(run: Path = RUN, images: Path = IMAGES,
 @app.command("explain")
 @one_line
 def explain(run: Path = RUN, images: Path = IMAGES,
-            out: Path = typer.Option(..., "--out", help="Folder for one overlay PNG per image (NAME_cam.png)."),
+            out: Path = typer.Option(..., "--out", help="Folder for one overlay PNG per image (NAME_cam.png, sub-folders kept)."),
             limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images (by name)."),
             device: str = DEVICE, quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Write where a trained run looks: each image with the CAM of its predicted class and a colour bar.
@@ -69,5 +69,5 @@ def explain(run: Path = RUN, images: Path = IMAGES,
         k = int(probs[0].argmax())
         title = f"{name}: {trained.class_names[k]} (p {probs[0, k]:.2f}); {trained.config.method}, maps " \
                 f"{trained.maps.get('name', 'none')} ({trained.maps.get('kind', 'none')})"
-        write_overlay(out / f"{Path(name).stem}_cam.png", split.images[i], cams[0], title)
+        write_overlay(out / Path(name).with_name(f"{Path(name).stem}_cam.png"), split.images[i], cams[0], title)
     typer.echo(f"{len(todo)} overlays -> {out}")

@@ -64,21 +64,25 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Every image under ``folder``, sub-folders (such as one per class) included, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise L2LError(f"no image folder at {folder}; pass --images DIR with PNG/JPEG files")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not files:
-        raise L2LError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}; pass --images DIR with PNG/JPEG files")
+        raise L2LError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its sub-folders; "
+                       "pass --images DIR with PNG/JPEG files")
     return files
 
 
 def load_image_folder(folder: str | os.PathLike) -> list[ImageSplit]:
-    """One :class:`ImageSplit` per image size found in ``folder``."""
+    """One :class:`ImageSplit` per image size found under ``folder``; an image is named by
+    its path below ``folder`` (``cat/001.jpg``), so names stay unique across sub-folders."""
     groups: dict[tuple[int, int], list[tuple[str, np.ndarray]]] = defaultdict(list)
     for f in image_files(folder):
         img = read_image(f)
-        groups[img.shape[1:]].append((f.name, img))
+        groups[img.shape[1:]].append((f.relative_to(folder).as_posix(), img))
     return [ImageSplit(f"images-{h}x{w}", np.stack([a for _, a in items]), tuple(n for n, _ in items))
             for (h, w), items in groups.items()]
 
@@ -97,8 +101,8 @@ def check_out_folder(out_dir: str | os.PathLike, flag: str = "--out") -> Path:
 
 def folder_maps(generator: MapGenerator, folder: str | os.PathLike,
                 out_dir: str | os.PathLike | None = None, *, progress: bool = True) -> dict[str, np.ndarray]:
-    """Maps for every image in ``folder`` at its own size, keyed by file name; with
-    ``out_dir`` each is also written there as a grey PNG (0..255) named like its image."""
+    """Maps for every image under ``folder`` at its own size, keyed by its path below it;
+    with ``out_dir`` each is also written there as a grey PNG (0..255) at the same path."""
     if out_dir is not None:
         check_out_folder(out_dir)
     generator.check_ready()
@@ -110,7 +114,7 @@ def folder_maps(generator: MapGenerator, folder: str | os.PathLike,
             result.update(zip(split.names, maps))
     if out_dir is not None:
         for name, m in result.items():
-            write_png(Path(out_dir) / f"{Path(name).stem}.png", m)
+            write_png(Path(out_dir) / Path(name).with_suffix(".png"), m)  # the image's sub-folder kept
     return dict(sorted(result.items()))
 
 
