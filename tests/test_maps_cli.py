@@ -55,7 +55,7 @@ def test_generate_check_show_list(data_dir, vlm, tmp_path, capsys):
 
 def test_flags_that_do_not_apply_are_errors(data_dir, capsys):
     assert main(["maps", "generate", "--backend", "oracle", "--iterations", "3", "--data-dir", str(data_dir)]) == 2
-    assert "--iterations does not apply to backend oracle" in capsys.readouterr().err
+    assert "--iterations does not apply to map source oracle" in capsys.readouterr().err
 
 
 def test_oracle_needs_no_cache(data_dir, tmp_path, capsys):
@@ -270,3 +270,23 @@ sys.exit(main(["maps", "generate", "--backend", "clip", "--vlm", {str(tmp_path)!
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("error: the clip backend needs") and "pip install 'learning-to-look[vlm]'" in lines[0]
+
+
+def test_train_takes_map_flags_and_l2l_vlm_and_maps_only_its_subset(data_dir, vlm, tmp_path, monkeypatch, capsys):
+    """--prompt and --input-size reach the map source from `l2l train`; L2L_VLM names the model;
+    with --train-subset only the images trained and validated on get maps."""
+    monkeypatch.setenv("L2L_VLM", vlm)
+    args = ["train", "--dataset", "decoymnist", "--method", "l2l", "--maps", "clip", "--epochs", "2", "--e-att", "1",
+            "--train-subset", "40", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"), "--quiet",
+            "--input-size", "32", "--prompt", "a digit", "--negatives", "background"]
+    monkeypatch.setenv("L2L_MAPS_DIR", str(tmp_path / "cache"))
+    assert main(args) == 0, capsys.readouterr().err
+    (result,) = (tmp_path / "runs").rglob("result.json")
+    r = json.loads(result.read_text())
+    maps_cfg = r["maps"]["config"]
+    assert r["config"]["map_options"]["vlm"] == vlm and maps_cfg["input_size"] == 32
+    assert list(maps_cfg["prompts"]["positive"]) == ["a digit"] and list(maps_cfg["prompts"]["negative"]) == ["background"]
+    (meta,) = (tmp_path / "cache").rglob("meta.json")
+    assert json.loads(meta.read_text())["n"] == 40 + 40 // 5  # the subset's training and validation images
+    assert main([*args[:-4], "--maps", "oracle", "--prompt", "x"]) == 2
+    assert "does not apply to map source oracle" in capsys.readouterr().err

@@ -73,7 +73,7 @@ SCHEDULES.register(Schedule("adam", "adam", epochs=20, batch_size=64, lr=1e-3, w
 SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "step_size", "gamma")
 #: Fields added after runs were recorded: left out of the run hash while they hold this
 #: value, so that earlier runs keep their folders.
-HASH_SKIP_DEFAULTS = {"schedule": "paper"}
+HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -103,7 +103,9 @@ def _type_name(hint: Any) -> str:
 class TrainConfig:
     dataset: str = _field("colormnist", "Data set to train on.")
     method: str = _field("l2l", "Training method.")
-    backbone: str = _field("lenet-gap", "Network: the paper's LeNet-GAP or the CDEP CNN.")
+    backbone: str = _field("lenet-gap", "Network: the paper's LeNet-GAP, the CDEP CNN, or a ResNet for ordinary images.")
+    pretrained: str | None = _field(None, "ResNets: ImageNet weights, a timm hub id (timm/resnet18.a1_in1k) or a "
+                                          ".safetensors file (unset: random init).")
     maps: str = _field("oracle", "Map source: a registered source or a cached map set (`l2l maps list`).")
     map_options: dict[str, Any] = _field({}, "Options of the map source (YAML/JSON config only).")
     target: str = _field("outline", "Attention target built from the maps: the reference's outline, or the filled map.")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .attribution import attention, input_gradients, minmax_normalize
 from .data.builders import DIGIT_THRESHOLD
-from .data.pipeline import as_rgb, to_input
+from .data.pipeline import as_rgb, eval_batch_size, to_input
 from .data.store import Split
 from .losses import kl_per_image, outline_target
 from .maps.diagnostics import mass_share
@@ -28,8 +28,8 @@ N_EXAMPLES = 6
 
 
 def digit_masks(digits: np.ndarray, dilate: int = 3) -> torch.Tensor:
-    """The clean digit's pixels, dilated with a ``dilate`` square: (N, 28, 28) float."""
-    m = torch.as_tensor(digits > DIGIT_THRESHOLD, dtype=torch.float32)[:, None]  # (N,1,28,28)
+    """The clean digit's (the object's) pixels, dilated with a ``dilate`` square: (N, H, W) float."""
+    m = torch.as_tensor(digits > DIGIT_THRESHOLD, dtype=torch.float32)[:, None]  # (N,1,H,W)
     return F.max_pool2d(m, dilate, stride=1, padding=dilate // 2)[:, 0]
 
 
@@ -44,53 +44,48 @@ def group_accuracy(correct: torch.Tensor, groups: torch.Tensor) -> dict[str, Any
             "group_accuracy": {str(g): a for g, a in per.items()}}
 
 
-def evaluate_split(model: Backbone, split: Split, input_transform: str = "none", batch_size: int = 1000,
-                   device: torch.device | str = "cpu") -> dict[str, float]:
-    """Accuracy and attention metrics of ``model`` on ``split`` (one pass)."""
+def evaluate_split(model: Backbone, split: Split, input_transform: str = "none", batch_size: int | None = None,
+                   device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Accuracy, group accuracy and, where the split knows its objects and decoys, the
+    attention metrics of ``model`` on ``split`` (one pass, converting the uint8 images
+    batch by batch)."""
     model.eval()
-    size = model.input_size
-    x_all = to_input(split.images, size, input_transform)
+    size, hw = model.input_size, tuple(split.images.shape[-2:])
+    batch_size = batch_size or eval_batch_size(size)
     y_all = torch.as_tensor(split.labels)
-    digit = digit_masks(split.digits)
-    decoy = split.decoy_masks()
-    decoy = None if decoy is None else torch.as_tensor(decoy, dtype=torch.float32)
-    oracle = torch.as_tensor(split.digits > DIGIT_THRESHOLD, dtype=torch.float32)
-    keys = ("correct", "cam_digit", "grad_digit", "cam_decoy", "grad_decoy", "kl")
-    sums: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    regions = {} if split.digits is None else {"digit": digit_masks(split.digits)}  # name -> (N,H,W)
+    if split.decoy_masks() is not None:
+        regions["decoy"] = torch.as_tensor(split.decoy_masks(), dtype=torch.float32)
+    oracle = None if split.digits is None else torch.as_tensor(split.digits > DIGIT_THRESHOLD, dtype=torch.float32)
+    sums: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(y_all), batch_size):
         sl = slice(i, i + batch_size)
-        x = as_rgb(x_all[sl]).to(device).requires_grad_(True)
+        x = as_rgb(to_input(split.images[sl], size, input_transform)).to(device).requires_grad_(True)  # (B,3,S,S)
         y = y_all[sl].to(device)
         logits, att = attention(model, x, y, create_graph=False)  # (B,K), (B,h,w)
-        grads = input_gradients(logits, x, create_graph=False, target="true-logit", labels=y)  # (B,3,H,W)
-        att28 = _to_28(att.detach()).clamp_min(0).cpu()  # (B,28,28)
-        grad28 = F.interpolate(grads.detach().abs().sum(1, keepdim=True), size=(28, 28), mode="area")[:, 0].cpu()
-        q = outline_target(oracle[sl], threshold=0.5, upsample=size, size=att.shape[-1])
-        sums["correct"].append((logits.argmax(1) == y).cpu())
-        sums["cam_digit"].append(mass_share(att28, digit[sl]))
-        sums["grad_digit"].append(mass_share(grad28, digit[sl]))
-        sums["kl"].append(kl_per_image(minmax_normalize(att.detach().cpu()), q))
-        if decoy is not None:
-            sums["cam_decoy"].append(mass_share(att28, decoy[sl]))
-            sums["grad_decoy"].append(mass_share(grad28, decoy[sl]))
-    out = {
-        "accuracy": float(torch.cat(sums["correct"]).float().mean()) * 100,
-        "cam_on_digit": float(torch.nanmean(torch.cat(sums["cam_digit"]))),
-        "grad_on_digit": float(torch.nanmean(torch.cat(sums["grad_digit"]))),
-        "kl_to_oracle": float(torch.nanmean(torch.cat(sums["kl"]))),
-        "n": int(len(y_all)),
-    }
+        sums.setdefault("correct", []).append((logits.argmax(1) == y).cpu())
+        if not regions:
+            continue
+        grads = input_gradients(logits, x, create_graph=False, target="true-logit", labels=y)  # (B,3,S,S)
+        att_img = to_image(att.detach(), hw).clamp_min(0).cpu()  # (B,H,W)
+        grad_img = F.interpolate(grads.detach().abs().sum(1, keepdim=True), size=hw, mode="area")[:, 0].cpu()
+        for name, mask in regions.items():
+            sums.setdefault(f"cam_on_{name}", []).append(mass_share(att_img, mask[sl]))
+            sums.setdefault(f"grad_on_{name}", []).append(mass_share(grad_img, mask[sl]))
+        if oracle is not None:
+            q = outline_target(oracle[sl], threshold=0.5, upsample=size, size=att.shape[-1])  # (B,h,w)
+            sums.setdefault("kl_to_oracle", []).append(kl_per_image(minmax_normalize(att.detach().cpu()), q))
+    correct = torch.cat(sums.pop("correct"))  # (N,)
+    out: dict[str, Any] = {"accuracy": float(correct.float().mean()) * 100, "n": int(len(y_all))}
+    out |= {k: float(torch.nanmean(torch.cat(v))) for k, v in sums.items()}
     if split.groups is not None:
-        out |= group_accuracy(torch.cat(sums["correct"]), torch.as_tensor(split.groups))
-    if decoy is not None:
-        out["cam_on_decoy"] = float(torch.nanmean(torch.cat(sums["cam_decoy"])))
-        out["grad_on_decoy"] = float(torch.nanmean(torch.cat(sums["grad_decoy"])))
+        out |= group_accuracy(correct, torch.as_tensor(split.groups))
     return out
 
 
-def _to_28(maps: torch.Tensor) -> torch.Tensor:
-    """(B,h,w) feature-resolution maps -> (B,28,28) at the image's resolution."""
-    return F.interpolate(maps[:, None], size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
+def to_image(maps: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B,h,w) feature-resolution maps -> (B,H,W) at the image's resolution."""
+    return F.interpolate(maps[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0]
 
 
 def example_indices(labels: np.ndarray, n: int = N_EXAMPLES) -> np.ndarray:
@@ -102,11 +97,11 @@ def examples(model: Backbone, split: Split, input_transform: str = "none",
              device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
     """What the qualitative figure shows of a selected model on ``split``: the fixed
     example images, their labels, the model's predictions and its CAM (Grad-CAM where
-    there is no GAP head) of the true class, min-max normalised, at 28x28."""
+    there is no GAP head) of the true class, min-max normalised, at the image's size."""
     model.eval()
     idx = example_indices(split.labels)
     x = as_rgb(to_input(split.images[idx], model.input_size, input_transform)).to(device)  # (n,3,S,S)
     logits, att = attention(model, x, torch.as_tensor(split.labels[idx]).to(device), create_graph=False)
-    cams = _to_28(minmax_normalize(att.detach())).clamp(0, 1).cpu()  # (n,28,28)
+    cams = to_image(minmax_normalize(att.detach()), tuple(split.images.shape[-2:])).clamp(0, 1).cpu()  # (n,H,W)
     return {"index": idx, "images": split.images[idx], "labels": split.labels[idx],
             "predictions": logits.argmax(1).cpu().numpy(), "cams": cams.numpy()}

@@ -23,13 +23,11 @@ import torch.nn.functional as F
 from .attribution import attention, minmax_normalize
 from .config import TrainConfig
 from .data import DATASETS, as_rgb, to_input
+from .data.pipeline import eval_batch_size
 from .errors import L2LError
 from .io import atomic_write_bytes, read_json, torch_load
 from .models import Backbone, build_backbone
 from .train import pick_device
-
-#: Images per forward pass of predict and explain.
-BATCH_SIZE = 256
 
 
 @dataclass
@@ -43,6 +41,7 @@ class TrainedRun:
     maps: dict[str, Any]
     result: dict[str, Any]
     class_names: tuple[str, ...]
+    channels: int  # of the data set's images: 1 means new images are made grey first
 
     @property
     def device(self) -> torch.device:
@@ -53,7 +52,7 @@ class TrainedRun:
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
             raise L2LError(f"images must be uint8 (N, 1 or 3, H, W), got {images.dtype} {images.shape}")
-        if DATASETS.get(self.config.dataset).channels == 1 and images.shape[1] == 3:
+        if self.channels == 1 and images.shape[1] == 3:
             images = np.round(images.mean(axis=1, keepdims=True)).astype(np.uint8)  # the run saw grey images
         x = to_input(images, self.model.input_size, self.config.input_transform)  # (N,C,S,S)
         return as_rgb(x).to(self.device)
@@ -62,8 +61,8 @@ class TrainedRun:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities, float32 (N, K)."""
         self.model.eval()
-        out = [F.softmax(self.model(self.inputs(images[i:i + BATCH_SIZE]))[0], dim=1).cpu()
-               for i in range(0, len(images), BATCH_SIZE)]
+        bs = eval_batch_size(self.model.input_size)
+        out = [F.softmax(self.model(self.inputs(images[i:i + bs]))[0], dim=1).cpu() for i in range(0, len(images), bs)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.model.num_classes), np.float32)
 
     def explain(self, images: np.ndarray, classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -71,12 +70,12 @@ class TrainedRun:
         (Grad-CAM where the network has no GAP head) of ``classes``, by default of each
         image's predicted class, min-max normalised per image."""
         self.model.eval()
-        probs, maps = [], []
-        for i in range(0, len(images), BATCH_SIZE):
-            x = self.inputs(images[i:i + BATCH_SIZE]).requires_grad_(True)  # (B,3,S,S)
+        probs, maps, bs = [], [], eval_batch_size(self.model.input_size)
+        for i in range(0, len(images), bs):
+            x = self.inputs(images[i:i + bs]).requires_grad_(True)  # (B,3,S,S)
             with torch.no_grad():
                 p = F.softmax(self.model(x)[0], dim=1)  # (B,K)
-            y = p.argmax(1) if classes is None else torch.as_tensor(classes[i:i + BATCH_SIZE], device=self.device)
+            y = p.argmax(1) if classes is None else torch.as_tensor(classes[i:i + bs], device=self.device)
             _, att = attention(self.model, x, y, create_graph=False)  # (B,h,w)
             att = F.interpolate(minmax_normalize(att.detach())[:, None], size=images.shape[-2:], mode="bilinear",
                                 align_corners=False)[:, 0]  # (B,H,W)
@@ -94,8 +93,13 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
         raise L2LError(f"run folder {path} {what}; pass a folder like runs/DATASET/GROUP/seedN")
     result = read_json(path / "result.json", f"delete the run folder {path} and train it again")
     cfg = TrainConfig.from_dict(result["config"]).validate()
-    spec = DATASETS.get(cfg.dataset)
-    model = build_backbone(cfg.backbone, spec.num_classes)
+    recorded = result.get("dataset", {})
+    if "classes" in recorded:  # also for a data set imported elsewhere
+        names, channels = tuple(recorded["classes"]), recorded["channels"]
+    else:  # a run recorded before results named their classes
+        spec = DATASETS.get(cfg.dataset)
+        names, channels = spec.class_names or tuple(str(c) for c in range(spec.num_classes)), spec.channels
+    model = build_backbone(cfg.backbone, len(names))
     fix = f"delete the run folder {path} and train it again"
     state = torch_load(path / "model.pt", fix, map_location="cpu", weights_only=True)
     try:
@@ -103,8 +107,7 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
     except (RuntimeError, TypeError, AttributeError) as e:
         raise L2LError(f"{path / 'model.pt'} does not fit a {cfg.backbone} for {cfg.dataset} "
                        f"({str(e).splitlines()[0]}); {fix}") from None
-    names = spec.class_names or tuple(str(c) for c in range(spec.num_classes))
-    return TrainedRun(path, model.to(pick_device(device)).eval(), cfg, result.get("maps", {}), result, names)
+    return TrainedRun(path, model.to(pick_device(device)).eval(), cfg, result.get("maps", {}), result, names, channels)
 
 
 def predictions_csv(names: Sequence[str], probs: np.ndarray, class_names: Sequence[str]) -> bytes:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .attribution import attention, input_gradients, minmax_normalize
 from .config import TrainConfig
-from .data.pipeline import as_rgb
+from .data.pipeline import as_rgb, to_input
 from .errors import L2LError
 from .losses import TARGETS, forward_kl, kl_per_image, lambda_schedule, make_target, reverse_kl, rrr_penalty
 from .models import BACKBONES, Backbone
@@ -27,24 +27,33 @@ from .registry import Registry
 @dataclass
 class Batch:
     """Inputs, labels and the per-image tensors a method asked for (``aux``): a whole
-    split held in memory, or one mini-batch of it taken with :meth:`take`."""
+    split held in memory, or one mini-batch of it taken with :meth:`take`.
 
-    x: Tensor  # (N, C, H, W) normalised inputs; C = 1 is widened to 3 by take()
+    A split too large to hold as float inputs keeps its uint8 images (``size`` > 0):
+    :meth:`take` then resizes and normalises each mini-batch on the way, so memory stays
+    that of the images, whatever the network's input size."""
+
+    x: Tensor  # (N, C, H, W) normalised inputs, or uint8 images when size > 0; C = 1 is widened to 3 by take()
     y: Tensor  # (N,) labels
     aux: dict[str, Tensor] = field(default_factory=dict)  # name -> (N, ...)
     groups: Tensor | None = None  # (N,) group labels of spurious-correlation data, read by validation only
+    size: int = 0  # input side that take() converts uint8 images to; 0: x holds inputs already
+    transform: str = "none"  # the input transform take() applies to uint8 images
 
     def __len__(self) -> int:
         return len(self.y)
 
     def to(self, device: torch.device) -> "Batch":
-        """The whole split on ``device`` (still grey), so a GPU copies no batch from the host."""
-        return Batch(self.x.to(device), self.y.to(device), {k: v.to(device) for k, v in self.aux.items()},
-                     None if self.groups is None else self.groups.to(device))
+        """The whole split on ``device`` (still grey), so a GPU copies no batch from the host;
+        uint8 images stay on the host, where they are converted."""
+        return Batch(self.x if self.size else self.x.to(device), self.y.to(device),
+                     {k: v.to(device) for k, v in self.aux.items()},
+                     None if self.groups is None else self.groups.to(device), self.size, self.transform)
 
     def take(self, idx: Tensor, device: torch.device) -> "Batch":
-        """Rows ``idx`` on ``device``, grey inputs widened to RGB (kept grey in memory)."""
-        return Batch(as_rgb(self.x[idx].to(device, non_blocking=True)), self.y[idx].to(device, non_blocking=True),
+        """Rows ``idx`` on ``device`` as network inputs, grey widened to RGB (kept grey in memory)."""
+        x = to_input(self.x[idx.cpu()], self.size, self.transform) if self.size else self.x[idx]  # (B,C,S,S)
+        return Batch(as_rgb(x.to(device, non_blocking=True)), self.y[idx].to(device, non_blocking=True),
                      {k: v[idx].to(device, non_blocking=True) for k, v in self.aux.items()})
 
 
@@ -233,6 +242,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cannot train is refused here, before any data is loaded or folder made."""
     from .data import DATASETS
     from .maps.options import check_map_options
+    from .pretrained import check_pretrained
 
     cfg = dataclasses.replace(cfg).validate().with_schedule_defaults()
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -244,6 +254,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                        f"val_acc, or a data set with groups ({', '.join(d.name for d in DATASETS.values() if d.group_names)})")
     TARGETS.get(cfg.target)
     method(cfg).check_backbone(BACKBONES.get(cfg.backbone))
+    check_pretrained(cfg.backbone, cfg.pretrained)
     if method.two_phase and cfg.e_att >= cfg.epochs:
         raise L2LError(f"E_att must lie below the number of epochs, got {cfg.e_att} with {cfg.epochs} epochs; "
                        "pass --e-att below --epochs")

@@ -35,6 +35,8 @@ class Backbone(nn.Module):
     input_size: ClassVar[int]
     feature_size: ClassVar[int]
     has_gap_classifier: ClassVar[bool]
+    #: Whether ImageNet weights can be loaded (``--pretrained``).
+    pretrainable: ClassVar[bool] = False
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
@@ -111,3 +113,105 @@ class CDEPNet(Backbone):
         features = F.relu(self.conv2(h))
         h = torch.flatten(F.max_pool2d(features, 2), 1)
         return self.fc2(F.relu(self.fc1(h))), features
+
+
+# ---- ResNets for ordinary images (He et al. 2016), with a GAP + linear head --------------------
+# Module names follow timm's (and torchvision's) ResNet: conv1, bn1, layer1-4 with blocks
+# conv1/bn1 ... and downsample.0/1, fc; so a timm ImageNet checkpoint loads key for key
+# (learning_to_look.pretrained).
+
+
+def _shortcut(inp: int, out: int, stride: int) -> nn.Sequential | None:
+    """1x1 conv + BN where the block changes resolution or width (timm's ``downsample``)."""
+    if stride == 1 and inp == out:
+        return None
+    return nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inp: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inp, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _shortcut(inp, planes, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5: the stride sits on the 3x3 conv, as in timm and torchvision."""
+
+    expansion = 4
+
+    def __init__(self, inp: int, planes: int, stride: int) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(inp, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.downsample = _shortcut(inp, out, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+        return F.relu(self.bn3(self.conv3(h)) + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNetGAP(Backbone):
+    """A ResNet whose logits are a linear layer on the GAP of the last stage, so its CAM
+    is exact (on that 7x7 stage at 224 px). Subclasses name the block and the depths."""
+
+    input_size = 224
+    feature_size = 7  # 224 / 32
+    has_gap_classifier = True
+    pretrainable = True
+    block: ClassVar[type[BasicBlock] | type[Bottleneck]]
+    depths: ClassVar[tuple[int, int, int, int]]
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__(num_classes, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        width = 64
+        for i, (depth, planes) in enumerate(zip(self.depths, (64, 128, 256, 512))):
+            blocks = []
+            for j in range(depth):
+                blocks.append(self.block(width, planes, 2 if i > 0 and j == 0 else 1))
+                width = planes * self.block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(width, num_classes)
+        for m in self.modules():  # He init, as timm and torchvision do
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_input(x)
+        h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)  # (B,64,56,56)
+        features = self.layer4(self.layer3(self.layer2(self.layer1(h))))  # (B,C,7,7)
+        return self.fc(features.mean(dim=(2, 3))), features
+
+    @property
+    def classifier_weight(self) -> Tensor:
+        return self.fc.weight
+
+
+@register_backbone
+class ResNet18(ResNetGAP):
+    name = "resnet18"
+    block = BasicBlock
+    depths = (2, 2, 2, 2)
+
+
+@register_backbone
+class ResNet50(ResNetGAP):
+    name = "resnet50"
+    block = Bottleneck
+    depths = (3, 4, 6, 3)

@@ -59,12 +59,14 @@ class TestMetrics:
 
     __test__ = False  # a result type, not a pytest test class
     accuracy: float
-    cam_on_digit: float
-    grad_on_digit: float
-    kl_to_oracle: float
     n: int
+    cam_on_digit: float | None = None  # None where the data set keeps no object (an import without masks)
+    grad_on_digit: float | None = None
+    kl_to_oracle: float | None = None
     cam_on_decoy: float | None = None
     grad_on_decoy: float | None = None
+    worst_group_accuracy: float | None = None  # data sets with group labels
+    mean_group_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,8 @@ class Row:
     seeds: list[int]
     test_acc_mean: float
     test_acc_std: float
+    worst_group_mean: float | None
+    worst_group_std: float | None
     cam_on_digit: float | None
     cam_on_decoy: float | None
     grad_on_digit: float | None
@@ -251,7 +255,8 @@ class Row:
                 "schedule": self.schedule,
                 "map_options": self.map_options,
                 "n_seeds": self.n_seeds, "seeds": self.seeds, "test_acc_mean": self.test_acc_mean,
-                "test_acc_std": self.test_acc_std, "cam_on_digit": self.cam_on_digit, "cam_on_decoy": self.cam_on_decoy,
+                "test_acc_std": self.test_acc_std, "worst_group_mean": self.worst_group_mean,
+                "worst_group_std": self.worst_group_std, "cam_on_digit": self.cam_on_digit, "cam_on_decoy": self.cam_on_decoy,
                 "grad_on_digit": self.grad_on_digit, "grad_on_decoy": self.grad_on_decoy, "map_iou": self.maps.iou,
                 "map_auroc": self.maps.auroc, "seconds_per_run": self.seconds_per_run,
                 "seconds_per_epoch": self.seconds_per_epoch, "epochs": self.epochs, "train_subset": self.train_subset,
@@ -263,10 +268,12 @@ def _row(group: str, members: list[Record]) -> Row:
     first = members[0]
     cfg = first.config
     acc_mean, acc_std = mean_std([m.test.accuracy for m in members])
+    worst = [m.test.worst_group_accuracy for m in members]
+    worst_mean, worst_std = mean_std(worst) if None not in worst else (None, None)
     return Row(dataset=cfg.dataset, method=cfg.method, backbone=cfg.backbone, maps=first.maps, role=first.role,
                input_transform=cfg.input_transform, schedule=cfg.schedule, map_options=cfg.map_options,
                seeds=[m.config.seed for m in members], test_acc_mean=acc_mean,
-               test_acc_std=acc_std, cam_on_digit=_mean([m.test.cam_on_digit for m in members]),
+               test_acc_std=acc_std, worst_group_mean=worst_mean, worst_group_std=worst_std, cam_on_digit=_mean([m.test.cam_on_digit for m in members]),
                cam_on_decoy=_mean([m.test.cam_on_decoy for m in members]),
                grad_on_digit=_mean([m.test.grad_on_digit for m in members]),
                grad_on_decoy=_mean([m.test.grad_on_decoy for m in members]),

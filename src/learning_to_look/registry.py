@@ -28,6 +28,12 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def update(self, entry: T) -> T:
+        """Add or replace ``entry``: for entries described by files, not code (an imported
+        data set, imported again)."""
+        self._entries[self._key(entry)] = entry
+        return entry
+
     def add(self, name: str, entry: T) -> T:
         """Add an entry under an explicit name (functions, plain values)."""
         if name in self._entries:

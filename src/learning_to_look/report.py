@@ -27,7 +27,7 @@ from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, Record, Row, agg
 
 CSV_FIELDS = ("origin", "dataset", "method", "backbone", "schedule", "maps", "maps_kind", "role", "input_transform",
               "map_options",
-              "n_seeds", "seeds", "test_acc_mean", "test_acc_std", "cam_on_digit", "cam_on_decoy", "grad_on_digit",
+              "n_seeds", "seeds", "test_acc_mean", "test_acc_std", "worst_group_mean", "worst_group_std", "cam_on_digit", "cam_on_decoy", "grad_on_digit",
               "grad_on_decoy", "map_iou", "map_auroc", "seconds_per_run", "seconds_per_epoch", "epochs",
               "train_subset", "published_acc", "published_source", "run_group")
 #: Config fields that tell runs apart, as opposed to settings shared by a whole report.
@@ -246,16 +246,21 @@ def _map_sources_text(rows: Sequence[Row]) -> list[str]:
 
 
 def _results_table(rows: Sequence[Row]) -> str:
+    """Every row; the worst-group column appears when some data set has group labels."""
+    groups = any(r.worst_group_mean is not None for r in rows)
     body = [[DATASET_NAMES.get(r.dataset, r.dataset),
              r.method + (f" ({r.input_transform} input)" if r.input_transform != "none" else "")
              + (f", {r.schedule} schedule" if r.schedule != PAPER_CONFIG.schedule else ""), r.backbone,
              r.maps.label, r.role, str(r.n_seeds), _acc(r.test_acc_mean, r.test_acc_std, r.n_seeds),
+             *([_acc(r.worst_group_mean, r.worst_group_std, r.n_seeds) if r.worst_group_mean is not None else "—"]
+               if groups else []),
              _num(r.cam_on_digit), _num(r.cam_on_decoy),
              "—" if r.maps.iou is None else f"{r.maps.iou:.2f} / {_num(r.maps.auroc)}", _num(r.seconds_per_run, 0),
              "—" if r.published_acc is None else f"{r.published_acc} (published)"]
             for r in rows if r.role != "sensitivity"]
-    return _table(["data set", "method", "backbone", "maps (kind)", "role", "n", "test acc %", "CAM on digit",
-                   "CAM on decoy", "map IoU / AUROC", "s / run", "published %"], body)
+    return _table(["data set", "method", "backbone", "maps (kind)", "role", "n", "test acc %",
+                   *(["worst-group acc %"] if groups else []), "CAM on digit", "CAM on decoy", "map IoU / AUROC",
+                   "s / run", "published %"], body)
 
 
 def _published_table(published: Sequence[dict[str, Any]]) -> str:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import SCHEDULES, SUBSET_VAL_DIVISOR, TrainConfig
 from .data import DATASETS, Dataset, Split, load_dataset, to_input, train_val
-from .data.pipeline import batch_indices
+from .data.pipeline import batch_indices, eval_batch_size, preconverts
 from .evaluate import evaluate_split, examples, group_accuracy
 from .errors import L2LError, corrupt_file
 from .io import (atomic_save_npz, atomic_torch_save, atomic_write_json, clean_stale_tmp, folder_lock, read_json,
@@ -63,10 +63,13 @@ def set_determinism(seed: int) -> None:
 def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: Method) -> Batch:
     """A whole split ready for the network, with the per-image tensors ``method`` asks for."""
     backbone = BACKBONES.get(cfg.backbone)
-    x = to_input(split.images, backbone.input_size, cfg.input_transform)  # (N,C,S,S)
     y = torch.as_tensor(split.labels, dtype=torch.long)  # (N,)
     aux = {} if maps is None else method.aux(torch.as_tensor(maps), backbone)
-    return Batch(x, y, aux, None if split.groups is None else torch.as_tensor(split.groups))
+    groups = None if split.groups is None else torch.as_tensor(split.groups)  # (N,)
+    if preconverts(len(split), split.images.shape[1], backbone.input_size):
+        x = to_input(split.images, backbone.input_size, cfg.input_transform)  # (N,C,S,S)
+        return Batch(x, y, aux, groups)
+    return Batch(torch.as_tensor(split.images), y, aux, groups, backbone.input_size, cfg.input_transform)
 
 
 def training_maps(cfg: TrainConfig, dataset_name: str, split: Split, progress: bool = True) -> tuple[np.ndarray, dict]:
@@ -76,12 +79,12 @@ def training_maps(cfg: TrainConfig, dataset_name: str, split: Split, progress: b
     return validate_maps(maps, len(split), split.images.shape[-2:], info["name"]), info
 
 
-def _validate(model: Backbone, method: Method, val: Batch, device: torch.device, bs: int = 1000) -> dict[str, float]:
+def _validate(model: Backbone, method: Method, val: Batch, device: torch.device) -> dict[str, float]:
     """Validation metrics used for selection: accuracy and the method's own per-image
     metrics (e.g. the attention's KL to its target), nan-averaged."""
     model.eval()
     correct, per_image = [], {}
-    for idx in batch_indices(len(val), bs, shuffle=False):
+    for idx in batch_indices(len(val), eval_batch_size(model.input_size), shuffle=False):
         b = val.take(idx, device)
         logits, metrics = method.validate(model, b)
         correct.append(logits.argmax(1) == b.y)  # (B,)
@@ -193,7 +196,12 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
     method = METHODS.get(cfg.method)(cfg)
     device = pick_device(cfg.device)
     set_determinism(cfg.seed)
-    model = build_backbone(cfg.backbone, DATASETS.get(cfg.dataset).num_classes).to(device)
+    model = build_backbone(cfg.backbone, DATASETS.get(cfg.dataset).num_classes)
+    if cfg.pretrained:
+        from .pretrained import load_pretrained
+
+        load_pretrained(model, cfg.pretrained)
+    model = model.to(device)
     method.check_backbone(model)
     train, val = train.to(device), val.to(device)
     opt, sched = _optimizer(model, cfg)
@@ -289,7 +297,11 @@ def prepare(cfg: TrainConfig, data_dir: Path | None = None, progress: bool = Tru
     method = METHODS.get(cfg.method)(cfg)
     maps_info: dict[str, Any] = {"name": "none", "kind": "none"}
     maps_train = maps_val = None
-    if method.uses_maps:
+    if method.uses_maps and cfg.train_subset:  # maps for the images used only: a VLM is slow
+        used = dataset.train.subset(np.concatenate([train_split.indices, val_split.indices]), "train")
+        some_maps, maps_info = training_maps(cfg, cfg.dataset, used, progress)  # (n_train + n_val, H, W)
+        maps_train, maps_val = some_maps[:len(train_split)], some_maps[len(train_split):]
+    elif method.uses_maps:
         all_maps, maps_info = training_maps(cfg, cfg.dataset, dataset.train, progress)
         maps_train, maps_val = all_maps[train_split.indices], all_maps[val_split.indices]
     return Prepared(dataset, train_split, val_split, make_batch(train_split, maps_train, cfg, method),
@@ -379,11 +391,12 @@ def record_run(cfg: TrainConfig, out: Path, prep: Prepared, fitted: FitResult, r
     test = evaluate_split(fitted.model, prep.dataset.test, cfg.input_transform, device=pick_device(cfg.device))
     write_examples(out / "examples.npz", fitted.model, prep, cfg)
     train_seconds = sum(r["seconds"] for r in fitted.history)
-    dataset = prep.dataset
+    dataset, spec = prep.dataset, DATASETS.get(cfg.dataset)
     result = {
         "config": cfg.to_dict(), "role": role or DEFAULT_ROLE, "maps": prep.maps_info | {"quality": quality_of(prep)},
         "dataset": {"name": dataset.name, "protocol": dataset.header.get("protocol"), "n_train": len(prep.train_split),
-                    "n_val": len(prep.val_split), "n_test": len(dataset.test)},
+                    "n_val": len(prep.val_split), "n_test": len(dataset.test), "channels": spec.channels,
+                    "classes": list(spec.class_names or map(str, range(spec.num_classes)))},
         "selection": {"rule": cfg.selection, "epoch": fitted.selected_epoch, "score": fitted.selected_score,
                       "val": {k: v for k, v in fitted.history[fitted.selected_epoch].items() if k.startswith("val_")}},
         "test": test, "history": fitted.history, "seconds_per_epoch": train_seconds / len(fitted.history),

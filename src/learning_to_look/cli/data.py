@@ -38,9 +38,14 @@ def one_line(command: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def _names(name: str) -> list[str]:
-    """Every registered data set for ``all``, else the one called ``name`` (an unknown name is a one-line error)."""
-    return list(DATASETS) if name == "all" else [DATASETS.get(name).name]
+def _names(name: str, data_dir: Optional[Path] = None) -> list[str]:
+    """Every built data set for ``all``, else the one called ``name``, built or imported into
+    ``data_dir`` (an unknown name is a one-line error)."""
+    from ..data.imported import dataset_spec
+
+    if name == "all":
+        return [n for n, spec in DATASETS.items() if spec.build is not None]
+    return [dataset_spec(name, data_dir).name]
 
 
 @data_app.command("build")
@@ -52,7 +57,7 @@ def build(name: str = typer.Argument("all", help=f"{DATASETS.help()} | all"),
 
     Example: l2l data build decoymnist --data-dir ./data
     """
-    for n in _names(name):
+    for n in _names(name, data_dir):
         path = dataset_path(n, data_dir)
         t0 = time.perf_counter()
         if force or not path.exists():
@@ -69,10 +74,10 @@ def info(name: str = typer.Argument(..., help=DATASETS.help()),
 
     Example: l2l data info colormnist
     """
-    ds = load_dataset(_names(name)[0], data_dir, build=False, mnist_dir=mnist_dir and str(mnist_dir))
+    ds = load_dataset(_names(name, data_dir)[0], data_dir, build=False, mnist_dir=mnist_dir and str(mnist_dir))
     h = ds.header
     typer.echo(f"{ds.name}: {h['protocol']} (protocol v{h['protocol_version']})")
-    typer.echo(f"  file: {dataset_path(ds.name, data_dir)}  mnist: {h['mnist_source']}")
+    typer.echo(f"  file: {dataset_path(ds.name, data_dir)}  source: {h['imported']['from'] if 'imported' in h else h['mnist_source']}")
     for split in (ds.train, ds.test):
         counts = Counter(split.labels.tolist())
         typer.echo(f"  {split.name}: {len(split)} images {tuple(split.images.shape[1:])} uint8; "
@@ -92,5 +97,32 @@ def show(name: str = typer.Argument(..., help=DATASETS.help()),
     Example: l2l data show colormnist --out colormnist.png
     """
     check_out_file(out)
-    ds = load_dataset(_names(name)[0], data_dir, build=False, mnist_dir=mnist_dir and str(mnist_dir))
+    ds = load_dataset(_names(name, data_dir)[0], data_dir, build=False, mnist_dir=mnist_dir and str(mnist_dir))
     typer.echo(f"wrote {preview_dataset(ds, out)}")
+
+
+@data_app.command("import")
+@one_line
+def import_cmd(name: str = typer.Argument(..., help="Name of the new data set (lower case, digits, - _ .)."),
+               source: Path = typer.Option(..., "--from", help="Folder with train/<class>/, test/<class>/ (val/ and "
+                                                               "masks/ optional), or a CSV with path,label,split[,group]."),
+               size: int = typer.Option(224, "--size", help="Side in pixels: shorter side resized, centre crop."),
+               skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out unreadable files instead of failing."),
+               force: bool = typer.Option(False, "--force", help="Import again over an existing data set."),
+               data_dir: Optional[Path] = DATA_DIR,
+               quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
+    """Import your own images as a data set (verified uint8 store, class names and file names kept).
+
+    Example: l2l data import birds --from ./birds --size 224   then   l2l train --dataset birds --backbone resnet18
+    """
+    from ..data.imported import import_dataset
+
+    t0 = time.perf_counter()
+    path, skipped = import_dataset(name, source, data_dir, size=size, skip_bad=skip_bad, force=force,
+                                   progress=not quiet)
+    ds = load_dataset(name, data_dir, build=False)
+    h = ds.header["imported"]
+    groups = f", {len(h['groups'])} groups" if h["groups"] else ""
+    typer.echo(f"{name}: {len(ds.train)} train{' + val' if h['has_val'] else ''} + {len(ds.test)} test images, "
+               f"{len(h['classes'])} classes{groups}{', masks' if h['has_masks'] else ''} -> {path} "
+               f"({time.perf_counter() - t0:.1f}s)" + (f"; skipped {skipped} bad file(s)" if skipped else ""))

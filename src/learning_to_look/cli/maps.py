@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import typer
@@ -71,6 +73,49 @@ CACHE_DIR = typer.Option(None, "--cache-dir", envvar="L2L_MAPS_DIR",
                          help=f"Map cache folder [default: ./{DEFAULT_CACHE_DIR}].")
 IMAGES = typer.Option(None, "--images", help="A folder of ordinary images instead of a data set.")
 
+#: The map-source options of every command that makes maps (`l2l maps generate/check/show`,
+#: `l2l train`): name -> (type, option). A new generator option is one entry here.
+MAP_FLAGS: dict[str, tuple[Any, Any]] = {
+    "vlm": (Optional[str], VLM), "dino": (Optional[str], DINO), "variant": (Optional[str], VARIANT),
+    "prompt": (Optional[List[str]], PROMPT), "negatives": (Optional[str], NEGATIVES),
+    "templates": (Optional[str], TEMPLATES), "temperature": (Optional[float], TEMPERATURE),
+    "input_size": (Optional[int], INPUT_SIZE), "flip": (Optional[bool], FLIP), "refine": (Optional[str], REFINE),
+    "guard_z": (Optional[float], GUARD), "iterations": (Optional[int], ITERATIONS),
+    "train_images": (Optional[int], TRAIN_IMAGES), "hard": (Optional[bool], HARD), "path": (Optional[Path], PATH),
+    "key": (Optional[str], KEY), "png_mode": (Optional[str], PNG_MODE),
+}
+PROMPT_FLAGS = ("prompt", "negatives", "templates", "temperature")
+
+
+@dataclasses.dataclass(frozen=True)
+class MapFlags:
+    """The map flags a command was given (None-valued ones left out), and which of them
+    came from the environment (``L2L_VLM``): those apply only where the source takes them."""
+
+    given: dict[str, Any]
+    from_env: frozenset[str]
+
+
+def with_map_flags(command: Callable) -> Callable:
+    """Give ``command`` every option of :data:`MAP_FLAGS`; it receives them as one
+    :class:`MapFlags` argument called ``map_flags``."""
+    sig = inspect.signature(command, eval_str=True)
+    keep = [p for p in sig.parameters.values() if p.name != "map_flags"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, (kind, option) in MAP_FLAGS.items()]
+    context = inspect.Parameter("map_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+    @functools.wraps(command)
+    def run(*args: Any, map_context: typer.Context, **kwargs: Any) -> Any:
+        given = {k: v for k in MAP_FLAGS if (v := kwargs.pop(k)) is not None}
+        env = frozenset(k for k in given if map_context.get_parameter_source(k).name == "ENVIRONMENT")
+        return command(*args, map_flags=MapFlags(given, env), **kwargs)
+
+    params = [*keep, *extra, context]
+    run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
 
 def _prompt_spec(prompt: Optional[List[str]], negatives: Optional[str], templates: Optional[str],
                  temperature: Optional[float]) -> Optional[PromptSpec]:
@@ -86,17 +131,27 @@ def _prompt_spec(prompt: Optional[List[str]], negatives: Optional[str], template
         temperature=temperature if temperature is not None else PROMPTS.temperature)
 
 
-def build_generator(backend: str, **flags: Any) -> MapGenerator:
-    """A generator from CLI flags; a flag the backend does not take is an error, not ignored."""
+def generator_options(backend: str, flags: MapFlags) -> dict[str, Any]:
+    """The generator fields the flags set for map source ``backend``. A flag the source does
+    not take is an error, unless it came from the environment (then it is left out)."""
     cls = MAP_SOURCES.get(backend)
     fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    prompts = _prompt_spec(*(flags.pop(k) for k in ("prompt", "negatives", "templates", "temperature")))
-    options = {k: v for k, v in {**flags, "prompts": prompts}.items() if v is not None}
+    given = {k: v for k, v in flags.given.items()
+             if k not in flags.from_env or k in fields or (k in PROMPT_FLAGS and "prompts" in fields)}
+    prompts = _prompt_spec(*(given.pop(k, None) for k in PROMPT_FLAGS))
+    options = {k: v for k, v in {**given, "prompts": prompts}.items() if v is not None}
     unused = sorted(set(options) - fields)
     if unused:
         flag_names = ", ".join("--" + ("prompt" if u == "prompts" else u.replace("_", "-")) for u in unused)
-        raise L2LError(f"{flag_names} does not apply to backend {backend}; drop it or pick a backend that takes it")
-    generator = cls(**options)
+        raise L2LError(f"{flag_names} does not apply to map source {backend}; drop it or pick a source that takes it")
+    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+
+
+def build_generator(backend: str, flags: MapFlags, **own: Any) -> MapGenerator:
+    """A generator from the map flags and the command's own generator options (``batch_size``, ``device``)."""
+    options = generator_options(backend, MapFlags({**flags.given, **{k: v for k, v in own.items() if v is not None}},
+                                                  flags.from_env))
+    generator = MAP_SOURCES.get(backend)(**options)
     generator.check_ready()  # a missing model fails now, before any data is loaded
     return generator
 
@@ -108,16 +163,6 @@ def _split(dataset: str, split: str, limit: Optional[int], data_dir: Optional[Pa
     ds = load_dataset(dataset, data_dir, build=build)
     s = ds.train if split == "train" else ds.test
     return s.subset(np.arange(min(limit, len(s)))) if limit else s
-
-
-def _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
-               guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device) -> MapGenerator:
-    """:func:`build_generator` from the generator flags the commands share."""
-    return build_generator(backend, vlm=vlm, dino=dino, variant=variant, prompt=prompt, negatives=negatives,
-                           templates=templates, temperature=temperature, input_size=input_size, flip=flip,
-                           refine=refine, guard_z=guard_z, iterations=iterations, train_images=train_images,
-                           hard=hard, path=path and str(path), key=key, png_mode=png_mode, batch_size=batch_size,
-                           device=device)
 
 
 def _print_report(maps: np.ndarray, split: Split, stats: Optional[dict], describe: dict) -> None:
@@ -141,14 +186,9 @@ def _read_cached(gen: MapGenerator, dataset: str, split: Split,
 
 @maps_app.command("generate")
 @one_line
+@with_map_flags
 def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
-             vlm: Optional[str] = VLM, dino: Optional[str] = DINO, variant: Optional[str] = VARIANT,
-             prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES,
-             templates: Optional[str] = TEMPLATES, temperature: Optional[float] = TEMPERATURE,
-             input_size: Optional[int] = INPUT_SIZE, flip: Optional[bool] = FLIP, refine: Optional[str] = REFINE,
-             guard_z: Optional[float] = GUARD, iterations: Optional[int] = ITERATIONS,
-             train_images: Optional[int] = TRAIN_IMAGES, hard: Optional[bool] = HARD, path: Optional[Path] = PATH,
-             key: Optional[str] = KEY, png_mode: Optional[str] = PNG_MODE, batch_size: Optional[int] = BATCH,
+             map_flags: MapFlags = None, batch_size: Optional[int] = BATCH,
              device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR,
              data_dir: Optional[Path] = DATA_DIR, images: Optional[Path] = IMAGES,
              out: Optional[Path] = typer.Option(None, "--out",
@@ -164,8 +204,7 @@ def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT,
     if images is not None and out is None:
         raise L2LError("--images needs --out DIR, where its maps are written as one grey PNG per image (same "
                        "names and sub-folders); pass e.g. --out maps")
-    gen = _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
-                     guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device)
+    gen = build_generator(backend, map_flags, batch_size=batch_size, device=device)
     if images is not None:
         result = folder_maps(gen, images, out, progress=not quiet)
         typer.echo(f"{len(result)} maps from {gen.name} ({gen.kind}) for {images}" + (f" -> {out}" if out else ""))
@@ -181,22 +220,16 @@ def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT,
 
 @maps_app.command("check")
 @one_line
+@with_map_flags
 def check(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
-          vlm: Optional[str] = VLM, dino: Optional[str] = DINO, variant: Optional[str] = VARIANT,
-          prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES,
-          templates: Optional[str] = TEMPLATES, temperature: Optional[float] = TEMPERATURE,
-          input_size: Optional[int] = INPUT_SIZE, flip: Optional[bool] = FLIP, refine: Optional[str] = REFINE,
-          guard_z: Optional[float] = GUARD, iterations: Optional[int] = ITERATIONS,
-          train_images: Optional[int] = TRAIN_IMAGES, hard: Optional[bool] = HARD, path: Optional[Path] = PATH,
-          key: Optional[str] = KEY, png_mode: Optional[str] = PNG_MODE, batch_size: Optional[int] = BATCH,
+          map_flags: MapFlags = None, batch_size: Optional[int] = BATCH,
           device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR,
           data_dir: Optional[Path] = DATA_DIR) -> None:
     """Diagnostics of cached maps: AUROC and pointing game against the digit, mass on the decoy, artefact patches.
 
     Example: l2l maps check --dataset decoymnist --backend clip --vlm openai/clip-vit-base-patch16
     """
-    gen = _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
-                     guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device)
+    gen = build_generator(backend, map_flags, batch_size=batch_size, device=device)
     s = _split(dataset, split, limit, data_dir, build=False)
     maps, stats = _read_cached(gen, dataset, s, cache_dir)
     _print_report(maps, s, stats, gen.describe())
@@ -204,16 +237,11 @@ def check(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, li
 
 @maps_app.command("show")
 @one_line
+@with_map_flags
 def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
          n: int = typer.Option(16, "--n", min=1, help="Number of images in the grid (>= 1)."),
          backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
-         vlm: Optional[str] = VLM, dino: Optional[str] = DINO, variant: Optional[str] = VARIANT,
-         prompt: Optional[List[str]] = PROMPT, negatives: Optional[str] = NEGATIVES,
-         templates: Optional[str] = TEMPLATES, temperature: Optional[float] = TEMPERATURE,
-         input_size: Optional[int] = INPUT_SIZE, flip: Optional[bool] = FLIP, refine: Optional[str] = REFINE,
-         guard_z: Optional[float] = GUARD, iterations: Optional[int] = ITERATIONS,
-         train_images: Optional[int] = TRAIN_IMAGES, hard: Optional[bool] = HARD, path: Optional[Path] = PATH,
-         key: Optional[str] = KEY, png_mode: Optional[str] = PNG_MODE, batch_size: Optional[int] = BATCH,
+         map_flags: MapFlags = None, batch_size: Optional[int] = BATCH,
          device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR,
          data_dir: Optional[Path] = DATA_DIR, images: Optional[Path] = IMAGES) -> None:
     """Write a grid of images with their maps overlaid (data sets: from the cache).
@@ -221,8 +249,7 @@ def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
     Example: l2l maps show --dataset decoymnist --backend oracle --out maps.png
     """
     check_out_file(out)
-    gen = _generator(backend, vlm, dino, variant, prompt, negatives, templates, temperature, input_size, flip, refine,
-                     guard_z, iterations, train_images, hard, path, key, png_mode, batch_size, device)
+    gen = build_generator(backend, map_flags, batch_size=batch_size, device=device)
     d = gen.describe()
     real = "" if d.get("real_vlm", True) else ", random-init test model: not a VLM map"
     title = f"{d['name']} ({d['kind']}{real}) {d['fingerprint']}"

@@ -14,11 +14,12 @@ from ..data import DATASETS
 from ..data.pipeline import INPUT_TRANSFORMS
 from ..errors import L2LError
 from ..losses import TARGETS
-from ..maps import MAP_SOURCES
+from ..maps import MAP_SOURCES, PromptSpec
 from ..methods import METHODS
 from ..models import BACKBONES
 from ..records import MapsInfo, mean_std
 from .app import DATA_DIR, JOBS, app
+from .maps import MapFlags, generator_options, with_map_flags
 
 RUNS_DIR = typer.Option(None, "--runs-dir", envvar="L2L_RUNS_DIR", help="Folder of run folders [default: ./runs].")
 
@@ -56,12 +57,35 @@ def _per_method(attr: str) -> str:
                      else f"{name} {getattr(cls, attr)}" for name, cls in METHODS.items())
 
 
+def _with_map_flags(cfg: TrainConfig, flags: MapFlags) -> TrainConfig:
+    """``cfg`` with the map flags merged into its map options (flags win over the config
+    file); flags from the environment count only where the map source takes them."""
+    from ..methods import METHODS as methods
+
+    if not flags.given:
+        return cfg
+    cfg = dataclasses.replace(cfg).validate()  # a malformed config file is named before it is merged into
+    explicit = sorted(set(flags.given) - flags.from_env)
+    if not methods.get(cfg.method).uses_maps or cfg.maps not in MAP_SOURCES:
+        if explicit:
+            what = f"method {cfg.method} uses no maps" if not methods.get(cfg.method).uses_maps \
+                else f"{cfg.maps} is a cached map set, made with its options already"
+            raise L2LError(f"--{explicit[0].replace('_', '-')} sets a map-source option, but {what}; drop it")
+        return cfg
+    options = generator_options(cfg.maps, flags)
+    if isinstance(options.get("prompts"), PromptSpec):
+        options["prompts"] = dataclasses.asdict(options["prompts"])
+    return dataclasses.replace(cfg, map_options={**cfg.map_options, **options})
+
+
 @app.command("train")
+@with_map_flags
 def train(
-    dataset: Optional[str] = _flag("dataset", DATASETS.help()),
+    dataset: Optional[str] = _flag("dataset", DATASETS.help() + " | a data set imported with `l2l data import`"),
     method: Optional[str] = _flag("method", METHODS.help()),
     maps: Optional[str] = _flag("maps", MAP_SOURCES.help() + " | a cached map set"),
     backbone: Optional[str] = _flag("backbone", BACKBONES.help()),
+    pretrained: Optional[str] = _flag("pretrained"),
     seeds: Optional[str] = typer.Option(None, help="Seeds, e.g. 0,1,2 or 0-4  [default: the config's seed, 37]."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings; flags override it."),
     schedule: Optional[str] = _flag("schedule"),
@@ -80,11 +104,16 @@ def train(
     device: Optional[str] = _flag("device"),
     jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    map_flags: MapFlags = None,
 ) -> None:
     """Train a method on a data set, select on validation, test once.
 
     Example: l2l train --dataset colormnist --method l2l --maps oracle --seeds 0,1,2
+
+    Map sources take their options as flags (--vlm, --prompt, --negatives, --variant, ...), e.g.
+    l2l train --dataset decoymnist --method l2l --maps clip --prompt "a handwritten digit"
     """
+    from ..data.imported import dataset_spec
     from ..methods import resolve
     from ..parallel import run_tasks, workers
     from ..train import run_task
@@ -92,16 +121,19 @@ def train(
     base = TrainConfig.from_file(config) if config else TrainConfig()
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {k: v for k, v in locals().items() if k in fields and v is not None}
-    cfg = dataclasses.replace(base, **flags)
+    cfg = _with_map_flags(dataclasses.replace(base, **flags), map_flags)
     cfgs = [dataclasses.replace(cfg, seed=s) for s in (parse_seeds(seeds) if seeds is not None else [cfg.seed])]
+    if isinstance(cfg.dataset, str):
+        dataset_spec(cfg.dataset, data_dir)  # an imported data set is known from its file
     tasks = [(resolve(c), runs_dir, data_dir, not quiet and workers(jobs, len(cfgs)) == 1) for c in cfgs]
     results = []
     for _, r in run_tasks(run_task, tasks, jobs, unit=None if quiet else "run"):
         t = r["test"]
-        extra = f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
+        where = f"  CAM on digit {t['cam_on_digit']:.2f}" if "cam_on_digit" in t else ""
+        where += f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
         groups = f"  worst group {t['worst_group_accuracy']:.2f}%" if "worst_group_accuracy" in t else ""
         typer.echo(f"seed {r['config']['seed']}: test acc {t['accuracy']:.2f}%{groups}  (epoch {r['selection']['epoch']}, "
-                   f"val acc {r['selection']['val']['val_acc']:.2f}%)  CAM on digit {t['cam_on_digit']:.2f}{extra}  "
+                   f"val acc {r['selection']['val']['val_acc']:.2f}%){where}  "
                    f"{r['seconds_per_epoch']:.1f}s/epoch  maps: {MapsInfo.from_result(r['maps']).label}")
         results.append(r)
     if len(results) > 1:

@@ -150,7 +150,7 @@ class DatasetSpec:
     """A registered data set: how to build it and what it is."""
 
     name: str
-    build: Callable[[MNISTArrays | None], dict[str, np.ndarray]]
+    build: Callable[[MNISTArrays | None], dict[str, np.ndarray]] | None  # None: imported, not built
     protocol: str
     description: str
     channels: int
@@ -162,6 +162,10 @@ class DatasetSpec:
     group_names: tuple[str, ...] = ()
     uses_mnist: bool = True  # False: built from nothing but a seed (synthetic)
     class_names: tuple[str, ...] = ()  # what predictions call the classes; unset: "0", "1", ...
+    size: int = 28  # side of the stored images
+    has_objects: bool = True  # the builder keeps each image's object (``digit_*``): oracle maps and attention metrics
+    has_val: bool = False  # a ``val_train`` array marks the validation images (imported sets with a val/ folder)
+    imported_from: str | None = None  # the folder or CSV of `l2l data import`; None for built sets
 
 
 DATASETS: Registry[DatasetSpec] = Registry("data set")

@@ -15,6 +15,21 @@ import torch.nn.functional as F
 
 INPUT_SIZE = 32
 INPUT_TRANSFORMS = ("none", "colour-invariant")
+#: A split whose float inputs would take more bytes than this stays uint8 and is converted
+#: batch by batch (a 60k MNIST split at 32 px is 0.7 GB as float; 10k images at 224 px, 6 GB).
+PRECONVERT_BYTES = 1 << 30
+#: Images per evaluation pass at 32 px; fewer at larger inputs, so activations stay bounded.
+EVAL_IMAGES_32PX = 1000
+
+
+def eval_batch_size(size: int) -> int:
+    """Images per evaluation pass for inputs of ``size`` px: 1000 at 32 px, 20 at 224 px."""
+    return max(8, EVAL_IMAGES_32PX * INPUT_SIZE ** 2 // size ** 2)
+
+
+def preconverts(n: int, channels: int, size: int) -> bool:
+    """Whether a split of ``n`` images is converted to float inputs once (small) or per batch."""
+    return n * channels * size * size * 4 <= PRECONVERT_BYTES
 
 
 def colour_invariant(images: np.ndarray) -> np.ndarray:

@@ -24,7 +24,10 @@ def train_val_indices(n: int = N_TRAIN_FULL, seed: int = SPLIT_SEED) -> tuple[np
 
 
 def train_val(dataset: Dataset) -> tuple[Split, Split]:
-    """The training and the in-distribution validation split. The test split is not
-    touched here: it stays on ``dataset.test`` for the one final evaluation."""
-    tr, va = train_val_indices(len(dataset.train))
+    """The training and the in-distribution validation split (PROTOCOL 2.4's seeded cut, or
+    the val/ folder an imported set came with). The test split is not touched here: it stays on ``dataset.test`` for the one final evaluation."""
+    if dataset.val_mask is not None:  # an imported set's own val/ folder
+        tr, va = np.flatnonzero(~dataset.val_mask), np.flatnonzero(dataset.val_mask)
+    else:
+        tr, va = train_val_indices(len(dataset.train))
     return dataset.train.subset(tr, "train"), dataset.train.subset(va, "val")

@@ -46,21 +46,23 @@ class Split:
     name: str
     images: np.ndarray
     labels: np.ndarray
-    digits: np.ndarray
+    digits: np.ndarray | None  # None for an imported set without masks
     corners: np.ndarray | None = None
     decoy_size: int = 0
     indices: np.ndarray | None = None
     shades: np.ndarray | None = None  # DecoyMNIST-RRR: the digit whose shade the swatch has (the label in training)
     groups: np.ndarray | None = None  # (N,) group of each image in spurious-correlation data (shapes-bg)
+    files: tuple[str, ...] | None = None  # an imported set's original file names, in order
 
     @property
     def is_test(self) -> bool:
         return self.name == "test"
 
     @property
-    def names(self) -> None:
-        """No file names: images of a built data set are keyed by :attr:`indices`."""
-        return None
+    def names(self) -> tuple[str, ...] | None:
+        """The original file names of an imported set; None for a built one, whose images
+        are keyed by :attr:`indices`."""
+        return self.files
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -68,10 +70,12 @@ class Split:
     def subset(self, idx: np.ndarray, name: str | None = None) -> "Split":
         idx = np.asarray(idx)
         base = self.indices if self.indices is not None else np.arange(len(self))
-        return Split(name or self.name, self.images[idx], self.labels[idx], self.digits[idx],
-                     None if self.corners is None else self.corners[idx], self.decoy_size, base[idx],
-                     None if self.shades is None else self.shades[idx],
-                     None if self.groups is None else self.groups[idx])
+        def rows(a):
+            return None if a is None else a[idx]
+
+        return Split(name or self.name, self.images[idx], self.labels[idx], rows(self.digits), rows(self.corners),
+                     self.decoy_size, base[idx], rows(self.shades), rows(self.groups),
+                     None if self.files is None else tuple(self.files[i] for i in idx))
 
     def decoy_masks(self) -> np.ndarray | None:
         """Boolean (N, 28, 28) decoy squares, or None for data sets without a decoy."""
@@ -86,6 +90,7 @@ class Dataset:
     train: Split
     test: Split
     header: dict = field(default_factory=dict)
+    val_mask: np.ndarray | None = None  # (N_train,) bool: the given validation images of an imported set
 
 
 def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
@@ -98,7 +103,10 @@ def dataset_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def build_command(name: str, path: Path, force: bool = False) -> str:
-    """The command that (re)builds ``name`` where ``path`` lives."""
+    """The command that (re)builds ``name`` where ``path`` lives (imports it, for an imported set)."""
+    spec = DATASETS[name] if name in DATASETS else None
+    if spec is not None and spec.imported_from is not None:
+        return f"`l2l data import {name} --from {spec.imported_from}{' --force' if force else ''} --data-dir {path.parent}`"
     return f"`l2l data build {name}{' --force' if force else ''} --data-dir {path.parent}`"
 
 
@@ -112,6 +120,8 @@ def build_dataset(name: str, data_dir: str | os.PathLike | None = None, mnist_di
     spec = DATASETS.get(name)
     folder = data_folder(data_dir)
     path = dataset_path(name, folder)
+    if spec.build is None:
+        raise L2LError(f"data set {name} is imported, not built; run {build_command(name, path, force=True)}")
     t0 = time.perf_counter()
     mnist = load_mnist(mnist_dir) if spec.uses_mnist else None  # first: a bad --mnist-dir fails before anything
     existed = path.exists()
@@ -168,11 +178,15 @@ def expected_shapes(spec: DatasetSpec) -> dict[str, tuple]:
     """key -> expected shape, with -1 for the image count N, per split."""
     shapes = {}
     for s in SPLITS:
-        shapes |= {f"x_{s}": (-1, spec.channels, 28, 28), f"y_{s}": (-1,), f"digit_{s}": (-1, 28, 28)}
+        shapes |= {f"x_{s}": (-1, spec.channels, spec.size, spec.size), f"y_{s}": (-1,)}
+        if spec.has_objects:
+            shapes[f"digit_{s}"] = (-1, spec.size, spec.size)
         if spec.decoy_size:
             shapes[f"corner_{s}"] = (-1, 2)
         if spec.group_names:
             shapes[f"group_{s}"] = (-1,)
+    if spec.has_val:
+        shapes["val_train"] = (-1,)
     return shapes
 
 
@@ -244,7 +258,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, build:
     user's file, so the fix (delete it, or ``l2l data build NAME --force``) is theirs.
     Read-only callers (``l2l data info``, ``l2l maps check``) pass ``build=False``.
     """
-    spec = DATASETS.get(name)
+    from .imported import dataset_spec
+
+    spec = dataset_spec(name, data_dir)
     path = dataset_path(name, data_folder(data_dir))
     if not path.exists():
         if not build:
@@ -264,8 +280,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, build:
         header, arrays = _read_verified(path, spec)
 
     def split(s: str) -> Split:
-        return Split(s, arrays[f"x_{s}"], arrays[f"y_{s}"].astype(np.int64), arrays[f"digit_{s}"],
+        files = header.get("files", {}).get(s)
+        return Split(s, arrays[f"x_{s}"], arrays[f"y_{s}"].astype(np.int64), arrays.get(f"digit_{s}"),
                      arrays.get(f"corner_{s}"), spec.decoy_size, shades=arrays.get(f"shade_{s}"),
-                     groups=None if f"group_{s}" not in arrays else arrays[f"group_{s}"].astype(np.int64))
+                     groups=None if f"group_{s}" not in arrays else arrays[f"group_{s}"].astype(np.int64),
+                     files=None if files is None else tuple(files))
 
-    return Dataset(name, split("train"), split("test"), header)
+    val = arrays.get("val_train")
+    return Dataset(name, split("train"), split("test"), header, None if val is None else val.astype(bool))

@@ -73,8 +73,9 @@ def digit_masks(split: ImageSet, threshold: int, user: str) -> np.ndarray:
     """bool (N, H, W): the clean digit's pixels of ``split``. ``user`` names what needs
     them in the one-line error raised for images without a known digit (a folder)."""
     if split.digits is None:
-        raise L2LError(f"{user} needs the clean digit of each image and {split.name} has none; "
-                       "use a built data set (--dataset) instead of --images, or a VLM backend such as clip")
+        raise L2LError(f"{user} needs the clean digit (the object mask) of each image and {split.name} has none; "
+                       "use a data set that has them (--dataset of a built set, or one imported with a masks/ "
+                       "folder), or a VLM backend such as clip")
     return np.asarray(split.digits) > threshold
 
 
