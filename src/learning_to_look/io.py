@@ -34,7 +34,8 @@ LOCK_POLL_SECONDS = 0.5
 
 
 def sha256_array(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    """SHA-256 of the array's bytes in C order, read in place (no copy of a large array)."""
+    return hashlib.sha256(np.ascontiguousarray(a).reshape(-1).view(np.uint8)).hexdigest()
 
 
 def sha256_text(text: str) -> str:

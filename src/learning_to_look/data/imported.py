@@ -116,44 +116,50 @@ def _ids(values: list[str], what: str, source: Path) -> tuple[list[str], np.ndar
 
 
 def _read_all(items: list[Item], size: int, masks: Path | None, skip_bad: bool, progress: bool
-              ) -> tuple[list[Item], list[np.ndarray], list[np.ndarray], list[tuple[str, str]]]:
+              ) -> tuple[list[Item], np.ndarray, np.ndarray | None, list[tuple[str, str]]]:
+    """(good items, their images (N,3,S,S), their objects (N,S,S) or None, bad files): read
+    into arrays made once, so the peak memory is about one copy of the data set."""
     from tqdm.auto import tqdm
 
-    kept, images, objects, bad = [], [], [], []
+    images = np.empty((len(items), 3, size, size), np.uint8)
+    objects = np.empty((len(items), size, size), np.uint8) if masks is not None else None
+    kept, bad = [], []
     for item in tqdm(items, desc="import", unit="img", disable=not progress, dynamic_ncols=True):
         img = read_fitted(item.path, size)
         mask = read_fitted(_mask_path(masks, item), size, "L") if masks is not None else None
         if isinstance(img, str) or isinstance(mask, str):
             bad.append((item.name, img if isinstance(img, str) else f"its mask is {mask}"))
             continue
+        images[len(kept)] = img
+        if objects is not None:
+            objects[len(kept)] = np.where(mask[0] > 127, 255, 0)
         kept.append(item)
-        images.append(img)
-        if mask is not None:
-            objects.append(np.where(mask[0] > 127, 255, 0).astype(np.uint8))
     if bad and not skip_bad:
         shown = "; ".join(f"{n} ({why})" for n, why in bad[:SHOWN])
         raise L2LError(f"{len(bad)} bad file(s) in the import: {shown}{' ...' if len(bad) > SHOWN else ''}; "
                        "remove or fix them, or pass --skip-bad to leave them out")
-    return kept, images, objects, bad
+    return kept, images[:len(kept)], None if objects is None else objects[:len(kept)], bad
 
 
-def _arrays(kept: list[Item], images: list[np.ndarray], objects: list[np.ndarray], classes: list[str],
+def _arrays(kept: list[Item], images: np.ndarray, objects: np.ndarray | None, classes: list[str],
             groups: list[str], has_val: bool) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    """The store's arrays (train holds train then val, marked by ``val_train``) and file names."""
+    """The store's arrays, as views of the read ones (``kept`` is ordered train, val, test):
+    train holds train then val, marked by ``val_train``; and the file names per split."""
     label_of = {c: i for i, c in enumerate(classes)}
     group_of = {g: i for i, g in enumerate(groups)}
+    n_train = sum(it.split != "test" for it in kept)
     arrays, files = {}, {}
-    for s, members in (("train", ("train", "val")), ("test", ("test",))):
-        idx = [i for m in members for i, it in enumerate(kept) if it.split == m]
-        arrays[f"x_{s}"] = np.stack([images[i] for i in idx])  # (N,3,S,S)
-        arrays[f"y_{s}"] = np.array([label_of[kept[i].label] for i in idx], np.uint8)
-        if objects:
-            arrays[f"digit_{s}"] = np.stack([objects[i] for i in idx])
+    for s, rows in (("train", slice(0, n_train)), ("test", slice(n_train, len(kept)))):
+        members = kept[rows]
+        arrays[f"x_{s}"] = images[rows]  # (N,3,S,S)
+        arrays[f"y_{s}"] = np.array([label_of[it.label] for it in members], np.uint8)
+        if objects is not None:
+            arrays[f"digit_{s}"] = objects[rows]
         if groups:
-            arrays[f"group_{s}"] = np.array([group_of[kept[i].group] for i in idx], np.uint8)
-        files[s] = [kept[i].name for i in idx]
-        if s == "train" and has_val:
-            arrays["val_train"] = np.array([kept[i].split == "val" for i in idx], np.uint8)
+            arrays[f"group_{s}"] = np.array([group_of[it.group] for it in members], np.uint8)
+        files[s] = [it.name for it in members]
+    if has_val:
+        arrays["val_train"] = np.array([it.split == "val" for it in kept[:n_train]], np.uint8)
     return arrays, files
 
 
@@ -195,6 +201,7 @@ def import_dataset(name: str, source: str | os.PathLike, data_dir: str | os.Path
         raise L2LError(f"data set {name} already exists at {path}; pass --force to import it again")
     t0 = time.perf_counter()
     items = _csv_items(source) if source.is_file() else _folder_items(source)
+    items.sort(key=lambda it: SPLIT_NAMES.index(it.split))  # stable: each split keeps its order
     masks = (source.parent if source.is_file() else source) / "masks"
     masks = masks if masks.is_dir() else None
     kept, images, objects, bad = _read_all(items, size, masks, skip_bad, progress)
@@ -206,7 +213,7 @@ def import_dataset(name: str, source: str | os.PathLike, data_dir: str | os.Path
         "format_version": FORMAT_VERSION, "description": f"imported from {source.resolve()}", "decoy_size": 0,
         "mnist_source": None,
         "imported": {"from": str(source.resolve()), "size": size, "classes": classes, "groups": groups,
-                     "has_masks": bool(objects), "has_val": has_val, "skipped": [n for n, _ in bad]},
+                     "has_masks": objects is not None, "has_val": has_val, "skipped": [n for n, _ in bad]},
         "files": files,
         "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": sha256_array(v)}
                    for k, v in arrays.items()},
