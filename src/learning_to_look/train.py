@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import SCHEDULES, SUBSET_VAL_DIVISOR, TrainConfig
-from .data import DATASETS, Dataset, Split, load_dataset, to_input, train_val
+from .data import DATASETS, Dataset, Split, load_dataset, to_input
+from .data.splits import train_val_split_indices
 from .data.pipeline import batch_indices, eval_batch_size, preconverts
 from .evaluate import evaluate_split, examples, group_accuracy
 from .errors import L2LError, corrupt_file
@@ -289,11 +290,10 @@ class Prepared:
 def prepare(cfg: TrainConfig, data_dir: Path | None = None, progress: bool = True) -> Prepared:
     """Load the data set, cut train/validation, get the maps and build the batches (resolved ``cfg``)."""
     dataset = load_dataset(cfg.dataset, data_dir)
-    train_split, val_split = train_val(dataset)
-    if cfg.train_subset:
-        train_split = train_split.subset(np.arange(min(cfg.train_subset, len(train_split))))
-        n_val = max(cfg.train_subset // SUBSET_VAL_DIVISOR, 2)
-        val_split = val_split.subset(np.arange(min(n_val, len(val_split))))
+    tr, va = train_val_split_indices(dataset)
+    if cfg.train_subset:  # cut the indices first: only the images used are copied
+        tr, va = tr[:cfg.train_subset], va[:max(cfg.train_subset // SUBSET_VAL_DIVISOR, 2)]
+    train_split, val_split = dataset.train.subset(tr, "train"), dataset.train.subset(va, "val")
     method = METHODS.get(cfg.method)(cfg)
     maps_info: dict[str, Any] = {"name": "none", "kind": "none"}
     maps_train = maps_val = None

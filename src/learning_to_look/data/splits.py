@@ -23,11 +23,16 @@ def train_val_indices(n: int = N_TRAIN_FULL, seed: int = SPLIT_SEED) -> tuple[np
     return perm[: n - n_val], perm[n - n_val:]
 
 
+def train_val_split_indices(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``dataset.train`` of the training and the validation images (PROTOCOL
+    2.4's seeded cut, or the val/ folder an imported set came with)."""
+    if dataset.val_mask is not None:
+        return np.flatnonzero(~dataset.val_mask), np.flatnonzero(dataset.val_mask)
+    return train_val_indices(len(dataset.train))
+
+
 def train_val(dataset: Dataset) -> tuple[Split, Split]:
     """The training and the in-distribution validation split (PROTOCOL 2.4's seeded cut, or
     the val/ folder an imported set came with). The test split is not touched here: it stays on ``dataset.test`` for the one final evaluation."""
-    if dataset.val_mask is not None:  # an imported set's own val/ folder
-        tr, va = np.flatnonzero(~dataset.val_mask), np.flatnonzero(dataset.val_mask)
-    else:
-        tr, va = train_val_indices(len(dataset.train))
+    tr, va = train_val_split_indices(dataset)
     return dataset.train.subset(tr, "train"), dataset.train.subset(va, "val")
