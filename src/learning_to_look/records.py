@@ -180,7 +180,10 @@ def collect(runs_dir: str | Path) -> list[Record]:
 # ---- aggregation over seeds --------------------------------------------------------------
 
 #: What makes a benchmark setting: a guided run is compared with the baseline that shares all of it.
-SETTING_KEYS = ("dataset", "schedule", "backbone", "train_subset", "epochs")
+SETTING_KEYS = ("dataset", "schedule", "backbone", "train_subset", "epochs", "select_on")
+#: ``select_on`` of runs whose epoch was chosen by the worst validation group (``val_worst_group``):
+#: they are compared with each other only, since the rule changes which model a run is.
+WORST_GROUP = "worst group"
 
 
 @dataclass
@@ -200,6 +203,7 @@ class Row:
     test_acc_std: float
     worst_group_mean: float | None
     worst_group_std: float | None
+    select_on: str  # "validation", or WORST_GROUP where selection read the worst validation group
     cam_on_digit: float | None
     cam_on_decoy: float | None
     grad_on_digit: float | None
@@ -256,7 +260,7 @@ class Row:
                 "map_options": self.map_options,
                 "n_seeds": self.n_seeds, "seeds": self.seeds, "test_acc_mean": self.test_acc_mean,
                 "test_acc_std": self.test_acc_std, "worst_group_mean": self.worst_group_mean,
-                "worst_group_std": self.worst_group_std, "cam_on_digit": self.cam_on_digit, "cam_on_decoy": self.cam_on_decoy,
+                "worst_group_std": self.worst_group_std, "select_on": self.select_on, "cam_on_digit": self.cam_on_digit, "cam_on_decoy": self.cam_on_decoy,
                 "grad_on_digit": self.grad_on_digit, "grad_on_decoy": self.grad_on_decoy, "map_iou": self.maps.iou,
                 "map_auroc": self.maps.auroc, "seconds_per_run": self.seconds_per_run,
                 "seconds_per_epoch": self.seconds_per_epoch, "epochs": self.epochs, "train_subset": self.train_subset,
@@ -273,7 +277,8 @@ def _row(group: str, members: list[Record]) -> Row:
     return Row(dataset=cfg.dataset, method=cfg.method, backbone=cfg.backbone, maps=first.maps, role=first.role,
                input_transform=cfg.input_transform, schedule=cfg.schedule, map_options=cfg.map_options,
                seeds=[m.config.seed for m in members], test_acc_mean=acc_mean,
-               test_acc_std=acc_std, worst_group_mean=worst_mean, worst_group_std=worst_std, cam_on_digit=_mean([m.test.cam_on_digit for m in members]),
+               test_acc_std=acc_std, worst_group_mean=worst_mean, worst_group_std=worst_std,
+               select_on=WORST_GROUP if cfg.selection == "val_worst_group" else "validation", cam_on_digit=_mean([m.test.cam_on_digit for m in members]),
                cam_on_decoy=_mean([m.test.cam_on_decoy for m in members]),
                grad_on_digit=_mean([m.test.grad_on_digit for m in members]),
                grad_on_decoy=_mean([m.test.grad_on_decoy for m in members]),

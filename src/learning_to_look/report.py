@@ -23,11 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from .io import atomic_write_json, atomic_write_text
-from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, Record, Row, aggregate, paper_match
+from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, WORST_GROUP, Record, Row, aggregate, paper_match
 
 CSV_FIELDS = ("origin", "dataset", "method", "backbone", "schedule", "maps", "maps_kind", "role", "input_transform",
               "map_options",
-              "n_seeds", "seeds", "test_acc_mean", "test_acc_std", "worst_group_mean", "worst_group_std", "cam_on_digit", "cam_on_decoy", "grad_on_digit",
+              "n_seeds", "seeds", "test_acc_mean", "test_acc_std", "worst_group_mean", "worst_group_std", "select_on",
+              "cam_on_digit", "cam_on_decoy", "grad_on_digit",
               "grad_on_decoy", "map_iou", "map_auroc", "seconds_per_run", "seconds_per_epoch", "epochs",
               "train_subset", "published_acc", "published_source", "run_group")
 #: Config fields that tell runs apart, as opposed to settings shared by a whole report.
@@ -250,7 +251,8 @@ def _results_table(rows: Sequence[Row]) -> str:
     groups = any(r.worst_group_mean is not None for r in rows)
     body = [[DATASET_NAMES.get(r.dataset, r.dataset),
              r.method + (f" ({r.input_transform} input)" if r.input_transform != "none" else "")
-             + (f", {r.schedule} schedule" if r.schedule != PAPER_CONFIG.schedule else ""), r.backbone,
+             + (f", {r.schedule} schedule" if r.schedule != PAPER_CONFIG.schedule else "")
+             + (", worst-group selection" if r.select_on == WORST_GROUP else ""), r.backbone,
              r.maps.label, r.role, str(r.n_seeds), _acc(r.test_acc_mean, r.test_acc_std, r.n_seeds),
              *([_acc(r.worst_group_mean, r.worst_group_std, r.n_seeds) if r.worst_group_mean is not None else "—"]
                if groups else []),
@@ -281,7 +283,8 @@ def _sensitivity_table(sens: Sequence[dict[str, Any]]) -> str:
 
 def _setting(d: dict[str, Any]) -> str:
     subset = f", {d['train_subset']:,} images" if d.get("train_subset") else ""
-    return f"{DATASET_NAMES.get(d['dataset'], d['dataset'])}, {d['schedule']}, {d['backbone']}{subset}"
+    worst = ", selected on the worst validation group" if d.get("select_on") == WORST_GROUP else ""
+    return f"{DATASET_NAMES.get(d['dataset'], d['dataset'])}, {d['schedule']}, {d['backbone']}{subset}{worst}"
 
 
 def _verdict_table(verdict: Sequence[dict[str, Any]]) -> str:

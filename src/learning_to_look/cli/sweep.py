@@ -41,11 +41,14 @@ def sweep(
 
     Example: l2l sweep --dataset colormnist --method l2l --grid lambda0=100:300:20 --grid e_att=5:25:2 --seeds 0-4
     """
+    from ..data.imported import dataset_spec
     from ..sweep import parse_grid, plan_sweep, run_sweep
 
     base = TrainConfig.from_file(config) if config else TrainConfig()
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     base = dataclasses.replace(base, **{k: v for k, v in locals().items() if k in fields and v is not None})
+    if isinstance(base.dataset, str):
+        dataset_spec(base.dataset, data_dir)  # an imported data set is known from its file
     axes = dict(parse_grid(g) for g in grid)
     if len(axes) != len(grid):
         raise L2LError("the same field is given twice in --grid; give each field once")
