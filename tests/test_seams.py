@@ -99,3 +99,38 @@ def test_evaluate_split_by_hand():
     assert m["grad_on_digit"] == pytest.approx(16 / 784, rel=1e-5)
     assert m["grad_on_decoy"] == pytest.approx(25 / 784, rel=1e-5)
     assert math.isfinite(m["kl_to_oracle"]) and m["kl_to_oracle"] >= 0
+
+
+def test_expected_gradients_of_a_linear_model_is_closed_form():
+    """For logits linear in the input, every interpolation point has the same gradient,
+    so EG = (x - x') * W_y / (h w) on the read channel whatever alpha is, and its sum is
+    the logit difference f_y(x) - f_y(x') (completeness)."""
+    from learning_to_look.attribution import expected_gradients
+
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]], [[[4.0, 0.0], [1.0, 1.0]]]])  # (2,1,2,2)
+    refs, y = x.flip(0), torch.tensor([0, 1])
+    model = Toy(2)
+    for alpha in (torch.tensor([0.0, 1.0]), torch.tensor([0.3, 0.7])):
+        eg = expected_gradients(model, x, y, refs, alpha, create_graph=False)  # (2,1,2,2)
+        w = torch.tensor([1.0, 2.0]).view(2, 1, 1, 1)  # W_y of each image's label
+        assert torch.allclose(eg, (x - refs) * w / 4)
+        logit = lambda v: model(v)[0].gather(1, y.view(-1, 1))[:, 0]  # noqa: E731
+        assert torch.allclose(eg.sum((1, 2, 3)), logit(x) - logit(refs))
+
+
+def test_attribution_mass_and_the_eg_loss_by_hand():
+    from learning_to_look.losses import attribution_mass
+
+    attr = torch.tensor([[[[-1.0, 2.0], [3.0, -4.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])  # (2,1,2,2)
+    irrelevant = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [0.0, 0.0]]])  # (2,2,2)
+    assert attribution_mass(attr, irrelevant).item() == pytest.approx(((1 + 4) + (0.5 + 0.5)) / 2)
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]], [[[4.0, 0.0], [1.0, 1.0]]]])
+    batch = Batch(x, torch.tensor([0, 1]), {"irrelevant": torch.ones(2, 1, 2, 2)})
+    eg = method("eg")
+    loss, stats = eg.loss(Toy(2), batch, epoch=0)
+    ce = torch.nn.functional.cross_entropy(Toy(2)(x)[0], batch.y)
+    assert stats["ce"].item() == pytest.approx(ce.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(ce.item() + eg.cfg.lambda0 * stats["eg"].item(), rel=1e-5)
+    # the references are a permutation of the batch: both images drew themselves (no mass) or each other
+    other = (x - x.flip(0)).abs().sum((1, 2, 3)) * torch.tensor([1.0, 2.0]) / 4  # |x - x'| W_y / 4 summed
+    assert stats["eg"].item() in [pytest.approx(0.0), pytest.approx(other.mean().item())]

@@ -26,6 +26,7 @@ SMALL = dict(epochs=2, e_att=1, train_subset=2000)
     ("l2l", "lenet-gap", "colormnist"),
     ("rrr", "lenet-gap", "decoymnist"),
     ("gradcam-kl", "cdep-cnn", "decoymnist"),
+    ("eg", "cdep-cnn", "decoymnist"),
 ])
 def test_each_method_runs_end_to_end(method, backbone, dataset, data_dir, tmp_path):
     cfg = TrainConfig(dataset=dataset, method=method, backbone=backbone, **SMALL)

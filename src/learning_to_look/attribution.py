@@ -100,3 +100,18 @@ def attention(model, x: Tensor, y: Tensor, create_graph: bool = True, kind: str 
     with torch.enable_grad():
         logits, feats = model(x)
         return logits, grad_cam(feats, logits, y, create_graph=create_graph)  # (B,h,w)
+
+
+def expected_gradients(model: torch.nn.Module, x: Tensor, y: Tensor, references: Tensor, alpha: Tensor,
+                       create_graph: bool = True) -> Tensor:
+    """One-sample Expected Gradients (Erion et al. 2021), (B,C,H,W): for each image, one
+    reference ``x'`` and one ``alpha`` in [0, 1], ``(x - x') * d logit_y / d input`` at
+    ``x' + alpha (x - x')``. Averaged over references and alphas it is the expectation
+    of integrated gradients over a background distribution; a training prior draws one
+    of each per image per step, as the paper does. ``alpha`` is (B,)."""
+    a = alpha.view(-1, 1, 1, 1)  # (B,1,1,1)
+    point = (references + a * (x - references)).detach().requires_grad_(True)  # (B,C,H,W)
+    logits = model(point)
+    logits = logits[0] if isinstance(logits, tuple) else logits  # backbones return (logits, features)
+    (grads,) = torch.autograd.grad(logits.gather(1, y.view(-1, 1)).sum(), point, create_graph=create_graph)
+    return (x - references) * grads

@@ -150,6 +150,15 @@ def rrr_penalty(input_grads: Tensor, irrelevant: Tensor, reduction: str = "mean"
     return per_sample.mean() if reduction == "mean" else per_sample.sum()
 
 
+def attribution_mass(attributions: Tensor, irrelevant: Tensor) -> Tensor:
+    """The attribution prior of Erion et al. 2021 on a region: absolute attributions on
+    irrelevant pixels, summed over channels and pixels per image, averaged over the batch.
+    ``attributions`` (B,C,H,W), ``irrelevant`` (B,H,W) or (B,1,H,W) in [0, 1]."""
+    if attributions.ndim == 4 and irrelevant.ndim == 3:
+        irrelevant = irrelevant.unsqueeze(1)
+    return (irrelevant * attributions.abs()).flatten(1).sum(dim=1).mean()
+
+
 def lambda_schedule(epoch: int, e_att: int, lambda0: float, ramp: float = 10.0) -> float:
     """Weight of the attention loss in phase 2 (PROTOCOL 3.5): a linear ramp from
     lambda0 at epoch e_att, 0 before."""
