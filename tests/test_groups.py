@@ -78,7 +78,9 @@ def test_worst_group_selection_on_a_set_without_groups_is_one_line(capsys):
 def test_a_target_empty_for_every_image_is_refused_before_training():
     method = METHODS.get("l2l")(resolve(TrainConfig(dataset="shapes-bg", method="l2l", maps="intensity")))
     with pytest.raises(L2LError, match="--target filled"):
-        method.target(torch.ones(3, 28, 28), BACKBONES.get("lenet-gap"))  # a map covering everything has no outline
+        method.aux(torch.ones(3, 28, 28), BACKBONES.get("lenet-gap"))  # a map covering everything has no outline
+    rrr = METHODS.get("rrr")(resolve(TrainConfig(dataset="decoymnist", method="rrr", maps="not-decoy")))
+    assert rrr.aux(torch.ones(3, 28, 28), BACKBONES.get("lenet-gap"))["irrelevant"].sum() == 0  # only a diagnostic
 
 
 def test_a_run_on_shapes_bg_records_group_metrics_and_worst_group_selection(shapes_run):

@@ -27,6 +27,7 @@ SMALL = dict(epochs=2, e_att=1, train_subset=2000)
     ("rrr", "lenet-gap", "decoymnist"),
     ("gradcam-kl", "cdep-cnn", "decoymnist"),
     ("eg", "cdep-cnn", "decoymnist"),
+    ("cdep", "lenet-gap", "colormnist"),
 ])
 def test_each_method_runs_end_to_end(method, backbone, dataset, data_dir, tmp_path):
     cfg = TrainConfig(dataset=dataset, method=method, backbone=backbone, **SMALL)
@@ -35,19 +36,19 @@ def test_each_method_runs_end_to_end(method, backbone, dataset, data_dir, tmp_pa
     assert 0 <= r["test"]["accuracy"] <= 100
     assert 0 <= r["test"]["cam_on_digit"] <= 1
     assert ("cam_on_decoy" in r["test"]) == (dataset == "decoymnist")
-    assert r["maps"]["name"] == ("none" if method == "vanilla" else "oracle")
+    assert r["maps"]["name"] == ("none" if method in ("vanilla", "cdep") else "oracle")  # cdep on colour: no maps
     assert r["maps"]["kind"] in ("none", "annotation")
     assert len(r["history"]) == 2 and r["dataset"]["n_train"] == 2000
     run_dir = next(tmp_path.rglob("result.json")).parent
     assert {"config.json", "model.pt", "result.json", "examples.npz"} <= {p.name for p in run_dir.iterdir()}
     assert r["role"] == "method"
     quality = r["maps"]["quality"]
-    assert quality is None if method == "vanilla" else (quality["iou"] == 1.0 and quality["n_images"] == 1000)
+    assert quality is None if r["maps"]["name"] == "none" else (quality["iou"] == 1.0 and quality["n_images"] == 1000)
     record = load_record(run_dir)
     ex = record.examples()
     assert list(ex["test_labels"]) == list(range(6)) and ex["test_cams"].shape == (6, 28, 28)
     assert 0 <= ex["test_cams"].min() and ex["test_cams"].max() <= 1
-    assert ("train_maps" in ex) == (method != "vanilla") and ex["train_images"].shape[0] == 6
+    assert ("train_maps" in ex) == (r["maps"]["name"] != "none") and ex["train_images"].shape[0] == 6
 
 
 def test_role_given_later_replaces_the_recorded_one(data_dir, tmp_path):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .attribution import attention, expected_gradients, input_gradients, minmax_normalize
+from .cd import cdep_score
 from .config import TrainConfig
 from .data.pipeline import as_rgb, to_input
 from .errors import L2LError
@@ -80,6 +81,13 @@ class Method:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
 
+    def check_dataset(self, spec: Any) -> None:
+        """Raise before training when this method cannot work on the data set ``spec`` describes."""
+
+    def lambda_default(self) -> float:
+        """lambda0 when the config leaves it unset."""
+        return self.default_lambda
+
     def check_backbone(self, model: Backbone | type[Backbone]) -> None:
         """Raise before training when this method cannot work on ``model`` (or its class)."""
         if self.attention_kind == "cam" and not model.has_gap_classifier:
@@ -113,12 +121,7 @@ class Method:
         kw: dict[str, Any] = {"size": backbone.feature_size}
         if self.cfg.target == "outline":
             kw |= {"threshold": self.cfg.target_threshold, "upsample": backbone.input_size}
-        target = make_target(self.cfg.target, maps, **kw)  # (N,h,w)
-        if len(target) and not bool(target.flatten(1).sum(1).gt(0).any()):
-            raise L2LError(f"every {self.cfg.target} attention target from maps {self.cfg.maps} is empty, so the "
-                           "alignment term would teach nothing (a map that covers the whole image has no outline); "
-                           "use --target filled, or a map source that singles out the object")
-        return target
+        return make_target(self.cfg.target, maps, **kw)
 
     def attention(self, model: Backbone, x: Tensor, y: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
         """(logits (B,K), attention map (B,h,w) of the true class, min-max normalised to [0, 1])."""
@@ -167,7 +170,12 @@ class L2L(Method):
     attention_kind = "cam"  # exact for the paper's GAP network
 
     def aux(self, maps: Tensor, backbone: type[Backbone]) -> dict[str, Tensor]:
-        return {"target": self.target(maps, backbone)}
+        target = self.target(maps, backbone)  # (N,h,w)
+        if len(target) and not bool(target.flatten(1).sum(1).gt(0).any()):
+            raise L2LError(f"every {self.cfg.target} attention target from maps {self.cfg.maps} is empty, so the "
+                           "alignment term would teach nothing (a map that covers the whole image has no outline); "
+                           "use --target filled, or a map source that singles out the object")
+        return {"target": target}
 
     def phase(self, epoch: int) -> str:
         if epoch >= self.cfg.e_att:
@@ -269,6 +277,62 @@ class ExpectedGradients(RegionPrior):
         return attribution_mass(eg, batch.aux["irrelevant"])
 
 
+@register_method
+class CDEP(RegionPrior):
+    """Contextual decomposition explanation penalisation (Rieger et al. 2020): CE plus
+    lambda times the CDEP score (:func:`~learning_to_look.cd.cdep_score`) of the input
+    component the data set declares irrelevant (``DatasetSpec.shortcut``):
+    - "region": the component is 1 - map at input resolution, as for RRR and EG, so the
+      same maps (e.g. ``not-decoy``) serve all three;
+    - "colour" (ColorMNIST): single pixels, all channels, as in CDEP's own ColorMNIST
+      code: a pixel alone carries its colour but not the digit's shape. Each step draws
+      ``PIXELS`` of them, each position with probability the share of the batch's images
+      that are not background there (theirs: of the whole training set), and sums their
+      scores.
+    Lambda defaults are values from CDEP's own sweeps, one per component (the values its
+    paper chose were not in the sources read)."""
+
+    name = "cdep"
+    default_lambda = 100.0  # region shortcuts: from CDEP's DecoyMNIST sweep {1, 10, 100, 1000, 10000}
+    COLOUR_LAMBDA = 1000.0  # colour: from CDEP's ColorMNIST sweep {0.1, 1, 500, 1000, 5000}
+    PIXELS = 8  # single-pixel components per step, CDEP's ColorMNIST num_blobs
+
+    def _shortcut(self) -> str:
+        from .data import DATASETS
+
+        return DATASETS.get(self.cfg.dataset).shortcut
+
+    @property
+    def uses_maps(self) -> bool:  # type: ignore[override]
+        return self._shortcut() == "region"
+
+    def lambda_default(self) -> float:
+        return self.COLOUR_LAMBDA if self._shortcut() == "colour" else self.default_lambda
+
+    def check_dataset(self, spec: Any) -> None:
+        if spec.shortcut == "none":
+            raise L2LError(f"method cdep penalises the input component a data set declares irrelevant, and "
+                           f"{spec.name} declares none; use a data set with a shortcut (e.g. colormnist, decoymnist)")
+
+    def check_backbone(self, model: Backbone | type[Backbone]) -> None:
+        cls = model if isinstance(model, type) else type(model)
+        if cls.decompose is Backbone.decompose:
+            raise L2LError(f"method cdep needs contextual decomposition, which backbone {cls.name!r} does not "
+                           "support (batch norm, residual connections); use --backbone lenet-gap or cdep-cnn")
+
+    def penalty(self, model: Backbone, batch: Batch, x: Tensor, logits: Tensor) -> Tensor:
+        x = batch.x  # (B,3,S,S)
+        if self._shortcut() == "region":
+            part = batch.aux["irrelevant"] * x  # (B,3,S,S)
+            return cdep_score(*model.decompose(part, x - part))
+        b, _, h, w = x.shape
+        seen = (x.amax(dim=1) > x.amin()).float().mean(0).flatten()  # (S*S,) share not background
+        where = torch.multinomial(seen + (seen.sum() == 0).float(), self.PIXELS, replacement=True)  # (P,)
+        masks = F.one_hot(where, h * w).view(self.PIXELS, 1, 1, h, w).to(x.dtype)  # (P,1,1,S,S)
+        part = (masks * x).flatten(0, 1)  # (P*B,3,S,S): each pixel alone, for every image
+        return self.PIXELS * cdep_score(*model.decompose(part, x.repeat(self.PIXELS, 1, 1, 1) - part))
+
+
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Validate the whole config and fill the method's defaults into unset fields.
     Called once, where a run enters (:func:`learning_to_look.train.run`, a profile's
@@ -281,19 +345,20 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cfg = dataclasses.replace(cfg).validate().with_schedule_defaults()
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise L2LError(f"device {cfg.device} requested but CUDA is not available; pass --device cpu (or auto)")
-    method = METHODS.get(cfg.method)
+    method = METHODS.get(cfg.method)(cfg)
     spec = DATASETS.get(cfg.dataset)
+    method.check_dataset(spec)
     if cfg.selection == "val_worst_group" and not spec.group_names:
         raise L2LError(f"--selection val_worst_group needs group labels and {spec.name} has none; use --selection "
                        f"val_acc, or a data set with groups ({', '.join(d.name for d in DATASETS.values() if d.group_names)})")
     TARGETS.get(cfg.target)
-    method(cfg).check_backbone(BACKBONES.get(cfg.backbone))
+    method.check_backbone(BACKBONES.get(cfg.backbone))
     check_pretrained(cfg.backbone, cfg.pretrained)
     if method.two_phase and cfg.e_att >= cfg.epochs:
         raise L2LError(f"E_att must lie below the number of epochs, got {cfg.e_att} with {cfg.epochs} epochs; "
                        "pass --e-att below --epochs")
     if cfg.lambda0 is None:
-        cfg.lambda0 = method.default_lambda
+        cfg.lambda0 = method.lambda_default()
     if cfg.selection is None:
         cfg.selection = method.default_selection
     if not method.uses_maps:

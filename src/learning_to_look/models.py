@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cd import cd_apply, cd_conv, cd_linear, cd_maxpool, cd_relu
 from .errors import L2LError
 from .registry import Registry
 
@@ -50,6 +51,12 @@ class Backbone(nn.Module):
     @property
     def classifier_weight(self) -> Tensor:
         raise L2LError(f"backbone {self.name!r} has no linear-on-GAP classifier, so CAM is undefined; use Grad-CAM")
+
+    def decompose(self, part: Tensor, rest: Tensor) -> tuple[Tensor, Tensor]:
+        """Contextual decomposition (:mod:`learning_to_look.cd`) of the logits into what the
+        input ``part`` gives alone and the rest, ``part + rest`` being the input (B,3,S,S)."""
+        raise L2LError(f"contextual decomposition does not support backbone {self.name!r} (batch norm and residual "
+                       "connections have no CD rule here); use --backbone lenet-gap or cdep-cnn")
 
     def _check_input(self, x: Tensor) -> None:
         """Fail with the fix rather than with a shape error deep inside a layer (or, for
@@ -89,6 +96,13 @@ class LeNetGAP(Backbone):
     def classifier_weight(self) -> Tensor:
         return self.fc.weight
 
+    def decompose(self, part: Tensor, rest: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_input(part + rest)
+        p, r = cd_relu(*cd_conv(part, rest, self.conv1))
+        p, r = cd_relu(*cd_conv(*cd_maxpool(p, r, 2), self.conv2))
+        p, r = cd_apply(*cd_maxpool(p, r, 2), lambda x: x.mean(dim=(2, 3)))  # (B,16) each
+        return cd_linear(p, r, self.fc)
+
 
 @register_backbone
 class CDEPNet(Backbone):
@@ -113,6 +127,14 @@ class CDEPNet(Backbone):
         features = F.relu(self.conv2(h))
         h = torch.flatten(F.max_pool2d(features, 2), 1)
         return self.fc2(F.relu(self.fc1(h))), features
+
+    def decompose(self, part: Tensor, rest: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_input(part + rest)
+        p, r = cd_relu(*cd_conv(part, rest, self.conv1))
+        p, r = cd_relu(*cd_conv(*cd_maxpool(p, r, 2), self.conv2))
+        p, r = cd_apply(*cd_maxpool(p, r, 2), lambda x: torch.flatten(x, 1))  # (B,800) each
+        p, r = cd_relu(*cd_linear(p, r, self.fc1))
+        return cd_linear(p, r, self.fc2)
 
 
 # ---- ResNets for ordinary images (He et al. 2016), with a GAP + linear head --------------------

@@ -66,9 +66,10 @@ def _with_map_flags(cfg: TrainConfig, flags: MapFlags) -> TrainConfig:
         return cfg
     cfg = dataclasses.replace(cfg).validate()  # a malformed config file is named before it is merged into
     explicit = sorted(set(flags.given) - flags.from_env)
-    if not methods.get(cfg.method).uses_maps or cfg.maps not in MAP_SOURCES:
+    uses_maps = methods.get(cfg.method)(cfg).uses_maps
+    if not uses_maps or cfg.maps not in MAP_SOURCES:
         if explicit:
-            what = f"method {cfg.method} uses no maps" if not methods.get(cfg.method).uses_maps \
+            what = f"method {cfg.method} uses no maps" if not uses_maps \
                 else f"{cfg.maps} is a cached map set, made with its options already"
             raise L2LError(f"--{explicit[0].replace('_', '-')} sets a map-source option, but {what}; drop it")
         return cfg

@@ -166,6 +166,10 @@ class DatasetSpec:
     has_objects: bool = True  # the builder keeps each image's object (``digit_*``): oracle maps and attention metrics
     has_val: bool = False  # a ``val_train`` array marks the validation images (imported sets with a val/ folder)
     imported_from: str | None = None  # the folder or CSV of `l2l data import`; None for built sets
+    #: What the shortcut is, for methods that penalise it as a component (``cdep``): "region"
+    #: (where the maps' complement lies: a decoy, a background), "colour" (single pixels,
+    #: which carry colour but not shape) or "none" (a clean data set: nothing to penalise).
+    shortcut: str = "region"
 
 
 DATASETS: Registry[DatasetSpec] = Registry("data set")
@@ -177,9 +181,9 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 
 register(DatasetSpec("mnist", build_mnist, "MNIST, grey, unchanged (clean-data upper bound)",
-                     "original MNIST, 1 channel", channels=1))
+                     "original MNIST, 1 channel", channels=1, shortcut="none"))
 register(DatasetSpec("colormnist", build_colormnist, "ColorMNIST, CDEP protocol (PROTOCOL 2.2)",
-                     "digit coloured by label in training, by 9-label in test", channels=3))
+                     "digit coloured by label in training, by 9-label in test", channels=3, shortcut="colour"))
 register(DatasetSpec("decoymnist", build_decoymnist, "DecoyMNIST, CDEP variant (PROTOCOL 2.3)",
                      "5x5 corner square, intensity 255-25y in training, 25y in test", channels=1,
                      decoy_size=DECOY_SIZE))
