@@ -90,6 +90,8 @@ def read_fitted(path: Path, size: int, mode: str = "RGB") -> np.ndarray | str:
 
     if path.suffix.lower() not in SUFFIXES:
         return "not an image file"
+    if not path.is_file():
+        return "missing"
     try:
         if path.stat().st_size == 0:
             return "empty file"
