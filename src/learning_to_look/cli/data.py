@@ -80,8 +80,9 @@ def info(name: str = typer.Argument(..., help=DATASETS.help()),
     typer.echo(f"  file: {dataset_path(ds.name, data_dir)}  source: {h['imported']['from'] if 'imported' in h else h['mnist_source']}")
     for split in (ds.train, ds.test):
         counts = Counter(split.labels.tolist())
+        names = DATASETS[ds.name].class_names or tuple(map(str, range(max(counts) + 1)))
         typer.echo(f"  {split.name}: {len(split)} images {tuple(split.images.shape[1:])} uint8; "
-                   f"labels {' '.join(f'{c}:{counts[c]}' for c in sorted(counts))}")
+                   f"labels {' '.join(f'{names[c]}:{counts[c]}' for c in sorted(counts))}")
     typer.echo("  sha256:")
     for k, meta in h["arrays"].items():
         typer.echo(f"    {k:<13} {str(tuple(meta['shape'])):<20} {meta['sha256']}")
