@@ -246,7 +246,7 @@ def sensitivity(sens: Sequence[dict[str, Any]], rows: Sequence[Row] = ()) -> Fig
 def _sensitivity_panel(ax, pts: Sequence[dict[str, Any]], rows: Sequence[Row]) -> None:
     colours = pyplot().get_cmap("tab10")
     setting = tuple(pts[0][k] for k in SETTING_KEYS)
-    ds, schedule, backbone, subset, _ = setting
+    ds, schedule, backbone, subset = (pts[0][k] for k in ("dataset", "schedule", "backbone", "train_subset"))
     method = pts[0]["method"]
     ref = next((s for s in pts if s["degradation"] == "none"), None)
     for k, kind in enumerate(sorted({s["degradation"] for s in pts} - {"none"})):
