@@ -219,3 +219,19 @@ def test_config_file_and_flags(tmp_path, data_dir, capsys):
     (tmp_path / "bad.yaml").write_text("epochz: 3\n")
     assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "unknown config keys" in capsys.readouterr().err
+
+
+def test_a_subset_run_maps_only_its_images_unless_the_whole_split_is_cheap_or_cached(datasets, monkeypatch):
+    import learning_to_look.train as train_mod
+
+    ds, used = datasets["decoymnist"], np.arange(10)
+    clip = resolve(TrainConfig(dataset="decoymnist", maps="clip", train_subset=8,
+                               map_options={"vlm": "some/clip-not-downloaded-yet"}))
+    monkeypatch.setattr(train_mod, "cache_meta", lambda *a, **k: None)  # nothing cached (and no weights to name)
+    assert len(train_mod._maps_split(clip, ds, used)) == 10  # a generator would have to make them: only these
+    monkeypatch.setattr(train_mod, "cache_meta", lambda *a, **k: {"complete": True})
+    assert train_mod._maps_split(clip, ds, used) is ds.train  # already made for the whole split: read those
+    oracle = resolve(TrainConfig(dataset="decoymnist", maps="oracle", train_subset=8))
+    assert train_mod._maps_split(oracle, ds, used) is ds.train  # cheap: computed for all, as before
+    named = dataclasses.replace(oracle, maps="clip-0123456789")
+    assert train_mod._maps_split(named, ds, used) is ds.train  # a cached set was made for the whole split

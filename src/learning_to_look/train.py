@@ -30,7 +30,7 @@ from .evaluate import evaluate_split, examples, group_accuracy
 from .errors import L2LError, corrupt_file
 from .io import (atomic_save_npz, atomic_torch_save, atomic_write_json, clean_stale_tmp, folder_lock, read_json,
                  torch_load)
-from .maps import map_quality, resolve_maps, validate_maps
+from .maps import MAP_SOURCES, cache_meta, get_map_source, map_quality, resolve_maps, validate_maps
 from .methods import METHODS, Batch, Method, resolve
 from .models import BACKBONES, Backbone, build_backbone
 
@@ -287,6 +287,19 @@ class Prepared:
     train_maps: np.ndarray | None  # (N_train, 28, 28) in [0, 1], None for methods without maps
 
 
+def _maps_split(cfg: TrainConfig, dataset: Dataset, used: np.ndarray) -> Split:
+    """The images to get maps for: with ``--train-subset``, only those ``used`` (train then
+    validation) when a generator would have to make them (a VLM is slow); the whole
+    training split when the maps are cheap to compute, already cached for it, or a cached
+    map set made for it."""
+    if not cfg.train_subset or cfg.maps not in MAP_SOURCES:
+        return dataset.train
+    generator = get_map_source(cfg.maps, **cfg.map_options)
+    if not generator.cacheable or (cache_meta(generator, cfg.dataset, dataset.train) or {}).get("complete"):
+        return dataset.train
+    return dataset.train.subset(used, "train")
+
+
 def prepare(cfg: TrainConfig, data_dir: Path | None = None, progress: bool = True) -> Prepared:
     """Load the data set, cut train/validation, get the maps and build the batches (resolved ``cfg``)."""
     dataset = load_dataset(cfg.dataset, data_dir)
@@ -297,13 +310,10 @@ def prepare(cfg: TrainConfig, data_dir: Path | None = None, progress: bool = Tru
     method = METHODS.get(cfg.method)(cfg)
     maps_info: dict[str, Any] = {"name": "none", "kind": "none"}
     maps_train = maps_val = None
-    if method.uses_maps and cfg.train_subset:  # maps for the images used only: a VLM is slow
-        used = dataset.train.subset(np.concatenate([train_split.indices, val_split.indices]), "train")
-        some_maps, maps_info = training_maps(cfg, cfg.dataset, used, progress)  # (n_train + n_val, H, W)
-        maps_train, maps_val = some_maps[:len(train_split)], some_maps[len(train_split):]
-    elif method.uses_maps:
-        all_maps, maps_info = training_maps(cfg, cfg.dataset, dataset.train, progress)
-        maps_train, maps_val = all_maps[train_split.indices], all_maps[val_split.indices]
+    if method.uses_maps:
+        mapped = _maps_split(cfg, dataset, np.concatenate([tr, va]))
+        maps, maps_info = training_maps(cfg, cfg.dataset, mapped, progress)  # (N_mapped, H, W)
+        maps_train, maps_val = (maps[tr], maps[va]) if mapped is dataset.train else (maps[:len(tr)], maps[len(tr):])
     return Prepared(dataset, train_split, val_split, make_batch(train_split, maps_train, cfg, method),
                     make_batch(val_split, maps_val, cfg, method), maps_info, maps_train)
 
