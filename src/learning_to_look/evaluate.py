@@ -54,8 +54,9 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
     batch_size = batch_size or eval_batch_size(size)
     y_all = torch.as_tensor(split.labels)
     regions = {} if split.digits is None else {"digit": digit_masks(split.digits)}  # name -> (N,H,W)
-    if split.decoy_masks() is not None:
-        regions["decoy"] = torch.as_tensor(split.decoy_masks(), dtype=torch.float32)
+    decoy = split.decoy_masks()  # (N,H,W) bool or None
+    if decoy is not None:
+        regions["decoy"] = torch.as_tensor(decoy, dtype=torch.float32)
     oracle = None if split.digits is None else torch.as_tensor(split.digits > DIGIT_THRESHOLD, dtype=torch.float32)
     sums: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(y_all), batch_size):

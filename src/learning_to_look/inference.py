@@ -25,6 +25,7 @@ from .config import TrainConfig
 from .data import DATASETS, as_rgb, to_input
 from .data.pipeline import eval_batch_size
 from .errors import L2LError
+from .evaluate import to_image
 from .io import atomic_write_bytes, read_json, torch_load
 from .models import Backbone, build_backbone
 from .train import pick_device
@@ -77,8 +78,7 @@ class TrainedRun:
                 p = F.softmax(self.model(x)[0], dim=1)  # (B,K)
             y = p.argmax(1) if classes is None else torch.as_tensor(classes[i:i + bs], device=self.device)
             _, att = attention(self.model, x, y, create_graph=False)  # (B,h,w)
-            att = F.interpolate(minmax_normalize(att.detach())[:, None], size=images.shape[-2:], mode="bilinear",
-                                align_corners=False)[:, 0]  # (B,H,W)
+            att = to_image(minmax_normalize(att.detach()), tuple(images.shape[-2:]))  # (B,H,W)
             probs.append(p.cpu())
             maps.append(att.clamp(0, 1).cpu())
         return torch.cat(probs).numpy(), torch.cat(maps).numpy()
@@ -91,16 +91,16 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
         what = "has not finished (no result.json); rerun its training command to finish it" if path.is_dir() \
             else "does not exist"
         raise L2LError(f"run folder {path} {what}; pass a folder like runs/DATASET/GROUP/seedN")
-    result = read_json(path / "result.json", f"delete the run folder {path} and train it again")
+    fix = f"delete the run folder {path} and train it again"
+    result = read_json(path / "result.json", fix)
     cfg = TrainConfig.from_dict(result["config"]).validate()
     recorded = result.get("dataset", {})
     if "classes" in recorded:  # also for a data set imported elsewhere
         names, channels = tuple(recorded["classes"]), recorded["channels"]
     else:  # a run recorded before results named their classes
         spec = DATASETS.get(cfg.dataset)
-        names, channels = spec.class_names or tuple(str(c) for c in range(spec.num_classes)), spec.channels
+        names, channels = spec.classes, spec.channels
     model = build_backbone(cfg.backbone, len(names))
-    fix = f"delete the run folder {path} and train it again"
     state = torch_load(path / "model.pt", fix, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)

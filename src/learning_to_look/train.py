@@ -406,7 +406,7 @@ def record_run(cfg: TrainConfig, out: Path, prep: Prepared, fitted: FitResult, r
         "config": cfg.to_dict(), "role": role or DEFAULT_ROLE, "maps": prep.maps_info | {"quality": quality_of(prep)},
         "dataset": {"name": dataset.name, "protocol": dataset.header.get("protocol"), "n_train": len(prep.train_split),
                     "n_val": len(prep.val_split), "n_test": len(dataset.test), "channels": spec.channels,
-                    "classes": list(spec.class_names or map(str, range(spec.num_classes)))},
+                    "classes": list(spec.classes)},
         "selection": {"rule": cfg.selection, "epoch": fitted.selected_epoch, "score": fitted.selected_score,
                       "val": {k: v for k, v in fitted.history[fitted.selected_epoch].items() if k.startswith("val_")}},
         "test": test, "history": fitted.history, "seconds_per_epoch": train_seconds / len(fitted.history),

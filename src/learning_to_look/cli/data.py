@@ -80,7 +80,7 @@ def info(name: str = typer.Argument(..., help=DATASETS.help()),
     typer.echo(f"  file: {dataset_path(ds.name, data_dir)}  source: {h['imported']['from'] if 'imported' in h else h['mnist_source']}")
     for split in (ds.train, ds.test):
         counts = Counter(split.labels.tolist())
-        names = DATASETS[ds.name].class_names or tuple(map(str, range(max(counts) + 1)))
+        names = DATASETS[ds.name].classes
         typer.echo(f"  {split.name}: {len(split)} images {tuple(split.images.shape[1:])} uint8; "
                    f"labels {' '.join(f'{names[c]}:{counts[c]}' for c in sorted(counts))}")
     typer.echo("  sha256:")

@@ -171,6 +171,11 @@ class DatasetSpec:
     #: which carry colour but not shape) or "none" (a clean data set: nothing to penalise).
     shortcut: str = "region"
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """What results and predictions call the classes: the names, else "0", "1", ..."""
+        return self.class_names or tuple(str(c) for c in range(self.num_classes))
+
 
 DATASETS: Registry[DatasetSpec] = Registry("data set")
 
