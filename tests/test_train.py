@@ -121,8 +121,9 @@ def test_fit_takes_no_test_split():
     assert list(params)[:3] == ["cfg", "train", "val"] and not any("test" in p for p in params)
 
 
-def test_resume_after_kill_equals_uninterrupted(data_dir, tmp_path):
-    cfg = TrainConfig(dataset="colormnist", method="l2l", epochs=3, e_att=1, train_subset=600, seed=3)
+@pytest.mark.parametrize("method, subset", [("l2l", 600), ("eg", 200)])  # eg draws from the global RNG each step
+def test_resume_after_kill_equals_uninterrupted(method, subset, data_dir, tmp_path):
+    cfg = TrainConfig(dataset="colormnist", method=method, epochs=3, e_att=1, train_subset=subset, seed=3)
     whole = run(cfg, runs_dir=tmp_path / "whole", data_dir=data_dir, progress=False)
 
     def die(epoch):
@@ -139,6 +140,7 @@ def test_resume_after_kill_equals_uninterrupted(data_dir, tmp_path):
     assert resumed["test"] == whole["test"]
     assert resumed["selection"] == whole["selection"]
     assert [r["val_acc"] for r in resumed["history"]] == [r["val_acc"] for r in whole["history"]]
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in whole["history"]]  # to the bit
 
 
 def test_same_seed_same_numbers_and_finished_run_is_reused(data_dir, tmp_path):

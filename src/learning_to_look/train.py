@@ -181,6 +181,10 @@ def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.d
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     shuffle.set_state(state["shuffle"])
+    if "rng" in state:  # the global streams that methods draw from (eg's references, cdep's pixels)
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
     return opt, sched, state["history"], state["best"], state["epoch"] + 1, state.get("wall_seconds", 0.0)
 
 
@@ -236,7 +240,9 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
         if checkpoint is not None:
             atomic_torch_save(checkpoint, {"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
                                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                           "shuffle": shuffle.get_state(), "history": history, "best": best,
+                                           "shuffle": shuffle.get_state(), "rng": torch.get_rng_state(),
+                                           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                                           else None, "history": history, "best": best,
                                            "wall_seconds": prior + time.perf_counter() - started})
         if on_epoch is not None:
             on_epoch(epoch)
