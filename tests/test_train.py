@@ -181,6 +181,42 @@ def test_nan_map_source_stops_training(data_dir, tmp_path):
             data_dir=data_dir, progress=False)
 
 
+def _diverge_at(epoch_nan, monkeypatch):
+    real = train_mod._train_epoch
+
+    def train_epoch(model, method, train, opt, shuffle, epoch, *rest):
+        if epoch == epoch_nan:
+            raise train_mod.Diverged(f"loss became nan at epoch {epoch}; lower --lr or --lambda0")
+        return real(model, method, train, opt, shuffle, epoch, *rest)
+
+    monkeypatch.setattr(train_mod, "_train_epoch", train_epoch)
+
+
+def test_a_diverging_loss_ends_training_and_selects_among_the_whole_epochs(data_dir, tmp_path, monkeypatch):
+    _diverge_at(2, monkeypatch)
+    cfg = TrainConfig(dataset="decoymnist", method="vanilla", epochs=4, e_att=1, train_subset=300)
+    r = run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False)
+    assert [h["epoch"] for h in r["history"]] == [0, 1] and r["selection"]["epoch"] in (0, 1)
+    assert "loss became nan at epoch 2" in r["stopped"]
+    (record,) = collect(tmp_path)
+    assert record.stopped == r["stopped"]
+    _diverge_at(0, monkeypatch)  # nothing to select: an error, and no result
+    with pytest.raises(train_mod.Diverged, match="lower --lr"):
+        run(dataclasses.replace(cfg, seed=1), runs_dir=tmp_path, data_dir=data_dir, progress=False)
+    assert len(collect(tmp_path)) == 1
+
+
+def test_a_profile_run_that_diverges_comes_back_as_failed(monkeypatch):
+    from learning_to_look.reproduce import attempt_run
+
+    def diverges(*args):
+        raise train_mod.Diverged("loss became nan at epoch 0; lower --lr or --lambda0")
+
+    monkeypatch.setattr(train_mod, "run_task", diverges)
+    assert attempt_run(TrainConfig(), None, None, False, "method") == {
+        "failed": "loss became nan at epoch 0; lower --lr or --lambda0"}
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--method", "nope"], "unknown method"),
     (["--lambda0", "-1"], "lambda0 must be >= 0"),

@@ -127,6 +127,7 @@ class Record:
     wall_seconds: float
     device: str
     environment: dict[str, Any]
+    stopped: str | None = None  # why training ended early (the loss diverged), None when it ran every epoch
 
     @property
     def group(self) -> Path:
@@ -162,7 +163,7 @@ def load_record(run_dir: str | Path) -> Record:
                                                                             if k in metrics}),
                   history=tuple(r["history"]), selected_epoch=r["selection"]["epoch"],
                   seconds_per_epoch=r["seconds_per_epoch"], wall_seconds=r["wall_seconds"], device=r["device"],
-                  environment=r.get("environment", {}))
+                  environment=r.get("environment", {}), stopped=r.get("stopped"))
 
 
 def collect(runs_dir: str | Path) -> list[Record]:
@@ -223,6 +224,11 @@ class Row:
         return len(self.seeds)
 
     @property
+    def n_stopped(self) -> int:
+        """Seeds whose loss diverged, so training stopped before the last epoch."""
+        return sum(m.stopped is not None for m in self.members)
+
+    @property
     def setting(self) -> tuple[Any, ...]:
         """The values of :data:`SETTING_KEYS`: what a guided run and its unguided baseline
         must share to be compared."""
@@ -265,7 +271,8 @@ class Row:
                 "map_auroc": self.maps.auroc, "seconds_per_run": self.seconds_per_run,
                 "seconds_per_epoch": self.seconds_per_epoch, "epochs": self.epochs, "train_subset": self.train_subset,
                 "lambda0": self.lambda0, "published_acc": self.published_acc,
-                "published_source": self.published_source, "run_group": self.run_group}
+                "published_source": self.published_source, "run_group": self.run_group,
+                "n_stopped": self.n_stopped}
 
 
 def _row(group: str, members: list[Record]) -> Row:

@@ -112,6 +112,15 @@ def _cells(spec: list[dict[str, Any]], benchmarks: tuple[str, ...]) -> list[Cell
     return out
 
 
+def _profile_cells(sets: dict[str, Any], names: str | list[str], benchmarks: tuple[str, ...]) -> list[Cell]:
+    """The cells of one cell set or of several in order; a cell that two sets share
+    (equal fields) is trained once."""
+    out: list[Cell] = []
+    for name in [names] if isinstance(names, str) else names:
+        out += [c for c in _cells(sets[name], benchmarks) if c not in out]
+    return out
+
+
 def load_paper(path: Path = PAPER_FILE) -> Paper:
     raw = yaml.safe_load(path.read_text())
     benchmarks = tuple(raw["benchmarks"])
@@ -121,7 +130,7 @@ def load_paper(path: Path = PAPER_FILE) -> Paper:
         sens = dict(p.get("sensitivity") or {})
         sens["datasets"] = _datasets(sens.get("datasets", []), benchmarks)
         profiles.add(name, Profile(name, p["description"], list(p["seeds"]), dict(p["run"]),
-                                   _cells(raw["cell_sets"][p["cells"]], benchmarks),
+                                   _profile_cells(raw["cell_sets"], p["cells"], benchmarks),
                                    Sensitivity(**{"method": raw["sensitivity_method"], **sens}), bool(p.get("smoke", False))))
     return Paper(benchmarks, published, dict(raw["vlm"]), profiles, dict(raw.get("verdict") or {}))
 
@@ -168,7 +177,7 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the data, train every planned run (reusing what is on disk), write the report
     from the runs' records, as ``l2l report`` would from the same runs."""
-    from .train import default_runs_dir, run_dir_for, run_resolved, run_task
+    from .train import default_runs_dir, run_dir_for, run_resolved
 
     t0 = time.perf_counter()
     pyplot()  # the report ends in figures: fail now, not after hours of training, if matplotlib is missing
@@ -194,16 +203,35 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
     if todo:
         echo(f"{len(todo)} runs to train in {n} process(es) of one thread")
     tasks = [(cfg, runs_dir, data_dir, progress and n == 1, cell.role) for cell, cfg in todo]
-    for k, (i, result) in enumerate(run_tasks(run_task, tasks, n_jobs, unit="run" if progress else None),
+    failed = []
+    for k, (i, result) in enumerate(run_tasks(attempt_run, tasks, n_jobs, unit="run" if progress else None),
                                     len(found) + 1):
-        echo(_run_line(k, len(jobs), tasks[i][0], result, f"{result['wall_seconds']:.0f} s"))
-    trained = len(todo)
-    records = [load_record(run_dir_for(cfg, runs_dir)) for _, cfg in jobs]
+        cfg = tasks[i][0]
+        if "failed" in result:
+            failed.append(f"{cfg.dataset} {cfg.method} {cfg.backbone} {cfg.schedule} seed {cfg.seed}")
+            echo(f"[{k}/{len(jobs)}] {failed[-1]}: FAILED, {result['failed']}")
+        else:
+            echo(_run_line(k, len(jobs), cfg, result, f"{result['wall_seconds']:.0f} s"))
+    trained = len(todo) - len(failed)
+    records = [load_record(run_dir_for(cfg, runs_dir)) for _, cfg in jobs
+               if (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
     summary = report_runs(out, records, runs_dir, f"Profile **{profile.name}**: {profile.description}",
                           stamp=SMOKE_STAMP if profile.smoke else None)
-    echo(f"report: {out / 'report.md'} ({trained} runs trained, {len(jobs) - trained} cached, "
+    echo(f"report: {out / 'report.md'} ({trained} runs trained, {len(found)} cached, {len(failed)} failed, "
          f"{time.perf_counter() - t0:.0f} s)")
-    return summary | {"trained": trained, "cached": len(jobs) - trained}
+    return summary | {"trained": trained, "cached": len(found), "failed": failed}
+
+
+def attempt_run(cfg: TrainConfig, runs_dir: Path, data_dir: Path | None, progress: bool,
+                role: str) -> dict[str, Any]:
+    """One run of a profile; a run whose loss diverges before it has any model to select
+    comes back as ``{"failed": why}`` instead of stopping every other run of the profile."""
+    from .train import Diverged, run_task
+
+    try:
+        return run_task(cfg, runs_dir, data_dir, progress, role)
+    except Diverged as err:
+        return {"failed": str(err)}
 
 
 def _run_line(k: int, n: int, cfg: TrainConfig, result: dict[str, Any], when: str) -> str:

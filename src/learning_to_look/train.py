@@ -114,6 +114,10 @@ def selection_score(rule: str, metrics: dict[str, float], beta: float) -> float:
     return acc * float(np.exp(-beta * metrics["val_rkl"]))
 
 
+class Diverged(L2LError):
+    """The training loss became NaN or infinite: the run cannot go on from here."""
+
+
 def no_selection(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
     """Why no epoch could be selected: none was eligible, or every eligible score was NaN."""
     if any(r["eligible"] for r in history):
@@ -138,6 +142,8 @@ class FitResult:
     selected_epoch: int
     selected_score: float
     prior_seconds: float = 0.0  # wall seconds spent by earlier processes of a resumed run
+    #: Why training ended before its last epoch (the loss diverged), None when it ran them all.
+    stopped: str | None = None
 
 
 def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim.Optimizer,
@@ -152,7 +158,7 @@ def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim
     for step, idx in enumerate(batches):
         loss, stats = method.loss(model, train.take(idx, device), epoch)
         if not torch.isfinite(loss):
-            raise L2LError(f"loss became {loss.item()} at epoch {epoch}; lower --lr or --lambda0")
+            raise Diverged(f"loss became {loss.item()} at epoch {epoch}; lower --lr or --lambda0")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -196,6 +202,10 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
     run found there is resumed, ending exactly where an uninterrupted run would. The
     checkpoint also keeps the wall seconds spent so far (since ``started`` in this
     process, plus what earlier processes spent), so a resumed run's time counts them all.
+
+    A loss that becomes NaN ends training: the epochs before it are whole, so the
+    epoch is selected from them as usual and the result says where it stopped
+    (``stopped``). Diverging before any eligible epoch leaves no model and is an error.
     """
     started = time.perf_counter() if started is None else started
     method = METHODS.get(cfg.method)(cfg)
@@ -213,6 +223,7 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": -1, "score": -float("inf"), "state": None}
+    stopped = None
     start, prior = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
         opt, sched, history, best, start, prior = _resume(checkpoint, cfg, model, device, shuffle)
@@ -225,7 +236,13 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
             opt, sched = _optimizer(model, cfg)
         row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch),
                "lr": opt.param_groups[0]["lr"]}
-        row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg.batch_size, device, progress)
+        try:
+            row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg.batch_size, device, progress)
+        except Diverged as err:
+            if best["state"] is None:  # nothing to select: the run has no model
+                raise
+            stopped = f"{err}: stopped there, the epoch is selected from epochs 0-{epoch - 1}"
+            break
         sched.step()
         row |= _validate(model, method, val, device)
         row["eligible"] = method.eligible(epoch)
@@ -249,7 +266,7 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
     if best["state"] is None:
         raise L2LError(no_selection(cfg, history))
     model.load_state_dict(best["state"])
-    return FitResult(model, history, best["epoch"], best["score"], prior)
+    return FitResult(model, history, best["epoch"], best["score"], prior, stopped)
 
 
 def _git_commit() -> str | None:
@@ -417,6 +434,7 @@ def record_run(cfg: TrainConfig, out: Path, prep: Prepared, fitted: FitResult, r
                       "val": {k: v for k, v in fitted.history[fitted.selected_epoch].items() if k.startswith("val_")}},
         "test": test, "history": fitted.history, "seconds_per_epoch": train_seconds / len(fitted.history),
         "wall_seconds": wall_seconds, "device": str(pick_device(cfg.device)), "environment": environment(),
+        "stopped": fitted.stopped,
     } | (extra or {})
     atomic_write_json(out / "result.json", result)
     return result

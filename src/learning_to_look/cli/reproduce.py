@@ -37,6 +37,10 @@ def reproduce(
     named = [name for name, flag in (("quick", quick), ("full", full), (profile, profile is not None)) if flag]
     if len(named) > 1:
         raise L2LError(f"--quick, --full and --profile exclude each other, got {' and '.join(named)}; pass one of them")
-    run_all(PROFILES.get(named[0] if named else "default"), seeds=parse_seeds(seeds) if seeds is not None else None,
-            vlm=vlm, out=out, runs_dir=runs_dir,
-            data_dir=data_dir, progress=not quiet, n_jobs=jobs, echo=typer.echo)
+    done = run_all(PROFILES.get(named[0] if named else "default"),
+                   seeds=parse_seeds(seeds) if seeds is not None else None, vlm=vlm, out=out, runs_dir=runs_dir,
+                   data_dir=data_dir, progress=not quiet, n_jobs=jobs, echo=typer.echo)
+    if done["failed"]:
+        typer.echo(f"{len(done['failed'])} run(s) diverged before any epoch could be selected and are left out of "
+                   "the report (lines marked FAILED above); train them alone with a lower --lambda0 or --lr", err=True)
+        raise typer.Exit(1)

@@ -136,6 +136,8 @@ def train(
         typer.echo(f"seed {r['config']['seed']}: test acc {t['accuracy']:.2f}%{groups}  (epoch {r['selection']['epoch']}, "
                    f"val acc {r['selection']['val']['val_acc']:.2f}%){where}  "
                    f"{r['seconds_per_epoch']:.1f}s/epoch  maps: {MapsInfo.from_result(r['maps']).label}")
+        if r.get("stopped"):
+            typer.echo(f"seed {r['config']['seed']}: {r['stopped']}")
         results.append(r)
     if len(results) > 1:
         m, s = mean_std([r["test"]["accuracy"] for r in results])
