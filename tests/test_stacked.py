@@ -11,8 +11,9 @@ from learning_to_look.config import TrainConfig
 from learning_to_look.errors import L2LError
 from learning_to_look.methods import METHODS, Batch, resolve
 from learning_to_look.models import LeNetGAP
+from learning_to_look import stacked as stacked_mod
 from learning_to_look.stacked import StackedLeNetGAP, StackedSGD, check_stack, epoch_schedule, fit_stacked
-from learning_to_look.train import _optimizer, fit
+from learning_to_look.train import Diverged, _optimizer, fit
 
 N_TRAIN, N_VAL = 96, 40
 
@@ -64,6 +65,36 @@ def test_a_model_does_not_depend_on_its_stack_mates():
     alone = fit_stacked(cfgs[1:2], train, val, progress=False)[0]
     together = fit_stacked(cfgs, train, val, progress=False)[1]
     assert max_rel_diff(alone.model.state_dict(), together.model.state_dict()) < 1e-5
+
+
+def _nan_for_model_0_from_step(step, monkeypatch):
+    """Model 0's loss becomes NaN from the ``step``-th training step on (3 steps an epoch)."""
+    real, calls = stacked_mod._per_model_loss, []
+
+    def per_model_loss(stack, batch, ce_w, attn_w):
+        loss, hits = real(stack, batch, ce_w, attn_w)  # (M,), (M,)
+        calls.append(1)
+        poison = torch.ones_like(loss)
+        poison[0] = float("nan") if len(calls) > step else 1.0
+        return loss * poison, hits
+
+    monkeypatch.setattr(stacked_mod, "_per_model_loss", per_model_loss)
+
+
+def test_a_diverging_model_stops_alone_as_a_single_run_would(monkeypatch):
+    cfgs = [resolve(TrainConfig(dataset="decoymnist", method="vanilla", epochs=3, seed=0, batch_size=32, lr=lr))
+            for lr in (1e-3, 2e-3)]
+    train, val = synthetic(cfgs[0], N_TRAIN, 1), synthetic(cfgs[0], N_VAL, 2)
+    alone = fit_stacked(cfgs[1:], train, val, progress=False)[0]
+    _nan_for_model_0_from_step(4, monkeypatch)  # in epoch 1
+    hit, mate = fit_stacked(cfgs, train, val, progress=False)
+    assert "NaN in epoch 1" in hit.stopped and len(hit.history) == 1 and hit.selected_epoch == 0
+    assert all(torch.isfinite(v).all() for v in hit.model.state_dict().values())
+    assert mate.stopped is None and len(mate.history) == 3
+    assert max_rel_diff(mate.model.state_dict(), alone.model.state_dict()) < 1e-5
+    _nan_for_model_0_from_step(0, monkeypatch)  # in epoch 0: nothing to select
+    with pytest.raises(Diverged, match="lr 0.001"):
+        fit_stacked(cfgs, train, val, progress=False)
 
 
 def test_schedule_per_epoch_matches_the_single_run_optimiser():

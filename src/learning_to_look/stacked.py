@@ -37,7 +37,7 @@ from .losses import forward_kl, kl_per_image, reverse_kl
 from .methods import METHODS, Batch, Method
 from .models import LeNetGAP, build_backbone
 from .registry import Registry
-from .train import FitResult, no_selection, pick_device, selection_score, set_determinism
+from .train import Diverged, FitResult, no_selection, pick_device, selection_score, set_determinism
 
 #: Images x models in one validation batch: about 1 GB of activations, whatever M is.
 VAL_IMAGE_MODELS = 32_000
@@ -215,19 +215,19 @@ def _initial_models(cfgs: Sequence[TrainConfig]) -> list[LeNetGAP]:
 
 def _per_model_loss(stack: StackedLeNetGAP, batch: Batch, ce_w: Tensor, attn_w: Tensor | None
                     ) -> tuple[Tensor, Tensor]:
-    """(summed loss, correct predictions per model (M,)) with per-model loss weights
-    ``ce_w`` and ``attn_w`` (M,) (``attn_w`` None: no model aligns this epoch); each
-    model's term depends on its own parameters only, so one backward pass gives every
-    model its own gradient."""
+    """(loss per model (M,), correct predictions per model (M,)) with per-model loss
+    weights ``ce_w`` and ``attn_w`` (M,) (``attn_w`` None: no model aligns this epoch);
+    each model's term depends on its own parameters only, so one backward pass of their
+    sum gives every model its own gradient."""
     logits, feats = stack(batch.x)  # (B,M,K), (B,M,C,h,w)
     b, m, k = logits.shape
     ce = F.cross_entropy(logits.reshape(b * m, k), batch.y.repeat_interleave(m), reduction="none")  # (B*M,)
-    loss = (ce.view(b, m).mean(0) * ce_w).sum()
+    loss = ce.view(b, m).mean(0) * ce_w  # (M,)
     if attn_w is not None:
         s = stack.cam(feats, batch.y)  # (B,M,h,w)
         target = batch.aux["target"].repeat_interleave(m, dim=0)  # (B*M,h,w)
         kl = forward_kl(s.flatten(0, 1), target, reduction="none").view(b, m).sum(0) / b  # (M,) batchmean each
-        loss = loss + (kl * attn_w).sum()
+        loss = loss + kl * attn_w
     return loss, (logits.argmax(2) == batch.y[:, None]).sum(0)
 
 
@@ -280,9 +280,10 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
     shuffle = torch.Generator().manual_seed(data_seed)
     histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
     best: list[dict[str, Any]] = [{"epoch": -1, "score": -float("inf"), "state": None} for _ in cfgs]
+    stopped: list[str | None] = [None for _ in cfgs]  # why a model stopped training (its loss diverged)
     start, prior = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
-        start, prior = _resume(checkpoint, cfgs, stack, opt, shuffle, histories, best, data_seed)
+        start, prior = _resume(checkpoint, cfgs, stack, opt, shuffle, histories, best, stopped, data_seed)
     epochs = cfgs[0].epochs
     bar = tqdm(total=epochs * len(cfgs), initial=start * len(cfgs), unit="model-epoch", desc=f"stack of {len(cfgs)}",
                disable=not progress, dynamic_ncols=True)
@@ -290,10 +291,14 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
         t0 = time.perf_counter()
         sched = [epoch_schedule(m, epoch) for m in methods]
         opt.restart(torch.tensor([s.restart for s in sched]))
-        train_acc = _train_epoch(stack, opt, train, sched, shuffle, cfgs[0].batch_size, device)
+        frozen = torch.tensor([why is not None for why in stopped], device=device)  # (M,)
+        train_acc, finite = _train_epoch(stack, opt, train, sched, shuffle, cfgs[0].batch_size, device, frozen)
         rows = _validate(stack, val, device)
         seconds = time.perf_counter() - t0
+        _stop_diverged(cfgs, finite, stopped, best, epoch)
         for i, (cfg, s, row) in enumerate(zip(cfgs, sched, rows)):
+            if stopped[i] is not None:
+                continue
             row = {"epoch": epoch, "phase": s.phase, "lambda": methods[i].lam(epoch), "lr": s.lr,
                    "train_acc": train_acc[i]} | row
             row |= {"eligible": s.eligible, "score": selection_score(cfg.selection, row, cfg.selection_beta)
@@ -305,55 +310,71 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
         if epoch_weights is not None:
             atomic_torch_save(epoch_weights / f"epoch{epoch:03d}.pt",
                               {"stack": {k: v.detach().cpu() for k, v in stack.state_dict().items()},
-                               "eligible": [s.eligible for s in sched]})
+                               "eligible": [s.eligible and why is None for s, why in zip(sched, stopped)]})
         if checkpoint is not None:
             atomic_torch_save(checkpoint, {"configs": [c.to_dict() for c in cfgs], "data_seed": data_seed,
                                            "epoch": epoch, "stack": stack.state_dict(), "optimizer": opt.state_dict(),
                                            "shuffle": shuffle.get_state(), "histories": histories, "best": best,
-                                           "wall_seconds": prior + time.perf_counter() - started})
+                                           "stopped": stopped, "wall_seconds": prior + time.perf_counter() - started})
         bar.update(len(cfgs))
         if on_epoch is not None:
             on_epoch(epoch)
     bar.close()
-    return [_fitted(stack, b, h, prior, c) for b, h, c in zip(best, histories, cfgs)]
+    return [_fitted(stack, b, h, prior, c, why) for b, h, c, why in zip(best, histories, cfgs, stopped)]
+
+
+def _stop_diverged(cfgs: Sequence[TrainConfig], finite: list[bool], stopped: list[str | None],
+                   best: list[dict[str, Any]], epoch: int) -> None:
+    """Stop each model whose loss diverged in ``epoch``, as the single-run engine stops
+    a run: it trains no more, and its epoch is selected from the whole epochs before.
+    A model with no epoch to select yet has no result; its grid point must go."""
+    for i, ok in enumerate(finite):
+        if ok or stopped[i] is not None:
+            continue
+        point = ", ".join(f"{k} {getattr(cfgs[i], k)}" for k in PER_MODEL_FIELDS)
+        if best[i]["state"] is None:
+            raise Diverged(f"the loss of the model with {point} became NaN in epoch {epoch}, before any epoch it "
+                           "could select; leave that point out of the grid, or lower --lr")
+        stopped[i] = f"loss became NaN in epoch {epoch}: stopped there, the epoch is selected from epochs 0-{epoch - 1}"
 
 
 def _train_epoch(stack: StackedLeNetGAP, opt: StackedSGD, train: Batch, sched: Sequence[ModelSchedule],
-                 shuffle: torch.Generator, batch_size: int, device: torch.device) -> list[float]:
-    """One pass over the shared batch stream; returns each model's training accuracy %."""
+                 shuffle: torch.Generator, batch_size: int, device: torch.device,
+                 frozen: Tensor) -> tuple[list[float], list[bool]]:
+    """One pass over the shared batch stream, updating no ``frozen`` (M,) model; returns
+    each model's training accuracy % and whether its loss stayed finite."""
     stack.train()
     lr = torch.tensor([s.lr for s in sched], device=device)  # (M,)
     with_ce = torch.tensor([s.ce_weight > 0 for s in sched], device=device)  # (M,)
     ce_w = torch.tensor([s.ce_weight for s in sched], device=device)  # (M,)
     aligns = any(s.attention_weight > 0 for s in sched)
     attn_w = torch.tensor([s.attention_weight for s in sched], device=device) if aligns else None  # (M,)
-    active = {name: with_ce if name in stack.ce_only else torch.ones_like(with_ce) for name in opt.params}
+    active = {name: (with_ce if name in stack.ce_only else torch.ones_like(with_ce)) & ~frozen for name in opt.params}
     correct = torch.zeros(stack.m, dtype=torch.long, device=device)  # (M,)
-    finite = torch.ones((), dtype=torch.bool, device=device)  # checked once per epoch: no per-step host sync
+    finite = torch.ones(stack.m, dtype=torch.bool, device=device)  # (M,) read once per epoch: no per-step host sync
     for idx in batch_indices(len(train), batch_size, shuffle):
-        loss, hits = _per_model_loss(stack, train.take(idx, device), ce_w, attn_w)
-        finite &= torch.isfinite(loss)
+        loss, hits = _per_model_loss(stack, train.take(idx, device), ce_w, attn_w)  # (M,), (M,)
+        finite &= torch.isfinite(loss.detach())
         for p in opt.params.values():
             p.grad = None
-        loss.backward()
+        loss.sum().backward()
         opt.step(lr, active)
         correct += hits
-    if not bool(finite):
-        raise L2LError("a stacked loss became infinite or NaN; lower --lr or --lambda0")
-    return [100.0 * float(c) / len(train) for c in correct.cpu()]
+    return [100.0 * float(c) / len(train) for c in correct.cpu()], finite.cpu().tolist()
 
 
 def _fitted(stack: StackedLeNetGAP, best: dict[str, Any], history: list[dict[str, Any]], prior: float,
-            cfg: TrainConfig) -> FitResult:
+            cfg: TrainConfig, stopped: str | None) -> FitResult:
     if best["state"] is None:
         raise L2LError(no_selection(cfg, history))
     model = stack.backbone(num_classes=stack.num_classes, in_channels=stack.conv1_w.shape[2])
     model.load_state_dict(best["state"])
-    return FitResult(model.to(stack.conv1_w.device), history, best["epoch"], best["score"], prior)
+    return FitResult(model.to(stack.conv1_w.device), history, best["epoch"], best["score"], prior, stopped)
 
 
 def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGAP, opt: StackedSGD,
-            shuffle: torch.Generator, histories: list, best: list, data_seed: int) -> tuple[int, float]:
+            shuffle: torch.Generator, histories: list, best: list, stopped: list,
+            data_seed: int) -> tuple[int, float]:
     """Load the state saved after the last finished epoch; (next epoch, seconds spent so far)."""
     fix = f"delete {checkpoint} to restart this stack from its first epoch"
     state = torch_load(checkpoint, fix, map_location=next(stack.parameters()).device, weights_only=False)
@@ -366,4 +387,5 @@ def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGA
     shuffle.set_state(state["shuffle"])
     histories[:] = state["histories"]
     best[:] = state["best"]
+    stopped[:] = state.get("stopped", stopped)
     return state["epoch"] + 1, float(state["wall_seconds"])
