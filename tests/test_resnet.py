@@ -62,6 +62,19 @@ def test_resnet18_cam_shapes_and_the_gap_identity():
     assert torch.allclose(cam.mean((2, 3)) + model.fc.bias, logits, atol=1e-4)  # CAM is exact for a GAP head
 
 
+def test_resnet_normalises_its_input_by_imagenet_statistics():
+    """The project's [-1, 1] input reaches conv1 as (x01 - mean) / std: an image at
+    ImageNet's mean colour becomes zero, a white one (1 - mean) / std, by hand."""
+    model = build_backbone("resnet18").eval()
+    seen = []
+    model.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    at_mean = (2 * mean - 1).view(1, 3, 1, 1).expand(1, 3, 224, 224)  # [-1, 1] scale
+    model(torch.cat([at_mean, torch.ones(1, 3, 224, 224)]))
+    assert seen[0][0].abs().max() < 1e-6
+    assert torch.allclose(seen[0][1, :, 0, 0], (1 - mean) / std)
+
+
 def test_wrong_input_size_names_the_fix():
     with pytest.raises(L2LError, match="224x224"):
         build_backbone("resnet18")(torch.zeros(1, 3, 32, 32))

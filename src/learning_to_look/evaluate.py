@@ -61,12 +61,15 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
     sums: dict[str, list[torch.Tensor]] = {}
     for i in range(0, len(y_all), batch_size):
         sl = slice(i, i + batch_size)
-        x = as_rgb(to_input(split.images[sl], size, input_transform)).to(device).requires_grad_(True)  # (B,3,S,S)
+        x = as_rgb(to_input(split.images[sl], size, input_transform)).to(device)  # (B,3,S,S)
         y = y_all[sl].to(device)
+        if not regions:  # nothing to measure attention on (an import without masks): accuracy only
+            with torch.no_grad():
+                sums.setdefault("correct", []).append((model(x)[0].argmax(1) == y).cpu())
+            continue
+        x.requires_grad_(True)
         logits, att = attention(model, x, y, create_graph=False)  # (B,K), (B,h,w)
         sums.setdefault("correct", []).append((logits.argmax(1) == y).cpu())
-        if not regions:
-            continue
         grads = input_gradients(logits, x, create_graph=False, target="true-logit", labels=y)  # (B,3,S,S)
         att_img = to_image(att.detach(), hw).clamp_min(0).cpu()  # (B,H,W)
         grad_img = F.interpolate(grads.detach().abs().sum(1, keepdim=True), size=hw, mode="area")[:, 0].cpu()

@@ -187,9 +187,15 @@ class Bottleneck(nn.Module):
         return F.relu(self.bn3(self.conv3(h)) + (x if self.downsample is None else self.downsample(x)))
 
 
+#: ImageNet's per-channel mean and std, the input statistics timm's ResNet weights were trained on.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 class ResNetGAP(Backbone):
     """A ResNet whose logits are a linear layer on the GAP of the last stage, so its CAM
-    is exact (on that 7x7 stage at 224 px). Subclasses name the block and the depths."""
+    is exact (on that 7x7 stage at 224 px). Subclasses name the block and the depths.
+    The model takes the project's [-1, 1] input and normalises it by ImageNet's mean and
+    std itself, as pretrained weights expect; input gradients stay on the project's scale."""
 
     input_size = 224
     feature_size = 7  # 224 / 32
@@ -210,12 +216,16 @@ class ResNetGAP(Backbone):
                 width = planes * self.block.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.fc = nn.Linear(width, num_classes)
+        # not in the state dict: checkpoints and timm weights keep their keys
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         for m in self.modules():  # He init, as timm and torchvision do
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._check_input(x)
+        x = ((x + 1) / 2 - self.mean) / self.std  # (B,3,224,224): [-1, 1] -> ImageNet statistics
         h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)  # (B,64,56,56)
         features = self.layer4(self.layer3(self.layer2(self.layer1(h))))  # (B,C,7,7)
         return self.fc(features.mean(dim=(2, 3))), features
