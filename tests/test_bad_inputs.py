@@ -72,6 +72,8 @@ TRAIN_CASES = [
     (["extra-argument"], "unexpected extra argument"),
     (["--maps", "not-decoy", "--dataset", "colormnist"], "decoy"),
     (["--method", "l2l", "--e-att", "5"], "E_att must lie below"),
+    (["--method", "cdep", "--dataset", "mnist"], "mnist declares none"),
+    (["--method", "cdep", "--backbone", "resnet18"], "does not support"),
 ]
 
 
