@@ -123,6 +123,14 @@ def fake_record(group: str, seed: int, acc: float, method: str = "vanilla", data
                   selected_epoch=0, seconds_per_epoch=1.0, wall_seconds=10.0, device="cpu", environment={})
 
 
+def test_curve_bands_over_seeds_of_unequal_length_by_hand():
+    from learning_to_look.figures import band_stats
+
+    mean, std = band_stats([[1.0, 3.0, 5.0], [3.0, 5.0]])  # the second seed stopped after 2 epochs
+    assert mean.tolist() == [2.0, 4.0, 5.0]
+    assert std == pytest.approx([2 ** 0.5, 2 ** 0.5, 0.0])
+
+
 def test_mean_std_and_aggregation():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert mean_std([5.0]) == (5.0, 0.0)

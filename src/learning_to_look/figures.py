@@ -136,11 +136,22 @@ def guidance_maps(rows: Sequence[Row]) -> dict[str, Figure]:
     return figures
 
 
+def band_stats(series: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std (ddof 1; 0 where one seed is left) over seeds, per epoch. A seed that
+    stopped early (its loss diverged) has fewer epochs and counts only where it has them."""
+    arr = np.full((len(series), max(len(s) for s in series)), np.nan)  # (seeds, epochs)
+    for i, s in enumerate(series):
+        arr[i, :len(s)] = s
+    n = (~np.isnan(arr)).sum(0)  # (epochs,)
+    mean = np.nansum(arr, 0) / n
+    var = np.nansum((arr - mean) ** 2, 0) / np.maximum(n - 1, 1)
+    return mean, np.where(n > 1, np.sqrt(var), 0.0)
+
+
 def _band(ax, series: list[list[float]], colour, label: str) -> None:
     """Mean over seeds with a ± std band."""
-    arr = np.array(series, dtype=float)  # (seeds, epochs)
-    epochs = np.arange(arr.shape[1])
-    mean, std = arr.mean(0), arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1])
+    mean, std = band_stats(series)
+    epochs = np.arange(len(mean))
     ax.plot(epochs, mean, color=colour, label=label, marker="." if len(epochs) < 10 else None)
     ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2)
 
