@@ -220,6 +220,22 @@ def test_profiles_are_well_formed():
     assert sum(c.role == "vlm" for c, _ in with_vlm) == 2
 
 
+def test_plan_lists_runs_and_times_them_by_finished_seeds_without_building_anything(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    jobs = rep.plan(rep.PROFILES["quick"], seeds=[0, 1])
+    first = train_mod.run_dir_for(jobs[0][1], runs)  # seed 0 of the first configuration: finished in 2 h
+    first.mkdir(parents=True)
+    (first / "result.json").write_text(json.dumps({"wall_seconds": 7200.0}))
+    code = main(["reproduce", "--quick", "--seeds", "0,1", "--plan", "--runs-dir", str(runs),
+                 "--data-dir", str(tmp_path / "data")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(lines) == len(jobs) + 1 and not (tmp_path / "data").exists()
+    assert lines[0].endswith(": cached") and sum(line.endswith(": to train") for line in lines) == len(jobs) - 1
+    assert lines[-1] == (f"{len(jobs)} runs: 1 cached, {len(jobs) - 1} to train; about 2.0 h of one-thread run time "
+                         f"for the 1 with a finished seed of the same configuration; {len(jobs) - 2} with no "
+                         "finished seed to time them by")
+
+
 def reproduce_args(tmp_path, data_dir):
     return ["reproduce", "--quick", "--quiet", "--out", str(tmp_path / "report"), "--runs-dir", str(tmp_path / "runs"),
             "--data-dir", str(data_dir)]

@@ -17,6 +17,7 @@ import yaml
 
 from .config import TrainConfig
 from .data import dataset_path, load_dataset
+from .io import read_json
 from .methods import resolve
 from .parallel import run_tasks, workers
 from .plotting import pyplot
@@ -161,6 +162,37 @@ def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = Non
         jobs += [(c, resolve(c.config(profile.run, seed))) for c in main if seed in main_seeds]
         jobs += [(c, resolve(c.config(profile.run, seed))) for c in sens if seed in sens_seeds]
     return jobs
+
+
+def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None,
+                  runs_dir: Path | None = None) -> list[str]:
+    """What ``reproduce`` would do, one line per run (cached, to train, or to resume),
+    then a total with the time to expect, from the finished seeds of the same
+    configurations; nothing is built or trained."""
+    from .train import default_runs_dir, run_dir_for
+
+    runs_dir = Path(runs_dir or default_runs_dir())
+    jobs = plan(profile, seeds, vlm)
+    lines, todo, expected, unknown = [], 0, 0.0, 0
+    for k, (cell, cfg) in enumerate(jobs, 1):
+        folder = run_dir_for(cfg, runs_dir)
+        if (folder / RESULT_FILE).exists():
+            status = "cached"
+        else:
+            todo += 1
+            status = "to resume" if (folder / "checkpoint.pt").exists() else "to train"
+            seen = [read_json(f).get("wall_seconds", 0.0) for f in folder.parent.glob(f"seed*/{RESULT_FILE}")]
+            expected += sum(seen) / len(seen) if seen else 0.0
+            unknown += not seen
+        options = "".join(f" {k} {v}" for k, v in cfg.map_options.items() if k != "seed")
+        lines.append(f"[{k}/{len(jobs)}] {cfg.dataset} {cfg.method} maps {cfg.maps}{options} {cfg.backbone} "
+                     f"{cfg.schedule} seed {cfg.seed} ({cell.role}): {status}")
+    known = todo - unknown
+    lines.append(f"{len(jobs)} runs: {len(jobs) - todo} cached, {todo} to train"
+                 + (f"; about {expected / 3600:.1f} h of one-thread run time for the {known} with a finished seed of "
+                    "the same configuration" if known else "")
+                 + (f"; {unknown} with no finished seed to time them by" if unknown else ""))
+    return lines
 
 
 def check_vlm(vlm: str) -> dict[str, Any]:

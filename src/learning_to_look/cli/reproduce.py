@@ -25,6 +25,8 @@ def reproduce(
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder [default: ./reports/<profile>]."),
     jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars (one line per run stays)."),
+    plan: bool = typer.Option(False, "--plan", help="List every run (cached, to train, to resume) and the time to "
+                                                    "expect, then stop: nothing is built or trained."),
 ) -> None:
     """Build the data, train every method on ColorMNIST and DecoyMNIST over several
     seeds, and write report.md, results.csv, results.json and figures. Finished runs
@@ -32,14 +34,17 @@ def reproduce(
 
     Example: l2l reproduce --quick --out reports/quick
     """
-    from ..reproduce import reproduce as run_all
+    from ..reproduce import describe_plan, reproduce as run_all
 
     named = [name for name, flag in (("quick", quick), ("full", full), (profile, profile is not None)) if flag]
     if len(named) > 1:
         raise L2LError(f"--quick, --full and --profile exclude each other, got {' and '.join(named)}; pass one of them")
-    done = run_all(PROFILES.get(named[0] if named else "default"),
-                   seeds=parse_seeds(seeds) if seeds is not None else None, vlm=vlm, out=out, runs_dir=runs_dir,
-                   data_dir=data_dir, progress=not quiet, n_jobs=jobs, echo=typer.echo)
+    chosen, seed_list = PROFILES.get(named[0] if named else "default"), parse_seeds(seeds) if seeds is not None else None
+    if plan:
+        typer.echo("\n".join(describe_plan(chosen, seed_list, vlm, runs_dir)))
+        return
+    done = run_all(chosen, seeds=seed_list, vlm=vlm, out=out, runs_dir=runs_dir, data_dir=data_dir,
+                   progress=not quiet, n_jobs=jobs, echo=typer.echo)
     if done["failed"]:
         typer.echo(f"{len(done['failed'])} run(s) diverged before any epoch could be selected and are left out of "
                    "the report (lines marked FAILED above); train them alone with a lower --lambda0 or --lr", err=True)
