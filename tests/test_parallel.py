@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,38 @@ def test_a_worker_error_reaches_the_caller_as_itself():
         list(run_tasks(_fail, [(1,), (2,)], 2))
     with pytest.raises(L2LError, match="--jobs"):
         list(run_tasks(_square, [(1,)], 0))
+
+
+def _sleep_forever(pid_file: str) -> None:
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "R"
+    return state != "Z"
+
+
+def test_workers_stop_when_their_parent_is_killed(tmp_path):
+    pid_file = tmp_path / "worker.pid"
+    script = ("import sys; sys.path.insert(0, sys.argv[2]); from test_parallel import _sleep_forever; "
+              "from learning_to_look.parallel import run_tasks; "
+              "list(run_tasks(_sleep_forever, [(sys.argv[1],), (sys.argv[1] + '2',)], 2))")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(pid_file), str(Path(__file__).parent)])
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    worker = int(pid_file.read_text())
+    parent.kill()  # SIGKILL: no clean-up in the parent
+    parent.wait()
+    deadline = time.time() + 10
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker)
 
 
 def _train(tmp: Path, data_dir: Path, jobs: int) -> dict[int, dict]:

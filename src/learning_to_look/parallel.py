@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator, Sequence
 
@@ -23,6 +25,8 @@ from .errors import L2LError
 
 #: Threads per worker process; measured in the README's thread table.
 WORKER_THREADS = 1
+#: How often a worker checks that its parent is alive (seconds).
+PARENT_POLL_SECONDS = 1.0
 #: Environment variable for the default number of workers.
 JOBS_ENV = "L2L_JOBS"
 
@@ -46,12 +50,23 @@ def workers(jobs: int | None, n_tasks: int) -> int:
     return max(1, min(jobs, n_tasks))
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Stop this worker once its parent is gone (killed with SIGKILL, say), instead of
+    finishing its run unseen while it holds the run's lock; a rerun resumes the run
+    from its last whole epoch."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
 def _init_worker() -> None:
-    """One thread per run (module docstring)."""
+    """One thread per run (module docstring), and no life beyond the parent's."""
     import torch
 
     os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)
     torch.set_num_threads(WORKER_THREADS)
+    if multiprocessing.parent_process() is not None:  # a worker process, not this one running tasks itself
+        threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
 def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int | None, *, unit: str | None = None,
