@@ -134,13 +134,26 @@ def test_resume_after_kill_equals_uninterrupted(method, subset, data_dir, tmp_pa
         run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False, on_epoch=die)
     (ckpt,) = (tmp_path / "cut").rglob("checkpoint.pt")
     assert not list((tmp_path / "cut").rglob("result.json"))
-    spent = torch.load(ckpt, weights_only=False)["wall_seconds"]  # by the killed process, up to its last epoch
+    state = torch.load(ckpt, weights_only=False)
+    spent = state["wall_seconds"]  # by the killed process, up to its last epoch
+    del state["config"]["pretrained"]  # saved before that field existed: it counts at its default
+    torch.save(state, ckpt)
     resumed = run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False)
     assert resumed["wall_seconds"] > spent > 0  # the resumed run's time counts both processes
     assert resumed["test"] == whole["test"]
     assert resumed["selection"] == whole["selection"]
     assert [r["val_acc"] for r in resumed["history"]] == [r["val_acc"] for r in whole["history"]]
     assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in whole["history"]]  # to the bit
+
+
+def test_a_saved_config_matches_with_newer_fields_at_their_defaults_only():
+    cfg = resolve(TrainConfig(dataset="decoymnist", method="vanilla"))
+    saved = cfg.to_dict()
+    assert cfg.matches(saved)
+    assert cfg.matches({k: v for k, v in saved.items() if k != "pretrained"})
+    assert not cfg.matches(saved | {"lr": 0.5})
+    assert not cfg.matches(saved | {"no_such_field": 1})
+    assert not cfg.matches({k: v for k, v in saved.items() if k != "lr"})  # lr then takes None, not the resolved value
 
 
 def test_same_seed_same_numbers_and_finished_run_is_reused(data_dir, tmp_path):

@@ -203,6 +203,15 @@ class TrainConfig:
             raise L2LError(f"unknown config keys {unknown}; valid keys are: {', '.join(sorted(known))}")
         return cls(**d)
 
+    def matches(self, saved: dict[str, Any]) -> bool:
+        """Whether ``saved`` (a checkpoint's config) describes this config. A field added
+        since it was saved counts at its default, as it does in the run's folder name
+        (``HASH_SKIP_DEFAULTS``), so an older checkpoint still resumes."""
+        try:
+            return TrainConfig.from_dict(saved).to_dict() == self.to_dict()
+        except (L2LError, TypeError, ValueError):
+            return False
+
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
         path = Path(path)

@@ -380,7 +380,10 @@ def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGA
     state = torch_load(checkpoint, fix, map_location=next(stack.parameters()).device, weights_only=False)
     if not isinstance(state, dict) or not {"stack", "optimizer", "shuffle", "histories", "best"} <= set(state):
         raise corrupt_file(checkpoint, "not a stacked-training checkpoint", fix)
-    if state.get("configs") != [c.to_dict() for c in cfgs] or state.get("data_seed") != data_seed:
+    saved = state.get("configs")
+    if (not isinstance(saved, list) or len(saved) != len(cfgs) or not all(isinstance(d, dict) and c.matches(d)
+                                                                          for c, d in zip(cfgs, saved))
+            or state.get("data_seed") != data_seed):
         raise L2LError(f"checkpoint {checkpoint} belongs to another stack; {fix}")
     stack.load_state_dict(state["stack"])
     opt.load_state_dict(state["optimizer"])

@@ -180,7 +180,7 @@ def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.d
     state = torch_load(checkpoint, fix, map_location=device, weights_only=False)
     if not isinstance(state, dict) or not {"config", "model", "optimizer", "scheduler", "shuffle"} <= set(state):
         raise corrupt_file(checkpoint, "not a training checkpoint", fix)
-    if state["config"] != cfg.to_dict():
+    if not isinstance(state["config"], dict) or not cfg.matches(state["config"]):
         raise L2LError(f"checkpoint {checkpoint} belongs to another config; delete it or use another --runs-dir")
     model.load_state_dict(state["model"])
     opt, sched = _optimizer(model, cfg)
