@@ -146,6 +146,16 @@ def test_mean_std_and_aggregation():
     assert [r.method for r in aggregate(records[::-1])] == [r.method for r in rows]  # order-free
 
 
+def test_a_published_baseline_sits_beside_the_row_with_its_annotation():
+    oracle, decoy = {"name": "oracle", "kind": "annotation"}, {"name": "not-decoy", "kind": "annotation"}
+    rows = aggregate([fake_record("o", 0, 80.0, method="rrr", maps=oracle),
+                      fake_record("d", 0, 97.0, method="rrr", maps=decoy)], runs_dir="/runs")
+    attach_published(rows, PUBLISHED)  # CDEP's RRR was told the decoy square is irrelevant
+    assert {r.maps.name: r.published_acc for r in rows} == {"oracle": None, "not-decoy": 99.0}
+    attach_published(rows[:1] if rows[0].maps.name == "oracle" else rows[1:], PUBLISHED)  # no such row: the next best
+    assert next(r for r in rows if r.maps.name == "oracle").published_acc == 99.0
+
+
 def test_verdict_difference_interval_and_effect():
     oracle = {"name": "oracle", "kind": "annotation"}
     records = [fake_record("van", s, acc) for s, acc in enumerate([50.0, 52.0, 48.0])]

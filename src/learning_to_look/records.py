@@ -311,12 +311,13 @@ def aggregate(records: Sequence[Record], runs_dir: str | Path | None = None) -> 
     return sorted(rows, key=Row.sort_key)
 
 
-def paper_match(rows: Sequence[Row], method: str | None, dataset: str) -> Row | None:
+def paper_match(rows: Sequence[Row], method: str | None, dataset: str, maps: str | None = None) -> Row | None:
     """The measured row to set beside a published number: the same method on the
-    paper's network, with a real VLM's maps if there are any, else the paper's maps."""
+    paper's network, with a real VLM's maps if there are any, else ``maps`` (the
+    published number's annotation) if given, else the paper's maps."""
     if method is None:
         return None
     candidates = [r for r in rows if r.method == method and r.dataset == dataset and r.compared]
-    candidates.sort(key=lambda r: (not r.maps.is_real_vlm, not r.on_paper_network,
+    candidates.sort(key=lambda r: (not r.maps.is_real_vlm, r.maps.name != maps, not r.on_paper_network,
                                    r.maps.name not in (PAPER_CONFIG.maps, "none")))
     return candidates[0] if candidates else None

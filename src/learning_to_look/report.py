@@ -40,7 +40,7 @@ def attach_published(rows: Sequence[Row], published: Sequence[dict[str, Any]]) -
     """Set each published number beside the measured row that matches it."""
     for pub in published:
         for ds in {r.dataset for r in rows} & set(pub):
-            match = paper_match(rows, pub["method"], ds)
+            match = paper_match(rows, pub["method"], ds, pub.get("maps"))
             if match is not None:
                 match.published_acc, match.published_source = pub[ds], f"{pub['label']}: {pub['source']}"
 
@@ -51,12 +51,13 @@ def published_rows(rows: Sequence[Row], published: Sequence[dict[str, Any]],
     out = []
     for pub in published:
         for ds in datasets:
-            m = paper_match(rows, pub["method"], ds)
+            m = paper_match(rows, pub["method"], ds, pub.get("maps"))
             out.append({"origin": "published", "dataset": ds, "method": pub["label"], "published_acc": pub[ds],
                         "published_source": pub["source"],
                         "measured_acc_mean": m.test_acc_mean if m else None,
                         "measured_acc_std": m.test_acc_std if m else None, "measured_n": m.n_seeds if m else None,
-                        "measured_as": f"{m.method}, {m.backbone}, maps {m.maps.label}" if m else None})
+                        "measured_as": f"{m.method}, {m.backbone}, maps {m.maps.label}"
+                        + (f", {m.schedule} schedule" if m.schedule != PAPER_CONFIG.schedule else "") if m else None})
     return out
 
 
