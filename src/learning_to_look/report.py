@@ -27,7 +27,8 @@ from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, WORST_GROUP, Rec
 
 CSV_FIELDS = ("origin", "dataset", "method", "backbone", "schedule", "maps", "maps_kind", "role", "input_transform",
               "map_options",
-              "n_seeds", "n_stopped", "seeds", "test_acc_mean", "test_acc_std", "worst_group_mean", "worst_group_std", "select_on",
+              "n_seeds", "n_stopped", "seeds", "test_acc_mean", "test_acc_std", "worst_group_mean", "worst_group_std",
+              "select_on",
               "cam_on_digit", "cam_on_decoy", "grad_on_digit",
               "grad_on_decoy", "map_iou", "map_auroc", "seconds_per_run", "seconds_per_epoch", "epochs",
               "train_subset", "published_acc", "published_source", "run_group")
@@ -254,7 +255,8 @@ def _results_table(rows: Sequence[Row]) -> str:
              r.method + (f" ({r.input_transform} input)" if r.input_transform != "none" else "")
              + (f", {r.schedule} schedule" if r.schedule != PAPER_CONFIG.schedule else "")
              + (", worst-group selection" if r.select_on == WORST_GROUP else ""), r.backbone,
-             r.maps.label, r.role, str(r.n_seeds) + (f" ({r.n_stopped} diverged)" if r.n_stopped else ""), _acc(r.test_acc_mean, r.test_acc_std, r.n_seeds),
+             r.maps.label, r.role, str(r.n_seeds) + (f" ({r.n_stopped} diverged)" if r.n_stopped else ""),
+             _acc(r.test_acc_mean, r.test_acc_std, r.n_seeds),
              *([_acc(r.worst_group_mean, r.worst_group_std, r.n_seeds) if r.worst_group_mean is not None else "—"]
                if groups else []),
              _num(r.cam_on_digit), _num(r.cam_on_decoy),
