@@ -37,7 +37,7 @@ from .losses import forward_kl, kl_per_image, reverse_kl
 from .methods import METHODS, Batch, Method
 from .models import LeNetGAP, build_backbone
 from .registry import Registry
-from .train import Diverged, FitResult, no_selection, pick_device, selection_score, set_determinism
+from .train import Diverged, FitResult, no_selection, stopped_note, pick_device, selection_score, set_determinism
 
 #: Images x models in one validation batch: about 1 GB of activations, whatever M is.
 VAL_IMAGE_MODELS = 32_000
@@ -335,7 +335,7 @@ def _stop_diverged(cfgs: Sequence[TrainConfig], finite: list[bool], stopped: lis
         if best[i]["state"] is None:
             raise Diverged(f"the loss of the model with {point} became NaN in epoch {epoch}, before any epoch it "
                            "could select; leave that point out of the grid, or lower --lr")
-        stopped[i] = f"loss became NaN in epoch {epoch}: stopped there, the epoch is selected from epochs 0-{epoch - 1}"
+        stopped[i] = stopped_note(f"loss became NaN in epoch {epoch}", epoch)
 
 
 def _train_epoch(stack: StackedLeNetGAP, opt: StackedSGD, train: Batch, sched: Sequence[ModelSchedule],

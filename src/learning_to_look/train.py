@@ -118,6 +118,11 @@ class Diverged(L2LError):
     """The training loss became NaN or infinite: the run cannot go on from here."""
 
 
+def stopped_note(why: str, epoch: int) -> str:
+    """What a run's record says when its loss diverged in ``epoch``: why, and which epochs it chose from."""
+    return f"{why}: stopped there, the epoch is selected from epochs 0-{epoch - 1}"
+
+
 def no_selection(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
     """Why no epoch could be selected: none was eligible, or every eligible score was NaN."""
     if any(r["eligible"] for r in history):
@@ -241,7 +246,7 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
         except Diverged as err:
             if best["state"] is None:  # nothing to select: the run has no model
                 raise
-            stopped = f"{err}: stopped there, the epoch is selected from epochs 0-{epoch - 1}"
+            stopped = stopped_note(str(err), epoch)
             break
         sched.step()
         row |= _validate(model, method, val, device)
