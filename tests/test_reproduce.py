@@ -115,12 +115,16 @@ def test_map_quality_on_hand_cases():
 # ---- aggregation ----------------------------------------------------------------------
 
 def fake_record(group: str, seed: int, acc: float, method: str = "vanilla", dataset: str = "decoymnist",
-                maps: dict | None = None, role: str = "method") -> Record:
+                maps: dict | None = None, role: str = "method", lambda0: float | None = None,
+                val_acc: float = 99.0) -> Record:
+    """A finished run as a record holds it: lambda0 resolved (vanilla's 0), 10 classes."""
     test = TestMetrics(accuracy=acc, cam_on_digit=0.5, grad_on_digit=0.4, kl_to_oracle=1.0, n=10_000)
+    lam = lambda0 if lambda0 is not None else 0.0 if method == "vanilla" else 100.0
     return Record(run_dir=Path(f"/runs/{group}/seed{seed}"), role=role,
-                  config=TrainConfig(dataset=dataset, method=method, seed=seed),
-                  maps=MapsInfo.from_result(maps or {"name": "none", "kind": "none"}), test=test, history=(),
-                  selected_epoch=0, seconds_per_epoch=1.0, wall_seconds=10.0, device="cpu", environment={})
+                  config=TrainConfig(dataset=dataset, method=method, seed=seed, lambda0=lam),
+                  maps=MapsInfo.from_result(maps or {"name": "none", "kind": "none"}), test=test,
+                  history=({"epoch": 0, "val_acc": val_acc},), selected_epoch=0, seconds_per_epoch=1.0,
+                  wall_seconds=10.0, device="cpu", environment={}, num_classes=10)
 
 
 def test_curve_bands_over_seeds_of_unequal_length_by_hand():
@@ -173,6 +177,28 @@ def test_verdict_difference_interval_and_effect():
     assert two[0]["effect"] == "too few seeds to tell" and two[0]["diff"] == 30.0
 
 
+def test_a_collapsed_model_or_a_gain_below_chance_is_not_help_and_a_mapless_penalty_is_guided():
+    """ColorMNIST's shifted test: vanilla is below chance, so a one-class model (eg) or
+    a model still below chance (l2l) beats it without learning the digit; cdep's colour
+    penalty uses no maps but is a guided method, never the baseline."""
+    records = [fake_record("van", s, acc, dataset="colormnist") for s, acc in enumerate([0.0, 0.1, 0.0])]
+    records += [fake_record("eg", s, acc, method="eg", dataset="colormnist", maps={"name": "oracle", "kind": "annotation"},
+                            val_acc=11.0) for s, acc in enumerate([12.0, 11.0, 13.0])]
+    records += [fake_record("l2l", s, acc, method="l2l", dataset="colormnist",
+                            maps={"name": "oracle", "kind": "annotation"}) for s, acc in enumerate([5.0, 7.0, 6.0])]
+    records += [fake_record("cdep", s, acc, method="cdep", dataset="colormnist", lambda0=1000.0)
+                for s, acc in enumerate([30.0, 31.0, 32.0])]
+    rows = aggregate(records)
+    every = verdict_rows(rows)
+    verdict = {v["method"]: v for v in every}
+    assert [v["baseline"] for v in every] == ["vanilla"] * 3 and set(verdict) == {"eg", "l2l", "cdep"}
+    assert verdict["eg"]["collapsed"] and verdict["eg"]["effect"].startswith("collapsed (validation accuracy 11.0 %")
+    assert verdict["l2l"]["low"] > 0 and verdict["l2l"]["effect"].startswith("no real gain")
+    assert verdict["cdep"]["effect"] == "helps" and verdict["cdep"]["lambda0"] == 1000.0
+    (line,) = verdict_summary(rows, [v for v in verdict.values() if v["method"] != "cdep"])
+    assert line["best"]["method"] == "l2l"  # eg's higher mean is a collapsed model
+
+
 def test_verdict_summary_one_line_per_setting_with_bound_best_and_note():
     oracle = {"name": "oracle", "kind": "annotation"}
     records = [fake_record("van", s, acc) for s, acc in enumerate([50.0, 52.0, 48.0])]
@@ -186,6 +212,10 @@ def test_verdict_summary_one_line_per_setting_with_bound_best_and_note():
     assert line["best"]["method"] == "rrr" and line["best"]["diff"] == 40.0 and line["effect"] == "helps"
     assert line["l2l_oracle"]["method"] == "l2l" and line["l2l_oracle"]["diff"] == 10.0
     assert line["note"] == "why"
+    one_seed = [fake_record("rrr1", 0, 95.0, method="rrr", maps={"name": "not-decoy", "kind": "annotation"},
+                            lambda0=10.0)]
+    rows = aggregate(records + one_seed)
+    assert verdict_summary(rows, verdict_rows(rows))[0]["best"]["lambda0"] == 100.0  # one seed gives no verdict
     bare = verdict_summary(rows, verdict_rows(rows))[0]
     assert bare["note"] == "" and bare["l2l_oracle"] is None
 

@@ -44,7 +44,7 @@ def _baseline_and_guided(rows: Sequence[Row], ds: str) -> tuple[Row, Row] | None
     """The unguided baseline and the paper's method (real VLM maps first, then the paper's
     maps) on the paper's network, for the qualitative figure."""
     paper = [r for r in rows if r.dataset == ds and r.compared and r.on_paper_network]
-    base = next((r for r in paper if not r.uses_maps), None)
+    base = next((r for r in paper if not r.guided), None)
     guided = sorted((r for r in paper if r.method == PAPER_CONFIG.method and r.uses_maps),
                     key=lambda r: (not r.maps.is_real_vlm, r.maps.name != PAPER_CONFIG.maps))
     return (base, guided[0]) if base and guided else None
@@ -277,10 +277,10 @@ def _sensitivity_panel(ax, pts: Sequence[dict[str, Any]], rows: Sequence[Row]) -
     for j, r in enumerate(others):
         ax.errorbar([r.maps.iou], [r.test_acc_mean], yerr=[r.test_acc_std], marker="X", ms=9, ls="none",
                     color=("dimgray", "tab:purple", "tab:brown")[j % 3], capsize=3, label=f"{r.maps.label} maps")
-    baseline = next((r for r in rows if r.setting == setting and r.compared and not r.uses_maps
+    baseline = next((r for r in rows if r.setting == setting and r.compared and not r.guided
                      and r.input_transform == PAPER_CONFIG.input_transform), None)
     if baseline is not None:
-        ax.axhline(baseline.test_acc_mean, color="gray", ls="--", lw=1, label=f"{baseline.method} (no maps)")
+        ax.axhline(baseline.test_acc_mean, color="gray", ls="--", lw=1, label=f"{baseline.method} (unguided)")
     ax.set_xlabel("map quality: IoU of the map above the digit threshold with the digit (training images)")
     ax.set_ylabel(f"{method} test accuracy %")
     ax.set_title(f"{_name(ds)}, {backbone}, {schedule} schedule" + (f", {subset:,} images" if subset else ""),

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import TrainConfig
+from .data import DATASETS
 from .errors import L2LError
 from .io import read_json
 
@@ -128,6 +129,12 @@ class Record:
     device: str
     environment: dict[str, Any]
     stopped: str | None = None  # why training ended early (the loss diverged), None when it ran every epoch
+    num_classes: int | None = None  # None where neither the record nor the registry tells
+
+    @property
+    def val_acc(self) -> float | None:
+        """In-distribution validation accuracy % of the selected epoch."""
+        return next((row.get("val_acc") for row in self.history if row.get("epoch") == self.selected_epoch), None)
 
     @property
     def group(self) -> Path:
@@ -163,7 +170,15 @@ def load_record(run_dir: str | Path) -> Record:
                                                                             if k in metrics}),
                   history=tuple(r["history"]), selected_epoch=r["selection"]["epoch"],
                   seconds_per_epoch=r["seconds_per_epoch"], wall_seconds=r["wall_seconds"], device=r["device"],
-                  environment=r.get("environment", {}), stopped=r.get("stopped"))
+                  environment=r.get("environment", {}), stopped=r.get("stopped"),
+                  num_classes=_num_classes(r))
+
+
+def _num_classes(result: dict[str, Any]) -> int | None:
+    """The class count a run's ``result.json`` lists; records written before it kept the
+    list fall back to the registry's count for a built-in data set."""
+    classes, name = result.get("dataset", {}).get("classes"), result["config"]["dataset"]
+    return len(classes) if classes else DATASETS[name].num_classes if name in DATASETS else None
 
 
 def collect(runs_dir: str | Path) -> list[Record]:
@@ -202,6 +217,8 @@ class Row:
     seeds: list[int]
     test_acc_mean: float
     test_acc_std: float
+    val_acc_mean: float | None  # in-distribution validation accuracy % of the selected epochs
+    chance: float | None  # accuracy % of guessing uniformly; None where the class count is unknown
     worst_group_mean: float | None
     worst_group_std: float | None
     select_on: str  # "validation", or WORST_GROUP where selection read the worst validation group
@@ -237,6 +254,13 @@ class Row:
     @property
     def uses_maps(self) -> bool:
         return self.maps.name != "none"
+
+    @property
+    def guided(self) -> bool:
+        """The method adds a term to the cross-entropy with a positive weight (a map
+        alignment, or a penalty on a declared shortcut such as CDEP's colour); vanilla's
+        weight is 0."""
+        return self.lambda0 is not None
 
     @property
     def on_paper_network(self) -> bool:
@@ -284,7 +308,8 @@ def _row(group: str, members: list[Record]) -> Row:
     return Row(dataset=cfg.dataset, method=cfg.method, backbone=cfg.backbone, maps=first.maps, role=first.role,
                input_transform=cfg.input_transform, schedule=cfg.schedule, map_options=cfg.map_options,
                seeds=[m.config.seed for m in members], test_acc_mean=acc_mean,
-               test_acc_std=acc_std, worst_group_mean=worst_mean, worst_group_std=worst_std,
+               test_acc_std=acc_std, val_acc_mean=_mean([m.val_acc for m in members]),
+               chance=100.0 / first.num_classes if first.num_classes else None, worst_group_mean=worst_mean, worst_group_std=worst_std,
                select_on=WORST_GROUP if cfg.selection == "val_worst_group" else "validation", cam_on_digit=_mean([m.test.cam_on_digit for m in members]),
                cam_on_decoy=_mean([m.test.cam_on_decoy for m in members]),
                grad_on_digit=_mean([m.test.grad_on_digit for m in members]),

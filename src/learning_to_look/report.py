@@ -88,6 +88,8 @@ BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 #: Fewer seeds than this on either side and the bootstrap interval means little: no verdict.
 MIN_VERDICT_SEEDS = 3
+#: Validation accuracy within this share of the way from chance to 100 % is a collapsed model.
+COLLAPSE_SHARE = 0.1
 
 
 def bootstrap_diff(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -102,40 +104,63 @@ def bootstrap_diff(a: Sequence[float], b: Sequence[float], level: float = 0.95) 
 
 
 def verdict_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Per benchmark setting (``SETTING_KEYS``) with an unguided baseline:
-    each guided method's difference from it in points, with its 95 % interval, and
-    whether alignment helps (interval above 0), hurts (below 0) or shows no clear effect."""
+    """Per benchmark setting (``SETTING_KEYS``) with an unguided baseline: each guided
+    method's difference from it in points, with its 95 % interval, and its effect
+    (:func:`effect`)."""
     out = []
-    for base in (r for r in rows if r.compared and not r.uses_maps and r.input_transform == "none"):
-        guided = [r for r in rows if r.uses_maps and r.role in ("method", "vlm", "control", "sensitivity")
+    for base in (r for r in rows if r.compared and not r.guided and r.input_transform == "none"):
+        guided = [r for r in rows if r.guided and r.role in ("method", "vlm", "control", "sensitivity")
                   and r.setting == base.setting]
         for g in guided:
             diff, low, high = bootstrap_diff([m.test.accuracy for m in g.members],
                                              [m.test.accuracy for m in base.members])
-            effect = ("too few seeds to tell" if min(g.n_seeds, base.n_seeds) < MIN_VERDICT_SEEDS
-                      else "helps" if low > 0 else "hurts" if high < 0 else "no clear effect")
             out.append(dict(zip(SETTING_KEYS, base.setting)) | {
                         "baseline": base.method, "baseline_acc_mean": base.test_acc_mean,
                         "baseline_acc_std": base.test_acc_std, "baseline_n": base.n_seeds, "method": g.method,
-                        "maps": g.maps.label, "acc_mean": g.test_acc_mean, "acc_std": g.test_acc_std,
-                        "n": g.n_seeds, "diff": diff, "low": low, "high": high, "effect": effect,
+                        "lambda0": g.lambda0, "maps": g.maps.label, "acc_mean": g.test_acc_mean,
+                        "acc_std": g.test_acc_std, "n": g.n_seeds, "diff": diff, "low": low, "high": high,
+                        "collapsed": collapsed(g), "effect": effect(g, base.n_seeds, low, high),
                         "cam_on_digit": g.cam_on_digit, "cam_on_decoy": g.cam_on_decoy,
                         "grad_on_digit": g.grad_on_digit, "grad_on_decoy": g.grad_on_decoy,
                         "baseline_cam_on_decoy": base.cam_on_decoy, "baseline_grad_on_decoy": base.grad_on_decoy})
     return out
 
 
+def collapsed(g: Row) -> bool:
+    """Whether the guided runs learned next to nothing in-distribution: their validation
+    accuracy is within ``COLLAPSE_SHARE`` of the way from chance to 100 %. On a shifted
+    test set where the baseline scores below chance, such a model (about one class
+    predicted for every image) would otherwise count as a gain."""
+    if g.chance is None or g.val_acc_mean is None:
+        return False
+    return g.val_acc_mean < g.chance + COLLAPSE_SHARE * (100.0 - g.chance)
+
+
+def effect(g: Row, baseline_n: int, low: float, high: float) -> str:
+    """helps (interval above 0), hurts (below 0) or no clear effect; a collapsed model,
+    or a gain that leaves the model at or below chance, is not called help."""
+    if collapsed(g):
+        return f"collapsed (validation accuracy {g.val_acc_mean:.1f} %, chance {g.chance:.0f} %)"
+    if min(g.n_seeds, baseline_n) < MIN_VERDICT_SEEDS:
+        return "too few seeds to tell"
+    if low > 0 and g.chance is not None and g.test_acc_mean <= g.chance:
+        return f"no real gain: still at or below chance ({g.chance:.0f} %)"
+    return "helps" if low > 0 else "hurts" if high < 0 else "no clear effect"
+
+
 def verdict_summary(rows: Sequence[Row], verdict: Sequence[dict[str, Any]], paper_loss: Sequence[str] = (),
                     notes: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One line per benchmark setting: the baseline, the clean-MNIST bound of the same
     network and schedule, the best guided run (highest mean test accuracy, a description
-    of what was measured, not a model selection) and the paper's loss (the methods named
+    of what was measured, not a model selection; among the runs with enough seeds for a
+    verdict that did not collapse, where there are any) and the paper's loss (the methods named
     in ``paper_loss``) on oracle maps. The setting's verdict is its best guided run's;
     ``notes`` add a reason per data set."""
     out = []
     for setting in dict.fromkeys(tuple(v[k] for k in SETTING_KEYS) for v in verdict):
         mine = [v for v in verdict if tuple(v[k] for k in SETTING_KEYS) == setting]
-        best = max(mine, key=lambda v: v["acc_mean"])
+        learned = [v for v in mine if not v["collapsed"]]
+        best = max([v for v in learned if v["n"] >= MIN_VERDICT_SEEDS] or learned or mine, key=lambda v: v["acc_mean"])
         oracle = next((v for v in mine if v["method"] in paper_loss and v["maps"].startswith("oracle")), None)
         bound = next((r for r in rows if r.role == "upper-bound" and r.dataset == "mnist"
                       and r.setting[1:] == setting[1:]), None)
@@ -293,7 +318,7 @@ def _setting(d: dict[str, Any]) -> str:
 def _verdict_table(verdict: Sequence[dict[str, Any]]) -> str:
     body = [[_setting(v),
              f"{_acc(v['baseline_acc_mean'], v['baseline_acc_std'], v['baseline_n'])} ({v['baseline']})",
-             f"{v['method']}, {v['maps']}", _acc(v["acc_mean"], v["acc_std"], v["n"]), str(v["n"]),
+             _guided(v), _acc(v["acc_mean"], v["acc_std"], v["n"]), str(v["n"]),
              f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]", v["effect"],
              f"{_num(v['cam_on_digit'])} / {_num(v['cam_on_decoy'])} ({_num(v['baseline_cam_on_decoy'])})",
              f"{_num(v['grad_on_digit'])} / {_num(v['grad_on_decoy'])} ({_num(v['baseline_grad_on_decoy'])})"]
@@ -304,10 +329,15 @@ def _verdict_table(verdict: Sequence[dict[str, Any]]) -> str:
                    "gradient share on digit / decoy (baseline's on decoy)"], body)
 
 
+def _guided(v: dict[str, Any]) -> str:
+    maps = "no maps" if v["maps"] == "none" else v["maps"]  # e.g. CDEP's penalty on ColorMNIST's colour
+    return f"{v['method']} λ {v['lambda0']:g}, {maps}"
+
+
 def _vs(v: dict[str, Any] | None) -> str:
     if v is None:
         return "not run"
-    return (f"{v['method']}, {v['maps']}: {_acc(v['acc_mean'], v['acc_std'], v['n'])} (n {v['n']}); "
+    return (f"{_guided(v)}: {_acc(v['acc_mean'], v['acc_std'], v['n'])} (n {v['n']}); "
             f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]")
 
 
@@ -379,9 +409,14 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
                   "Each guided run against the unguided baseline of the same setting: the difference in test accuracy, "
                   f"in points, with a 95 % percentile-bootstrap interval over seeds ({BOOTSTRAP_RESAMPLES:,} "
                   "resamples of each side's seeds). It helps when the interval lies above 0, hurts when below; "
-                  f"with fewer than {MIN_VERDICT_SEEDS} seeds on either side there is no verdict.", "",
-                  "Per setting: the best guided run is the one with the highest mean test accuracy (a description "
-                  "of what was measured; nothing is selected with it), and the setting's verdict is its verdict. "
+                  f"with fewer than {MIN_VERDICT_SEEDS} seeds on either side there is no verdict. A guided model "
+                  f"whose in-distribution validation accuracy is within {COLLAPSE_SHARE:.0%} of the way from chance "
+                  "to 100 % has collapsed (it predicts about one class), and a gain that leaves the model at or below "
+                  "chance on the test split is not called help: where the baseline is below chance, a constant "
+                  "guess would beat it.", "",
+                  "Per setting: the best guided run is the one with the highest mean test accuracy among those with "
+                  "enough seeds that did not collapse (a description of what was measured; nothing is selected with "
+                  "it), and the setting's verdict is its verdict. "
                   f"The paper's loss: {' or '.join(tables.paper_loss) or 'not named'}.", "",
                   _summary_table(tables.summary), "", "Every guided run:", "",
                   _verdict_table(tables.verdict), ""]
