@@ -182,10 +182,11 @@ def test_a_collapsed_model_or_a_gain_below_chance_is_not_help_and_a_mapless_pena
     a model still below chance (l2l) beats it without learning the digit; cdep's colour
     penalty uses no maps but is a guided method, never the baseline."""
     records = [fake_record("van", s, acc, dataset="colormnist") for s, acc in enumerate([0.0, 0.1, 0.0])]
-    records += [fake_record("eg", s, acc, method="eg", dataset="colormnist", maps={"name": "oracle", "kind": "annotation"},
-                            val_acc=11.0) for s, acc in enumerate([12.0, 11.0, 13.0])]
-    records += [fake_record("l2l", s, acc, method="l2l", dataset="colormnist",
-                            maps={"name": "oracle", "kind": "annotation"}) for s, acc in enumerate([5.0, 7.0, 6.0])]
+    oracle = {"name": "oracle", "kind": "annotation"}
+    records += [fake_record("eg", s, acc, method="eg", dataset="colormnist", maps=oracle, val_acc=11.0)
+                for s, acc in enumerate([12.0, 11.0, 13.0])]
+    records += [fake_record("l2l", s, acc, method="l2l", dataset="colormnist", maps=oracle)
+                for s, acc in enumerate([5.0, 7.0, 6.0])]
     records += [fake_record("cdep", s, acc, method="cdep", dataset="colormnist", lambda0=1000.0)
                 for s, acc in enumerate([30.0, 31.0, 32.0])]
     rows = aggregate(records)

@@ -410,10 +410,10 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
                   f"in points, with a 95 % percentile-bootstrap interval over seeds ({BOOTSTRAP_RESAMPLES:,} "
                   "resamples of each side's seeds). It helps when the interval lies above 0, hurts when below; "
                   f"with fewer than {MIN_VERDICT_SEEDS} seeds on either side there is no verdict. A guided model "
-                  f"whose in-distribution validation accuracy is within {COLLAPSE_SHARE * 100:g} % of the way from chance "
-                  "to 100 % has collapsed (it predicts about one class), and a gain that leaves the model at or below "
-                  "chance on the test split is not called help: where the baseline is below chance, a constant "
-                  "guess would beat it.", "",
+                  f"whose in-distribution validation accuracy is within {COLLAPSE_SHARE * 100:g} % of the way from "
+                  "chance to 100 % has collapsed (it predicts about one class), and a gain that leaves the model "
+                  "at or below chance on the test split is not called help: where the baseline is below chance, a "
+                  "constant guess would beat it.", "",
                   "Per setting: the best guided run is the one with the highest mean test accuracy among those with "
                   "enough seeds that did not collapse (a description of what was measured; nothing is selected with "
                   "it), and the setting's verdict is its verdict. "
