@@ -153,14 +153,15 @@ def verdict_summary(rows: Sequence[Row], verdict: Sequence[dict[str, Any]], pape
     """One line per benchmark setting: the baseline, the clean-MNIST bound of the same
     network and schedule, the best guided run (highest mean test accuracy, a description
     of what was measured, not a model selection; among the runs with enough seeds for a
-    verdict that did not collapse, where there are any) and the paper's loss (the methods named
-    in ``paper_loss``) on oracle maps. The setting's verdict is its best guided run's;
+    verdict that did not collapse, where there are any) and the paper's loss (the methods
+    named in ``paper_loss``) on oracle maps. The setting's verdict is its best guided run's;
     ``notes`` add a reason per data set."""
     out = []
     for setting in dict.fromkeys(tuple(v[k] for k in SETTING_KEYS) for v in verdict):
         mine = [v for v in verdict if tuple(v[k] for k in SETTING_KEYS) == setting]
         learned = [v for v in mine if not v["collapsed"]]
-        best = max([v for v in learned if v["n"] >= MIN_VERDICT_SEEDS] or learned or mine, key=lambda v: v["acc_mean"])
+        best = max([v for v in learned if v["n"] >= MIN_VERDICT_SEEDS] or learned or mine,
+                   key=lambda v: v["acc_mean"])
         oracle = next((v for v in mine if v["method"] in paper_loss and v["maps"].startswith("oracle")), None)
         bound = next((r for r in rows if r.role == "upper-bound" and r.dataset == "mnist"
                       and r.setting[1:] == setting[1:]), None)
