@@ -22,7 +22,7 @@ from learning_to_look.errors import L2LError
 from learning_to_look.maps import get_map_source, map_quality
 from learning_to_look.methods import resolve
 from learning_to_look.records import MapsInfo, Record, TestMetrics, aggregate, collect, mean_std
-from learning_to_look.report import attach_published, verdict_rows, verdict_summary
+from learning_to_look.report import attach_published, bite_rows, verdict_rows, verdict_summary
 
 PUBLISHED = rep.PAPER.published
 
@@ -116,12 +116,13 @@ def test_map_quality_on_hand_cases():
 
 def fake_record(group: str, seed: int, acc: float, method: str = "vanilla", dataset: str = "decoymnist",
                 maps: dict | None = None, role: str = "method", lambda0: float | None = None,
-                val_acc: float = 99.0) -> Record:
-    """A finished run as a record holds it: lambda0 resolved (vanilla's 0), 10 classes."""
+                val_acc: float = 99.0, **config) -> Record:
+    """A finished run as a record holds it: lambda0 resolved (vanilla's 0), 10 classes;
+    ``config`` sets other fields of its TrainConfig."""
     test = TestMetrics(accuracy=acc, cam_on_digit=0.5, grad_on_digit=0.4, kl_to_oracle=1.0, n=10_000)
     lam = lambda0 if lambda0 is not None else 0.0 if method == "vanilla" else 100.0
     return Record(run_dir=Path(f"/runs/{group}/seed{seed}"), role=role,
-                  config=TrainConfig(dataset=dataset, method=method, seed=seed, lambda0=lam),
+                  config=TrainConfig(dataset=dataset, method=method, seed=seed, lambda0=lam, **config),
                   maps=MapsInfo.from_result(maps or {"name": "none", "kind": "none"}), test=test,
                   history=({"epoch": 0, "val_acc": val_acc},), selected_epoch=0, seconds_per_epoch=1.0,
                   wall_seconds=10.0, device="cpu", environment={}, num_classes=10)
@@ -219,6 +220,25 @@ def test_verdict_summary_one_line_per_setting_with_bound_best_and_note():
     assert verdict_summary(rows, verdict_rows(rows))[0]["best"]["lambda0"] == 100.0  # one seed gives no verdict
     bare = verdict_summary(rows, verdict_rows(rows))[0]
     assert bare["note"] == "" and bare["l2l_oracle"] is None
+
+
+def test_a_setting_bites_when_vanilla_falls_15_points_below_the_clean_bound_of_its_network():
+    """Only unguided runs enter, each against the MNIST bound of the same network and
+    schedule; the rule needs 3 seeds on each side."""
+    records = [fake_record("dm", s, acc) for s, acc in enumerate([50.0, 52.0, 48.0])]
+    records += [fake_record("drr", s, acc, dataset="decoymnist-rrr") for s, acc in enumerate([86.0, 85.0, 84.0])]
+    records += [fake_record("cm", s, 0.0, dataset="colormnist") for s in range(2)]
+    records += [fake_record("bound", s, 99.0, dataset="mnist", role="upper-bound") for s in range(3)]
+    records += [fake_record("rrr", s, 98.0, method="rrr", maps={"name": "not-decoy", "kind": "annotation"})
+                for s in range(3)]
+    records += [fake_record("cnn", s, 40.0, backbone="cdep-cnn") for s in range(3)]  # no bound of its network
+    bites = {b["dataset"]: b for b in bite_rows(aggregate(records))}
+    assert set(bites) == {"decoymnist", "decoymnist-rrr", "colormnist"}
+    assert all(b["backbone"] == "lenet-gap" and b["baseline"] == "vanilla" for b in bites.values())
+    dm, drr = bites["decoymnist"], bites["decoymnist-rrr"]
+    assert (dm["gap"], dm["bound_n"], dm["bites"]) == (49.0, 3, "yes") and dm["low"] <= 49.0 <= dm["high"]
+    assert (drr["gap"], drr["bites"]) == (14.0, "no")
+    assert bites["colormnist"]["bites"] == "too few seeds to tell"
 
 
 def test_a_test_model_is_never_labelled_a_vlm():

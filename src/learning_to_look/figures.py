@@ -3,8 +3,9 @@
 
 Each figure answers one question at a glance: where do the models look
 (qualitative), what were they told to look at (maps), how did training go
-(curves), how do the numbers compare with the papers (accuracy), and how good must
-maps be (sensitivity). Test images appear only in the qualitative figure, which
+(curves), how do the numbers compare with the papers (accuracy), where does a
+shortcut bite (shortcut_search), does alignment help there (verdict), and how good
+must maps be (sensitivity). Test images appear only in the qualitative figure, which
 shows the final, already selected models and chooses nothing.
 """
 
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .plotting import pyplot, save_figure, to_display
-from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, Row
+from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, Row, setting_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from .report import Tables
 
 
 def _name(ds: str) -> str:
@@ -257,7 +260,6 @@ def sensitivity(sens: Sequence[dict[str, Any]], rows: Sequence[Row] = ()) -> Fig
 def _sensitivity_panel(ax, pts: Sequence[dict[str, Any]], rows: Sequence[Row]) -> None:
     colours = pyplot().get_cmap("tab10")
     setting = tuple(pts[0][k] for k in SETTING_KEYS)
-    ds, schedule, backbone, subset = (pts[0][k] for k in ("dataset", "schedule", "backbone", "train_subset"))
     method = pts[0]["method"]
     ref = next((s for s in pts if s["degradation"] == "none"), None)
     for k, kind in enumerate(sorted({s["degradation"] for s in pts} - {"none"})):
@@ -283,10 +285,72 @@ def _sensitivity_panel(ax, pts: Sequence[dict[str, Any]], rows: Sequence[Row]) -
         ax.axhline(baseline.test_acc_mean, color="gray", ls="--", lw=1, label=f"{baseline.method} (unguided)")
     ax.set_xlabel("map quality: IoU of the map above the digit threshold with the digit (training images)")
     ax.set_ylabel(f"{method} test accuracy %")
-    ax.set_title(f"{_name(ds)}, {backbone}, {schedule} schedule" + (f", {subset:,} images" if subset else ""),
-                 fontsize=10)
+    ax.set_title(setting_label(pts[0]), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, title="maps (numbers: degradation strength)", title_fontsize=7)
+
+
+def _by_setting(items: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Table rows grouped by setting (the values of ``SETTING_KEYS``), in first-seen order."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for it in items:
+        groups.setdefault(tuple(it[k] for k in SETTING_KEYS), []).append(it)
+    return list(groups.values())
+
+
+def shortcut_search(bites: Sequence[dict[str, Any]]) -> Figure | None:
+    """Per setting, vanilla's seeds beside the clean-MNIST bound's: how far the shortcut
+    pulls the unguided network down, and which settings pass the bite threshold."""
+    if not bites:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.42 * len(bites)), dpi=110)
+    y = np.arange(len(bites))[::-1]
+    for yi, b in zip(y, bites):
+        colour = "tab:red" if b["bites"] == "yes" else "tab:gray"
+        ax.plot([b["baseline_acc_mean"], b["bound_acc_mean"]], [yi, yi], color=colour, lw=2, zorder=1)
+        ax.scatter(b["baseline_accs"], [yi] * len(b["baseline_accs"]), s=14, color="tab:blue", zorder=2)
+        ax.scatter(b["bound_accs"], [yi] * len(b["bound_accs"]), s=14, color="tab:green", zorder=2)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{setting_label(b)} (bites: {b['bites']})" for b in bites], fontsize=7)
+    ax.scatter([], [], color="tab:blue", label="vanilla, one dot per seed")
+    ax.scatter([], [], color="tab:green", label="clean-MNIST bound, same network and schedule")
+    ax.plot([], [], color="tab:red", lw=2, label="gap of a setting that bites")
+    ax.set_xlabel("test accuracy % (shifted test set; MNIST's own for the bound)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("Where does the shortcut bite? (unguided runs only)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def verdict(rows: Sequence[dict[str, Any]]) -> Figure | None:
+    """The verdict as a forest plot: each guided run's difference from the unguided
+    baseline of its setting, with its 95 % interval, one panel per setting."""
+    groups = _by_setting(rows)
+    if not groups:
+        return None
+    plt = pyplot()
+    sizes = [len(g) for g in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 0.9 * len(groups) + 0.35 * sum(sizes)), dpi=110,
+                             squeeze=False, gridspec_kw={"height_ratios": sizes})
+    colour = {"helps": "tab:green", "hurts": "tab:red"}
+    for ax, mine in zip(axes[:, 0], groups):
+        y = np.arange(len(mine))[::-1]
+        for yi, v in zip(y, mine):
+            ax.errorbar([v["diff"]], [yi], xerr=[[v["diff"] - v["low"]], [v["high"] - v["diff"]]], fmt="o",
+                        capsize=3, color=colour.get(v["effect"], "tab:gray"))
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{v['label']} (n {v['n']}): {v['effect']}" for v in mine], fontsize=7)
+        ax.set_ylim(-0.6, len(mine) - 0.4)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(f"{setting_label(mine[0])}: against {mine[0]['baseline']} "
+                     f"({mine[0]['baseline_acc_mean']:.2f} %, n {mine[0]['baseline_n']})", fontsize=8)
+    axes[-1, 0].set_xlabel("difference from the unguided baseline, test accuracy points (95 % bootstrap interval)")
+    fig.suptitle("Does alignment help? (green: helps, red: hurts, grey: no verdict of help)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def sweep(summary: dict[str, Any] | None) -> Figure | None:
@@ -333,14 +397,15 @@ def sweep(summary: dict[str, Any] | None) -> Figure | None:
     return fig
 
 
-def write_figures(out: str | os.PathLike, rows: Sequence[Row], sens: Sequence[dict[str, Any]],
-                  published: Sequence[dict[str, Any]], stamp: str | None = None,
-                  sweep_summary: dict[str, Any] | None = None) -> list[Path]:
-    """Draw every figure that the rows support and write it into ``out``; ``stamp`` (e.g.
-    "smoke run: numbers mean nothing") is written across each of them."""
+def write_figures(out: str | os.PathLike, tables: Tables, published: Sequence[dict[str, Any]],
+                  stamp: str | None = None) -> list[Path]:
+    """Draw every figure that the report's tables support and write it into ``out``;
+    ``stamp`` (e.g. "smoke run: numbers mean nothing") is written across each of them."""
+    rows = tables.rows
     figures = {"qualitative.png": qualitative(rows), **guidance_maps(rows), "curves.png": curves(rows),
-               "accuracy.png": accuracy_bars(rows, published), "sensitivity.png": sensitivity(sens, rows),
-               "sweep.png": sweep(sweep_summary)}
+               "accuracy.png": accuracy_bars(rows, published),
+               "shortcut_search.png": shortcut_search(tables.bites), "verdict.png": verdict(tables.verdict),
+               "sensitivity.png": sensitivity(tables.sensitivity, rows), "sweep.png": sweep(tables.sweep)}
     written = []
     for name, fig in figures.items():
         if fig is None:

@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -34,8 +34,9 @@ PAPER_CONFIG = TrainConfig().with_schedule_defaults()
 #: How a report reads a run, in the order its tables list them.
 ROLES = ("method", "vlm", "upper-bound", "control", "sensitivity")
 #: Data sets in the order reports list them; others follow alphabetically.
-DATASET_ORDER = ("colormnist", "decoymnist", "mnist")
-DATASET_NAMES = {"colormnist": "ColorMNIST", "decoymnist": "DecoyMNIST", "mnist": "MNIST (clean)"}
+DATASET_ORDER = ("colormnist", "decoymnist", "decoymnist-rrr", "mnist")
+DATASET_NAMES = {"colormnist": "ColorMNIST", "decoymnist": "DecoyMNIST", "decoymnist-rrr": "DecoyMNIST-RRR",
+                 "mnist": "MNIST (clean)"}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -200,6 +201,13 @@ SETTING_KEYS = ("dataset", "schedule", "backbone", "train_subset", "epochs", "se
 #: ``select_on`` of runs whose epoch was chosen by the worst validation group (``val_worst_group``):
 #: they are compared with each other only, since the rule changes which model a run is.
 WORST_GROUP = "worst group"
+
+
+def setting_label(d: Mapping[str, Any]) -> str:
+    """A setting (the values of :data:`SETTING_KEYS` in a table row) as tables and figures name it."""
+    subset = f", {d['train_subset']:,} images" if d.get("train_subset") else ""
+    worst = ", selected on the worst validation group" if d.get("select_on") == WORST_GROUP else ""
+    return f"{DATASET_NAMES.get(d['dataset'], d['dataset'])}, {d['schedule']}, {d['backbone']}{subset}{worst}"
 
 
 @dataclass

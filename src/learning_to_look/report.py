@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .io import atomic_write_json, atomic_write_text
-from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, WORST_GROUP, Record, Row, aggregate, paper_match
+from .records import (DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, WORST_GROUP, Record, Row, aggregate, paper_match,
+                      setting_label)
 
 CSV_FIELDS = ("origin", "dataset", "method", "backbone", "schedule", "maps", "maps_kind", "role", "input_transform",
               "map_options",
@@ -117,13 +118,20 @@ def verdict_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
             out.append(dict(zip(SETTING_KEYS, base.setting)) | {
                         "baseline": base.method, "baseline_acc_mean": base.test_acc_mean,
                         "baseline_acc_std": base.test_acc_std, "baseline_n": base.n_seeds, "method": g.method,
-                        "lambda0": g.lambda0, "maps": g.maps.label, "acc_mean": g.test_acc_mean,
+                        "lambda0": g.lambda0, "maps": g.maps.label, "label": _guided_label(g),
+                        "acc_mean": g.test_acc_mean,
                         "acc_std": g.test_acc_std, "n": g.n_seeds, "diff": diff, "low": low, "high": high,
                         "collapsed": collapsed(g), "effect": effect(g, base.n_seeds, low, high),
                         "cam_on_digit": g.cam_on_digit, "cam_on_decoy": g.cam_on_decoy,
                         "grad_on_digit": g.grad_on_digit, "grad_on_decoy": g.grad_on_decoy,
                         "baseline_cam_on_decoy": base.cam_on_decoy, "baseline_grad_on_decoy": base.grad_on_decoy})
     return out
+
+
+def _guided_label(g: Row) -> str:
+    """Method, weight and maps: several runs of one method on one setting differ by λ or maps."""
+    maps = g.maps.label if g.uses_maps else "no maps"  # e.g. CDEP's penalty on ColorMNIST's colour
+    return f"{g.method} λ {g.lambda0:g}, {maps}"
 
 
 def collapsed(g: Row) -> bool:
@@ -148,6 +156,44 @@ def effect(g: Row, baseline_n: int, low: float, high: float) -> str:
     return "helps" if low > 0 else "hurts" if high < 0 else "no clear effect"
 
 
+#: The data set of a setting's upper bound: the same network and schedule on clean digits.
+BOUND_DATASET = "mnist"
+#: A setting "bites" when vanilla's mean test accuracy is at least this many points below
+#: its clean bound: the shortcut is learned, so there is something for alignment to fix.
+BITE_POINTS = 15.0
+
+
+def clean_bound(rows: Sequence[Row], setting: tuple[Any, ...]) -> Row | None:
+    """The upper-bound row on clean MNIST that shares everything of ``setting`` but the data set."""
+    return next((r for r in rows if r.role == "upper-bound" and r.dataset == BOUND_DATASET
+                 and r.setting[1:] == setting[1:]), None)
+
+
+def bite_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Per setting with an unguided baseline and a clean bound: how far vanilla falls
+    below the bound (bound minus vanilla, with its 95 % interval) and whether the
+    shortcut bites (``BITE_POINTS``). Only unguided runs enter, so the settings worth a
+    guided method can be fixed from this table before any guided run exists."""
+    out = []
+    for base in (r for r in rows if r.compared and not r.guided and r.input_transform == "none"
+                 and r.dataset != BOUND_DATASET):
+        bound = clean_bound(rows, base.setting)
+        if bound is None:
+            continue
+        gap, low, high = bootstrap_diff([m.test.accuracy for m in bound.members],
+                                        [m.test.accuracy for m in base.members])
+        enough = min(base.n_seeds, bound.n_seeds) >= MIN_VERDICT_SEEDS
+        out.append(dict(zip(SETTING_KEYS, base.setting)) | {
+                   "baseline": base.method, "baseline_acc_mean": base.test_acc_mean,
+                   "baseline_acc_std": base.test_acc_std, "baseline_n": base.n_seeds,
+                   "bound_acc_mean": bound.test_acc_mean, "bound_acc_std": bound.test_acc_std,
+                   "bound_n": bound.n_seeds, "gap": gap, "low": low, "high": high,
+                   "baseline_accs": [m.test.accuracy for m in base.members],
+                   "bound_accs": [m.test.accuracy for m in bound.members],
+                   "bites": ("yes" if gap >= BITE_POINTS else "no") if enough else "too few seeds to tell"})
+    return out
+
+
 def verdict_summary(rows: Sequence[Row], verdict: Sequence[dict[str, Any]], paper_loss: Sequence[str] = (),
                     notes: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """One line per benchmark setting: the baseline, the clean-MNIST bound of the same
@@ -163,8 +209,7 @@ def verdict_summary(rows: Sequence[Row], verdict: Sequence[dict[str, Any]], pape
         best = max([v for v in learned if v["n"] >= MIN_VERDICT_SEEDS] or learned or mine,
                    key=lambda v: v["acc_mean"])
         oracle = next((v for v in mine if v["method"] in paper_loss and v["maps"].startswith("oracle")), None)
-        bound = next((r for r in rows if r.role == "upper-bound" and r.dataset == "mnist"
-                      and r.setting[1:] == setting[1:]), None)
+        bound = clean_bound(rows, setting)
         out.append(dict(zip(SETTING_KEYS, setting)) | {"baseline": best["baseline"],
                     "baseline_acc_mean": best["baseline_acc_mean"], "baseline_acc_std": best["baseline_acc_std"],
                     "baseline_n": best["baseline_n"],
@@ -303,23 +348,26 @@ def _published_table(published: Sequence[dict[str, Any]]) -> str:
 
 
 def _sensitivity_table(sens: Sequence[dict[str, Any]]) -> str:
-    body = [[_setting(s), s["method"], s["degradation"], f"{s['strength']:g}", _num(s["map_iou"]),
+    body = [[setting_label(s), s["method"], s["degradation"], f"{s['strength']:g}", _num(s["map_iou"]),
              _num(s["map_auroc"]), _acc(s["test_acc_mean"], s["test_acc_std"], s["n_seeds"]), str(s["n_seeds"])]
             for s in sens]
     return _table(["setting (data set, schedule, backbone)", "method", "degradation", "strength", "map IoU",
                    "map AUROC", "test acc %", "n"], body)
 
 
-def _setting(d: dict[str, Any]) -> str:
-    subset = f", {d['train_subset']:,} images" if d.get("train_subset") else ""
-    worst = ", selected on the worst validation group" if d.get("select_on") == WORST_GROUP else ""
-    return f"{DATASET_NAMES.get(d['dataset'], d['dataset'])}, {d['schedule']}, {d['backbone']}{subset}{worst}"
+def _bite_table(bites: Sequence[dict[str, Any]]) -> str:
+    body = [[setting_label(b), f"{_acc(b['baseline_acc_mean'], b['baseline_acc_std'], b['baseline_n'])} "
+             f"(n {b['baseline_n']})", f"{_acc(b['bound_acc_mean'], b['bound_acc_std'], b['bound_n'])} "
+             f"(n {b['bound_n']})", f"{b['gap']:+.2f} [{b['low']:+.2f}, {b['high']:+.2f}]", b["bites"]]
+            for b in bites]
+    return _table(["setting (data set, schedule, backbone)", "vanilla test acc %", "clean-MNIST bound %",
+                   "bound minus vanilla, points [95 % interval]", "bites"], body)
 
 
 def _verdict_table(verdict: Sequence[dict[str, Any]]) -> str:
-    body = [[_setting(v),
+    body = [[setting_label(v),
              f"{_acc(v['baseline_acc_mean'], v['baseline_acc_std'], v['baseline_n'])} ({v['baseline']})",
-             _guided(v), _acc(v["acc_mean"], v["acc_std"], v["n"]), str(v["n"]),
+             v["label"], _acc(v["acc_mean"], v["acc_std"], v["n"]), str(v["n"]),
              f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]", v["effect"],
              f"{_num(v['cam_on_digit'])} / {_num(v['cam_on_decoy'])} ({_num(v['baseline_cam_on_decoy'])})",
              f"{_num(v['grad_on_digit'])} / {_num(v['grad_on_decoy'])} ({_num(v['baseline_grad_on_decoy'])})"]
@@ -330,20 +378,15 @@ def _verdict_table(verdict: Sequence[dict[str, Any]]) -> str:
                    "gradient share on digit / decoy (baseline's on decoy)"], body)
 
 
-def _guided(v: dict[str, Any]) -> str:
-    maps = "no maps" if v["maps"] == "none" else v["maps"]  # e.g. CDEP's penalty on ColorMNIST's colour
-    return f"{v['method']} λ {v['lambda0']:g}, {maps}"
-
-
 def _vs(v: dict[str, Any] | None) -> str:
     if v is None:
         return "not run"
-    return (f"{_guided(v)}: {_acc(v['acc_mean'], v['acc_std'], v['n'])} (n {v['n']}); "
+    return (f"{v['label']}: {_acc(v['acc_mean'], v['acc_std'], v['n'])} (n {v['n']}); "
             f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]")
 
 
 def _summary_table(summary: Sequence[dict[str, Any]]) -> str:
-    body = [[_setting(s), f"{_acc(s['baseline_acc_mean'], s['baseline_acc_std'], s['baseline_n'])} "
+    body = [[setting_label(s), f"{_acc(s['baseline_acc_mean'], s['baseline_acc_std'], s['baseline_n'])} "
              f"(n {s['baseline_n']})",
              f"{_acc(s['bound_acc_mean'], s['bound_acc_std'], s['bound_n'])} (n {s['bound_n']})" if s["bound_n"]
              else "not run", _vs(s["best"]), _vs(s["l2l_oracle"]),
@@ -405,6 +448,14 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
         "is the matching row above.", "",
         _published_table(published), "",
     ]
+    if tables.bites:
+        parts += ["## Where does the shortcut bite?", "",
+                  "Each unguided baseline against the clean-MNIST bound of the same network, schedule and "
+                  f"training-set size. A setting bites when vanilla's mean test accuracy is at least {BITE_POINTS:g} "
+                  "points below the bound (with at least "
+                  f"{MIN_VERDICT_SEEDS} seeds on each side); the interval is the same bootstrap as the verdict's. "
+                  "Only unguided runs enter this table, so where guided methods are worth running can be decided "
+                  "from it before any of them has run.", "", _bite_table(tables.bites), ""]
     if tables.verdict:
         parts += ["## Verdict: does alignment help?", "",
                   "Each guided run against the unguided baseline of the same setting: the difference in test accuracy, "
@@ -439,6 +490,10 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
               "- `curves.png`: validation accuracy and validation alignment KL per epoch, mean over seeds "
               "(band: ± std).",
               "- `accuracy.png`: test accuracy per method with ± std error bars; published numbers marked.",
+              *(["- `shortcut_search.png`: vanilla's seeds beside the clean bound's, per setting."]
+                if tables.bites else []),
+              *(["- `verdict.png`: each guided run's difference from its baseline with its 95 % interval."]
+                if tables.verdict else []),
               *(["- `sensitivity.png`: test accuracy against map IoU for each degradation."] if sens else []),
               "", "## Environment", "",
               f"device {environment.get('device', '?')}, torch {environment.get('torch', '?')}, "
@@ -472,6 +527,7 @@ class Tables:
     summary: list[dict[str, Any]]
     shared: dict[str, Any]
     paper_loss: tuple[str, ...] = ()
+    bites: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     sweep: dict[str, Any] | None = None
     bound: dict[str, Any] | None = None  # a sweep's optimistic bound: shown, labelled, never in results.json
 
@@ -487,7 +543,7 @@ def build(records: Sequence[Record], runs_dir: str | Path | None, published: Seq
     verdict = verdict_rows(rows)
     return Tables(rows, published_rows(rows, published, datasets), sensitivity_rows(rows), verdict,
                   verdict_summary(rows, verdict, paper_loss, notes), shared_settings(records), tuple(paper_loss),
-                  sweep_summary(selection, published), bound)
+                  bite_rows(rows), sweep_summary(selection, published), bound)
 
 
 def write_report(out: str | Path, tables: Tables, records: Sequence[Record], runs_dir: str | Path | None,
@@ -501,7 +557,7 @@ def write_report(out: str | Path, tables: Tables, records: Sequence[Record], run
              "test": dataclasses.asdict(r.test), "wall_seconds": r.wall_seconds} for r in records]
     summary = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "header": header, "shared_settings": tables.shared,
                "environment": environment, "rows": [r.summary() for r in tables.rows], "published": tables.published,
-               "sensitivity": tables.sensitivity, "verdict": tables.verdict, "verdict_summary": tables.summary,
+               "sensitivity": tables.sensitivity, "shortcut_bites": tables.bites, "verdict": tables.verdict, "verdict_summary": tables.summary,
                "sweep": tables.sweep,
                "runs": runs}
     md = render_markdown(tables, header, environment, len(records))

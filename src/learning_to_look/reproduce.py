@@ -283,5 +283,5 @@ def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: 
     tables = report.build(records, runs_dir, PAPER.published, PAPER.benchmarks,
                           PAPER.verdict.get("paper_loss", ()), PAPER.verdict.get("notes"), selection, bound)
     summary = report.write_report(out, tables, records, runs_dir, {"title": title})
-    figures.write_figures(out, tables.rows, tables.sensitivity, PAPER.published, stamp, tables.sweep)
+    figures.write_figures(out, tables, PAPER.published, stamp)
     return summary
