@@ -287,14 +287,26 @@ def test_plan_lists_runs_and_times_them_by_finished_seeds_without_building_anyth
     first = train_mod.run_dir_for(jobs[0][1], runs)  # seed 0 of the first configuration: finished in 2 h
     first.mkdir(parents=True)
     (first / "result.json").write_text(json.dumps({"wall_seconds": 7200.0}))
+    # a run of rrr on a data set the profile does not train: times the profile's rrr runs, 1 h each
+    rrr = next(cfg for _, cfg in jobs if cfg.method == "rrr")
+    elsewhere = runs / "elsewhere" / "rrr-run" / "seed0"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "result.json").write_text(json.dumps({"config": rrr.to_dict() | {"dataset": "elsewhere"},
+                                                       "wall_seconds": 3600.0}))
+    fields = ("method", "backbone", "schedule", "train_subset", "epochs")
+    alike = [cfg for _, cfg in jobs[2:] if all(getattr(cfg, f) == getattr(rrr, f) for f in fields)
+             and (cfg.maps == "none") == (rrr.maps == "none")]
     code = main(["reproduce", "--quick", "--seeds", "0,1", "--plan", "--runs-dir", str(runs),
                  "--data-dir", str(tmp_path / "data")])
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(lines) == len(jobs) + 1 and not (tmp_path / "data").exists()
     assert lines[0].endswith(": cached") and sum(line.endswith(": to train") for line in lines) == len(jobs) - 1
+    assert alike and jobs[1][1].method != "rrr"
     assert lines[-1] == (f"{len(jobs)} runs: 1 cached, {len(jobs) - 1} to train; about 2.0 h of one-thread run time "
-                         f"for the 1 with a finished seed of the same configuration; {len(jobs) - 2} with no "
-                         "finished seed to time them by")
+                         f"for the 1 with a finished seed of the same configuration; about {len(alike):.1f} h for "
+                         f"the {len(alike)} timed by finished runs of the same method, network, schedule and "
+                         f"training-set size on other data or maps; {len(jobs) - 2 - len(alike)} with nothing to "
+                         "time them by")
 
 
 def reproduce_args(tmp_path, data_dir):

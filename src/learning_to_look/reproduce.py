@@ -164,16 +164,34 @@ def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = Non
     return jobs
 
 
+def _cost_key(cfg: TrainConfig | dict[str, Any]) -> tuple:
+    """What a run's time depends on, roughly: method, network, schedule, training-set size,
+    epochs, and whether it reads maps (CDEP's colour penalty reads none and costs more)."""
+    c = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return (c.get("method"), c.get("backbone"), c.get("schedule"), c.get("train_subset"), c.get("epochs"),
+            c.get("maps") == "none")
+
+
+def _times_by_cost(runs_dir: Path) -> dict[tuple, list[float]]:
+    """Wall seconds of every finished run under ``runs_dir`` (sweeps' records lie deeper), by :func:`_cost_key`."""
+    times: dict[tuple, list[float]] = {}
+    for f in runs_dir.glob(f"*/*/seed*/{RESULT_FILE}"):
+        result = read_json(f)
+        times.setdefault(_cost_key(result.get("config", {})), []).append(result.get("wall_seconds", 0.0))
+    return times
+
+
 def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None,
                   runs_dir: Path | None = None) -> list[str]:
     """What ``reproduce`` would do, one line per run (cached, to train, or to resume),
-    then a total with the time to expect, from the finished seeds of the same
-    configurations; nothing is built or trained."""
+    then a total with the time to expect: from the finished seeds of the same
+    configuration, else from finished runs of the same cost (:func:`_cost_key`) on other
+    data or maps; nothing is built or trained."""
     from .train import default_runs_dir, run_dir_for
 
     runs_dir = Path(runs_dir or default_runs_dir())
-    jobs = plan(profile, seeds, vlm)
-    lines, todo, expected, unknown = [], 0, 0.0, 0
+    jobs, similar = plan(profile, seeds, vlm), _times_by_cost(runs_dir)
+    lines, todo, same, alike, unknown = [], 0, [], [], 0
     for k, (cell, cfg) in enumerate(jobs, 1):
         folder = run_dir_for(cfg, runs_dir)
         if (folder / RESULT_FILE).exists():
@@ -182,16 +200,21 @@ def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | N
             todo += 1
             status = "to resume" if (folder / "checkpoint.pt").exists() else "to train"
             seen = [read_json(f).get("wall_seconds", 0.0) for f in folder.parent.glob(f"seed*/{RESULT_FILE}")]
-            expected += sum(seen) / len(seen) if seen else 0.0
-            unknown += not seen
+            other = similar.get(_cost_key(cfg), [])
+            if seen:
+                same.append(sum(seen) / len(seen))
+            elif other:
+                alike.append(sum(other) / len(other))
+            unknown += not (seen or other)
         options = "".join(f" {k} {v}" for k, v in cfg.map_options.items() if k != "seed")
         lines.append(f"[{k}/{len(jobs)}] {cfg.dataset} {cfg.method} maps {cfg.maps}{options} {cfg.backbone} "
                      f"{cfg.schedule} seed {cfg.seed} ({cell.role}): {status}")
-    known = todo - unknown
     lines.append(f"{len(jobs)} runs: {len(jobs) - todo} cached, {todo} to train"
-                 + (f"; about {expected / 3600:.1f} h of one-thread run time for the {known} with a finished seed of "
-                    "the same configuration" if known else "")
-                 + (f"; {unknown} with no finished seed to time them by" if unknown else ""))
+                 + (f"; about {sum(same) / 3600:.1f} h of one-thread run time for the {len(same)} with a finished "
+                    "seed of the same configuration" if same else "")
+                 + (f"; about {sum(alike) / 3600:.1f} h for the {len(alike)} timed by finished runs of the same "
+                    "method, network, schedule and training-set size on other data or maps" if alike else "")
+                 + (f"; {unknown} with nothing to time them by" if unknown else ""))
     return lines
 
 
