@@ -420,8 +420,65 @@ def _bound_text(bound: dict[str, Any]) -> list[str]:
             "never in its place.", ""]
 
 
+def _bites_section(bites: Sequence[dict[str, Any]]) -> list[str]:
+    return ["## Where does the shortcut bite?", "",
+            "Each unguided baseline against the clean-MNIST bound of the same network, schedule and training-set "
+            f"size. A setting bites when vanilla's mean test accuracy is at least {BITE_POINTS:g} points below the "
+            f"bound (with at least {MIN_VERDICT_SEEDS} seeds on each side); the interval is the same bootstrap as "
+            "the verdict's. Only unguided runs enter this table, so where guided methods are worth running can be "
+            "decided from it before any of them has run.", "", _bite_table(bites), ""]
+
+
+def _verdict_section(tables: Tables) -> list[str]:
+    return ["## Verdict: does alignment help?", "",
+            "Each guided run against the unguided baseline of the same setting: the difference in test accuracy, "
+            f"in points, with a 95 % percentile-bootstrap interval over seeds ({BOOTSTRAP_RESAMPLES:,} resamples of "
+            "each side's seeds). It helps when the interval lies above 0, hurts when below; with fewer than "
+            f"{MIN_VERDICT_SEEDS} seeds on either side there is no verdict. A guided model whose in-distribution "
+            f"validation accuracy is within {COLLAPSE_SHARE * 100:g} % of the way from chance to 100 % has "
+            "collapsed (it predicts about one class), and a gain that leaves the model at or below chance on the "
+            "test split is not called help: where the baseline is below chance, a constant guess would beat it.", "",
+            "Per setting: the best guided run is the one with the highest mean test accuracy among those with "
+            "enough seeds that did not collapse (a description of what was measured; nothing is selected with "
+            "it), and the setting's verdict is its verdict. "
+            f"The paper's loss: {' or '.join(tables.paper_loss) or 'not named'}.", "",
+            _summary_table(tables.summary), "", "Every guided run:", "", _verdict_table(tables.verdict), ""]
+
+
+def _sensitivity_section(sens: Sequence[dict[str, Any]]) -> list[str]:
+    return ["## Map-quality sensitivity", "",
+            "The guided method trained on oracle maps degraded in one controlled way at a time; strength 0 is the "
+            "clean oracle. Map quality is measured on training images. Use it to judge a VLM: measure its maps the "
+            "same way (`learning_to_look.maps.map_quality`) and read the expected accuracy off `sensitivity.png`.",
+            "", _sensitivity_table(sens), ""]
+
+
+def _figures_section(tables: Tables) -> list[str]:
+    optional = [(tables.bites, "- `shortcut_search.png`: vanilla's seeds beside the clean bound's, per setting."),
+                (tables.verdict, "- `verdict.png`: each guided run's difference from its baseline with its 95 % "
+                                 "interval."),
+                (tables.sensitivity, "- `sensitivity.png`: test accuracy against map IoU for each degradation.")]
+    return ["## Figures", "",
+            "- `qualitative.png`: the first test image of each of the first classes, the CAM of the selected "
+            "baseline model and of the selected guided model (first seed), saved by each run after selection; "
+            "shown only, nothing is chosen from it.",
+            "- `maps_<data set>.png`: training images and the map of each map source used for guidance.",
+            "- `curves.png`: validation accuracy and validation alignment KL per epoch, mean over seeds "
+            "(band: ± std).",
+            "- `accuracy.png`: test accuracy per method with ± std error bars; published numbers marked.",
+            *[line for present, line in optional if present], ""]
+
+
+def _environment_section(environment: dict[str, Any]) -> list[str]:
+    return ["## Environment", "",
+            f"device {environment.get('device', '?')}, torch {environment.get('torch', '?')}, "
+            f"{environment.get('threads', '?')} threads, learning_to_look {environment.get('learning_to_look', '?')} "
+            f"(git {str(environment.get('git_commit') or 'unknown')[:10]}), python {environment.get('python', '?')}. "
+            "Full settings of every configuration: `results.json`.", ""]
+
+
 def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[str, Any], n_runs: int) -> str:
-    rows, published, sens, shared = tables.rows, tables.published, tables.sensitivity, tables.shared
+    rows, sens = tables.rows, tables.sensitivity
     methods = sorted({f"{r.method} ({r.backbone})" for r in rows if r.compared})
     main = [r for r in rows if r.role != "sensitivity"]
     parts = [
@@ -431,7 +488,7 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
         f"- {n_runs} training runs: {len(rows)} configurations, seeds {_seeds(main)}"
         + (f" (sensitivity seeds: {_seeds([r for r in rows if r.role == 'sensitivity'])})." if sens else "."),
         f"- Methods: {', '.join(methods) or 'none'}; roles: " + ", ".join(sorted({r.role for r in rows})) + ".",
-        f"- {_settings_text(rows, shared)}",
+        f"- {_settings_text(rows, tables.shared)}",
         "- Model selection used the in-distribution validation split only (docs/protocol.md §3.6). The shifted test "
         "split was "
         "read once per run, after selection, for the test metrics below; nothing was chosen with it. Map quality "
@@ -446,60 +503,13 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
         "## Published numbers (not measured here)", "",
         "Copied from the papers named; their networks and maps differ from ours where noted. The measured column "
         "is the matching row above.", "",
-        _published_table(published), "",
-    ]
-    if tables.bites:
-        parts += ["## Where does the shortcut bite?", "",
-                  "Each unguided baseline against the clean-MNIST bound of the same network, schedule and "
-                  f"training-set size. A setting bites when vanilla's mean test accuracy is at least {BITE_POINTS:g} "
-                  "points below the bound (with at least "
-                  f"{MIN_VERDICT_SEEDS} seeds on each side); the interval is the same bootstrap as the verdict's. "
-                  "Only unguided runs enter this table, so where guided methods are worth running can be decided "
-                  "from it before any of them has run.", "", _bite_table(tables.bites), ""]
-    if tables.verdict:
-        parts += ["## Verdict: does alignment help?", "",
-                  "Each guided run against the unguided baseline of the same setting: the difference in test accuracy, "
-                  f"in points, with a 95 % percentile-bootstrap interval over seeds ({BOOTSTRAP_RESAMPLES:,} "
-                  "resamples of each side's seeds). It helps when the interval lies above 0, hurts when below; "
-                  f"with fewer than {MIN_VERDICT_SEEDS} seeds on either side there is no verdict. A guided model "
-                  f"whose in-distribution validation accuracy is within {COLLAPSE_SHARE * 100:g} % of the way from "
-                  "chance to 100 % has collapsed (it predicts about one class), and a gain that leaves the model "
-                  "at or below chance on the test split is not called help: where the baseline is below chance, a "
-                  "constant guess would beat it.", "",
-                  "Per setting: the best guided run is the one with the highest mean test accuracy among those with "
-                  "enough seeds that did not collapse (a description of what was measured; nothing is selected with "
-                  "it), and the setting's verdict is its verdict. "
-                  f"The paper's loss: {' or '.join(tables.paper_loss) or 'not named'}.", "",
-                  _summary_table(tables.summary), "", "Every guided run:", "",
-                  _verdict_table(tables.verdict), ""]
-    if tables.sweep:
-        parts += _sweep_text(tables.sweep)
-    if tables.bound:
-        parts += _bound_text(tables.bound)
-    if sens:
-        parts += ["## Map-quality sensitivity", "",
-                  "The guided method trained on oracle maps degraded in one controlled way at a time; strength 0 is "
-                  "the clean oracle. Map quality is measured on training images. Use it to judge a VLM: measure its "
-                  "maps the same way (`learning_to_look.maps.map_quality`) and read the expected accuracy off "
-                  "`sensitivity.png`.", "", _sensitivity_table(sens), ""]
-    parts += ["## Figures", "",
-              "- `qualitative.png`: the first test image of each of the first classes, the CAM of the selected "
-              "baseline model and of the selected guided model (first seed), saved by each run after selection; "
-              "shown only, nothing is chosen from it.",
-              "- `maps_<data set>.png`: training images and the map of each map source used for guidance.",
-              "- `curves.png`: validation accuracy and validation alignment KL per epoch, mean over seeds "
-              "(band: ± std).",
-              "- `accuracy.png`: test accuracy per method with ± std error bars; published numbers marked.",
-              *(["- `shortcut_search.png`: vanilla's seeds beside the clean bound's, per setting."]
-                if tables.bites else []),
-              *(["- `verdict.png`: each guided run's difference from its baseline with its 95 % interval."]
-                if tables.verdict else []),
-              *(["- `sensitivity.png`: test accuracy against map IoU for each degradation."] if sens else []),
-              "", "## Environment", "",
-              f"device {environment.get('device', '?')}, torch {environment.get('torch', '?')}, "
-              f"{environment.get('threads', '?')} threads, learning_to_look {environment.get('learning_to_look', '?')} "
-              f"(git {str(environment.get('git_commit') or 'unknown')[:10]}), python {environment.get('python', '?')}. "
-              "Full settings of every configuration: `results.json`.", ""]
+        _published_table(tables.published), "",
+        *(_bites_section(tables.bites) if tables.bites else []),
+        *(_verdict_section(tables) if tables.verdict else []),
+        *(_sweep_text(tables.sweep) if tables.sweep else []),
+        *(_bound_text(tables.bound) if tables.bound else []),
+        *(_sensitivity_section(sens) if sens else []),
+        *_figures_section(tables), *_environment_section(environment)]
     return "\n".join(parts)
 
 
