@@ -199,6 +199,27 @@ def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.d
     return opt, sched, state["history"], state["best"], state["epoch"] + 1, state.get("wall_seconds", 0.0)
 
 
+def _save(checkpoint: Path, cfg: TrainConfig, epoch: int, model: Backbone, opt: Any, sched: Any,
+          shuffle: torch.Generator, history: list[dict[str, Any]], best: dict[str, Any], wall_seconds: float) -> None:
+    """Everything :func:`_resume` needs to go on after ``epoch`` as if never stopped, written atomically."""
+    atomic_torch_save(checkpoint, {"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
+                                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                   "shuffle": shuffle.get_state(), "rng": torch.get_rng_state(),
+                                   "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                                   "history": history, "best": best, "wall_seconds": wall_seconds})
+
+
+def _model(cfg: TrainConfig, device: torch.device) -> Backbone:
+    """The backbone of ``cfg``, seeded, with its pretrained weights if any, on ``device``."""
+    set_determinism(cfg.seed)
+    model = build_backbone(cfg.backbone, DATASETS.get(cfg.dataset).num_classes)
+    if cfg.pretrained:
+        from .pretrained import load_pretrained
+
+        load_pretrained(model, cfg.pretrained)
+    return model.to(device)
+
+
 def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None = None, progress: bool = True,
         on_epoch: Callable[[int], None] | None = None, started: float | None = None) -> FitResult:
     """Train per the resolved ``cfg`` and select an epoch on ``val``; takes no test data at all.
@@ -215,13 +236,7 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
     started = time.perf_counter() if started is None else started
     method = METHODS.get(cfg.method)(cfg)
     device = pick_device(cfg.device)
-    set_determinism(cfg.seed)
-    model = build_backbone(cfg.backbone, DATASETS.get(cfg.dataset).num_classes)
-    if cfg.pretrained:
-        from .pretrained import load_pretrained
-
-        load_pretrained(model, cfg.pretrained)
-    model = model.to(device)
+    model = _model(cfg, device)
     method.check_backbone(model)
     train, val = train.to(device), val.to(device)
     opt, sched = _optimizer(model, cfg)
@@ -260,12 +275,8 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
         epochs.set_postfix(val_acc=f"{row['val_acc']:.1f}",
                            **({"val_kl": f"{row['val_kl']:.3f}"} if "val_kl" in row else {}))
         if checkpoint is not None:
-            atomic_torch_save(checkpoint, {"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
-                                           "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                           "shuffle": shuffle.get_state(), "rng": torch.get_rng_state(),
-                                           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                                           else None, "history": history, "best": best,
-                                           "wall_seconds": prior + time.perf_counter() - started})
+            _save(checkpoint, cfg, epoch, model, opt, sched, shuffle, history, best,
+                  prior + time.perf_counter() - started)
         if on_epoch is not None:
             on_epoch(epoch)
     if best["state"] is None:
