@@ -79,6 +79,17 @@ def _with_map_flags(cfg: TrainConfig, flags: MapFlags) -> TrainConfig:
     return dataclasses.replace(cfg, map_options={**cfg.map_options, **options})
 
 
+def _seed_line(r: dict) -> str:
+    """One finished run (its result.json): test accuracy, the selected epoch, where it looks, speed, maps."""
+    t = r["test"]
+    where = f"  CAM on digit {t['cam_on_digit']:.2f}" if "cam_on_digit" in t else ""
+    where += f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
+    groups = f"  worst group {t['worst_group_accuracy']:.2f}%" if "worst_group_accuracy" in t else ""
+    return (f"seed {r['config']['seed']}: test acc {t['accuracy']:.2f}%{groups}  (epoch {r['selection']['epoch']}, "
+            f"val acc {r['selection']['val']['val_acc']:.2f}%){where}  {r['seconds_per_epoch']:.1f}s/epoch  "
+            f"maps: {MapsInfo.from_result(r['maps']).label}")
+
+
 @app.command("train")
 @with_map_flags
 def train(
@@ -129,13 +140,7 @@ def train(
     tasks = [(resolve(c), runs_dir, data_dir, not quiet and workers(jobs, len(cfgs)) == 1) for c in cfgs]
     results = []
     for _, r in run_tasks(run_task, tasks, jobs, unit=None if quiet else "run"):
-        t = r["test"]
-        where = f"  CAM on digit {t['cam_on_digit']:.2f}" if "cam_on_digit" in t else ""
-        where += f"  decoy {t['cam_on_decoy']:.2f}" if "cam_on_decoy" in t else ""
-        groups = f"  worst group {t['worst_group_accuracy']:.2f}%" if "worst_group_accuracy" in t else ""
-        typer.echo(f"seed {r['config']['seed']}: test acc {t['accuracy']:.2f}%{groups}  (epoch {r['selection']['epoch']}, "
-                   f"val acc {r['selection']['val']['val_acc']:.2f}%){where}  "
-                   f"{r['seconds_per_epoch']:.1f}s/epoch  maps: {MapsInfo.from_result(r['maps']).label}")
+        typer.echo(_seed_line(r))
         if r.get("stopped"):
             typer.echo(f"seed {r['config']['seed']}: {r['stopped']}")
         results.append(r)
