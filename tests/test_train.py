@@ -219,8 +219,17 @@ def test_a_diverging_loss_ends_training_and_selects_among_the_whole_epochs(data_
     assert len(collect(tmp_path)) == 1
 
 
-def test_a_profile_run_that_diverges_comes_back_as_failed(monkeypatch):
+def test_a_profile_run_that_diverges_or_has_a_corrupt_checkpoint_comes_back_as_failed(monkeypatch, data_dir,
+                                                                                       tmp_path):
+    """A problem of one run, with its fix, must not stop the other runs of a profile; a bug must."""
     from learning_to_look.reproduce import attempt_run
+
+    cfg = resolve(TrainConfig(dataset="decoymnist", method="vanilla", epochs=2, e_att=1, train_subset=300))
+    folder = train_mod.run_dir_for(cfg, tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"half a file")
+    failed = attempt_run(cfg, tmp_path, data_dir, False, "method")["failed"]
+    assert "checkpoint.pt" in failed and "delete" in failed
 
     def diverges(*args):
         raise train_mod.Diverged("loss became nan at epoch 0; lower --lr or --lambda0")
@@ -228,6 +237,13 @@ def test_a_profile_run_that_diverges_comes_back_as_failed(monkeypatch):
     monkeypatch.setattr(train_mod, "run_task", diverges)
     assert attempt_run(TrainConfig(), None, None, False, "method") == {
         "failed": "loss became nan at epoch 0; lower --lr or --lambda0"}
+
+    def bug(*args):
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(train_mod, "run_task", bug)
+    with pytest.raises(ZeroDivisionError):
+        attempt_run(TrainConfig(), None, None, False, "method")
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -17,6 +17,7 @@ import yaml
 
 from .config import TrainConfig
 from .data import dataset_path, load_dataset
+from .errors import L2LError
 from .io import read_json
 from .methods import resolve
 from .parallel import run_tasks, workers
@@ -279,13 +280,15 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
 
 def attempt_run(cfg: TrainConfig, runs_dir: Path, data_dir: Path | None, progress: bool,
                 role: str) -> dict[str, Any]:
-    """One run of a profile; a run whose loss diverges before it has any model to select
-    comes back as ``{"failed": why}`` instead of stopping every other run of the profile."""
-    from .train import Diverged, run_task
+    """One run of a profile. A problem of this run alone, with its one-line fix (its loss
+    diverged before it had a model to select, its checkpoint is corrupt or another
+    config's, another process holds its lock), comes back as ``{"failed": why}``
+    instead of stopping every other run of a job that may take days; a bug still raises."""
+    from .train import run_task
 
     try:
         return run_task(cfg, runs_dir, data_dir, progress, role)
-    except Diverged as err:
+    except L2LError as err:
         return {"failed": str(err)}
 
 
