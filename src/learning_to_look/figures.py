@@ -332,7 +332,7 @@ def verdict(rows: Sequence[dict[str, Any]]) -> Figure | None:
         return None
     plt = pyplot()
     sizes = [len(g) for g in groups]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 0.9 * len(groups) + 0.35 * sum(sizes)), dpi=110,
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 0.9 * len(groups) + 0.35 * sum(sizes)), dpi=110,
                              squeeze=False, gridspec_kw={"height_ratios": sizes})
     colour = {"helps": "tab:green", "hurts": "tab:red"}
     for ax, mine in zip(axes[:, 0], groups):
