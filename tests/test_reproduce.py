@@ -27,7 +27,7 @@ from learning_to_look.report import attach_published, bite_rows, verdict_rows, v
 PUBLISHED = rep.PAPER.published
 
 FIGURES = ("qualitative.png", "maps_colormnist.png", "maps_decoymnist.png", "curves.png", "accuracy.png",
-           "sensitivity.png")
+           "shortcut_search.png", "verdict.png", "sensitivity.png")
 
 
 @pytest.fixture(autouse=True)
@@ -387,6 +387,8 @@ def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, mo
     assert all(float(r["test_acc_mean"]) >= 0 and r["n_seeds"] == "1" for r in measured)
     assert [s["degradation"] for s in results["sensitivity"]] == ["none", "drop", "shift"]
     assert results["shared_settings"] == {"train_subset": 500, "epochs": 2, "e_att": 1}
+    assert {b["dataset"] for b in results["shortcut_bites"]} == {"colormnist", "decoymnist"}
+    assert "## Where does the shortcut bite?" in md and "## Verdict: does alignment help?" in md
     for name in FIGURES:
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
