@@ -244,13 +244,12 @@ def sensitivity(sens: Sequence[dict[str, Any]], rows: Sequence[Row] = ()) -> Fig
     """Test accuracy against map IoU, one panel per setting (data set, backbone, schedule)
     and one line per degradation from the clean oracle outwards; the same method with
     other map sources (intensity, a VLM) in the same setting on the same axes."""
-    settings = list(dict.fromkeys(tuple(s[k] for k in SETTING_KEYS) for s in sens))
-    if not settings:
+    groups = _by_setting(sens)
+    if not groups:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.4), dpi=110, squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        pts = [s for s in sens if tuple(s[k] for k in SETTING_KEYS) == setting]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.4), dpi=110, squeeze=False)
+    for ax, pts in zip(axes[0], groups):
         _sensitivity_panel(ax, pts, rows)
     fig.suptitle("How good must the maps be? Degraded oracle maps (annotation, not VLM)", fontsize=10)
     fig.tight_layout()

@@ -180,16 +180,15 @@ def bite_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
         bound = clean_bound(rows, base.setting)
         if bound is None:
             continue
-        gap, low, high = bootstrap_diff([m.test.accuracy for m in bound.members],
-                                        [m.test.accuracy for m in base.members])
+        base_accs, bound_accs = [m.test.accuracy for m in base.members], [m.test.accuracy for m in bound.members]
+        gap, low, high = bootstrap_diff(bound_accs, base_accs)
         enough = min(base.n_seeds, bound.n_seeds) >= MIN_VERDICT_SEEDS
         out.append(dict(zip(SETTING_KEYS, base.setting)) | {
                    "baseline": base.method, "baseline_acc_mean": base.test_acc_mean,
                    "baseline_acc_std": base.test_acc_std, "baseline_n": base.n_seeds,
                    "bound_acc_mean": bound.test_acc_mean, "bound_acc_std": bound.test_acc_std,
                    "bound_n": bound.n_seeds, "gap": gap, "low": low, "high": high,
-                   "baseline_accs": [m.test.accuracy for m in base.members],
-                   "bound_accs": [m.test.accuracy for m in bound.members],
+                   "baseline_accs": base_accs, "bound_accs": bound_accs,
                    "bites": ("yes" if gap >= BITE_POINTS else "no") if enough else "too few seeds to tell"})
     return out
 
@@ -567,7 +566,8 @@ def write_report(out: str | Path, tables: Tables, records: Sequence[Record], run
              "test": dataclasses.asdict(r.test), "wall_seconds": r.wall_seconds} for r in records]
     summary = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "header": header, "shared_settings": tables.shared,
                "environment": environment, "rows": [r.summary() for r in tables.rows], "published": tables.published,
-               "sensitivity": tables.sensitivity, "shortcut_bites": tables.bites, "verdict": tables.verdict, "verdict_summary": tables.summary,
+               "sensitivity": tables.sensitivity, "shortcut_bites": tables.bites, "verdict": tables.verdict,
+               "verdict_summary": tables.summary,
                "sweep": tables.sweep,
                "runs": runs}
     md = render_markdown(tables, header, environment, len(records))

@@ -173,13 +173,17 @@ def _cost_key(cfg: TrainConfig | dict[str, Any]) -> tuple:
             c.get("maps") == "none")
 
 
-def _times_by_cost(runs_dir: Path) -> dict[tuple, list[float]]:
-    """Wall seconds of every finished run under ``runs_dir`` (sweeps' records lie deeper), by :func:`_cost_key`."""
-    times: dict[tuple, list[float]] = {}
+def _finished_times(runs_dir: Path) -> tuple[dict[Path, list[float]], dict[tuple, list[float]]]:
+    """Wall seconds of every finished run under ``runs_dir`` (sweeps' records lie deeper),
+    read once: by run group (the seeds of one configuration) and by :func:`_cost_key`."""
+    by_group: dict[Path, list[float]] = {}
+    by_cost: dict[tuple, list[float]] = {}
     for f in runs_dir.glob(f"*/*/seed*/{RESULT_FILE}"):
         result = read_json(f)
-        times.setdefault(_cost_key(result.get("config", {})), []).append(result.get("wall_seconds", 0.0))
-    return times
+        wall = result.get("wall_seconds", 0.0)
+        by_group.setdefault(f.parent.parent, []).append(wall)
+        by_cost.setdefault(_cost_key(result.get("config", {})), []).append(wall)
+    return by_group, by_cost
 
 
 def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None,
@@ -191,7 +195,7 @@ def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | N
     from .train import default_runs_dir, run_dir_for
 
     runs_dir = Path(runs_dir or default_runs_dir())
-    jobs, similar = plan(profile, seeds, vlm), _times_by_cost(runs_dir)
+    jobs, (by_group, similar) = plan(profile, seeds, vlm), _finished_times(runs_dir)
     lines, todo, same, alike, unknown = [], 0, [], [], 0
     for k, (cell, cfg) in enumerate(jobs, 1):
         folder = run_dir_for(cfg, runs_dir)
@@ -200,7 +204,7 @@ def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | N
         else:
             todo += 1
             status = "to resume" if (folder / "checkpoint.pt").exists() else "to train"
-            seen = [read_json(f).get("wall_seconds", 0.0) for f in folder.parent.glob(f"seed*/{RESULT_FILE}")]
+            seen = by_group.get(folder.parent, [])
             other = similar.get(_cost_key(cfg), [])
             if seen:
                 same.append(sum(seen) / len(seen))
