@@ -135,8 +135,8 @@ def test_folders_under_a_regular_file(data_dir, tmp_path, capsys):
     one_error_line(capsys, code, "cannot write or read")
 
 
-CHECKPOINTS = {"empty": b"", "random bytes": np.random.default_rng(0).bytes(4096), "truncated zip": b"PK\x03\x04" + b"\x00" * 40,
-               "not a checkpoint": None}
+CHECKPOINTS = {"empty": b"", "random bytes": np.random.default_rng(0).bytes(4096),
+               "truncated zip": b"PK\x03\x04" + b"\x00" * 40, "not a checkpoint": None}
 
 
 @pytest.mark.parametrize("kind", list(CHECKPOINTS))

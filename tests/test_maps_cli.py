@@ -285,7 +285,8 @@ def test_train_takes_map_flags_and_l2l_vlm_and_maps_only_its_subset(data_dir, vl
     r = json.loads(result.read_text())
     maps_cfg = r["maps"]["config"]
     assert r["config"]["map_options"]["vlm"] == vlm and maps_cfg["input_size"] == 32
-    assert list(maps_cfg["prompts"]["positive"]) == ["a digit"] and list(maps_cfg["prompts"]["negative"]) == ["background"]
+    prompts = maps_cfg["prompts"]
+    assert list(prompts["positive"]) == ["a digit"] and list(prompts["negative"]) == ["background"]
     (meta,) = (tmp_path / "cache").rglob("meta.json")
     assert json.loads(meta.read_text())["n"] == 40 + 40 // 5  # the subset's training and validation images
     assert main([*args[:-4], "--maps", "oracle", "--prompt", "x"]) == 2

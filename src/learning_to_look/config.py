@@ -103,7 +103,8 @@ def _type_name(hint: Any) -> str:
 class TrainConfig:
     dataset: str = _field("colormnist", "Data set to train on.")
     method: str = _field("l2l", "Training method.")
-    backbone: str = _field("lenet-gap", "Network: the paper's LeNet-GAP, the CDEP CNN, or a ResNet for ordinary images.")
+    backbone: str = _field("lenet-gap", "Network: the paper's LeNet-GAP, the CDEP CNN, or a ResNet for "
+                                        "ordinary images.")
     pretrained: str | None = _field(None, "ResNets: ImageNet weights, a timm hub id (timm/resnet18.a1_in1k) or a "
                                           ".safetensors file (unset: random init).")
     maps: str = _field("oracle", "Map source: a registered source or a cached map set (`l2l maps list`).")

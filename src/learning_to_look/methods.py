@@ -349,8 +349,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     spec = DATASETS.get(cfg.dataset)
     method.check_dataset(spec)
     if cfg.selection == "val_worst_group" and not spec.group_names:
+        grouped = ", ".join(d.name for d in DATASETS.values() if d.group_names)
         raise L2LError(f"--selection val_worst_group needs group labels and {spec.name} has none; use --selection "
-                       f"val_acc, or a data set with groups ({', '.join(d.name for d in DATASETS.values() if d.group_names)})")
+                       f"val_acc, or a data set with groups ({grouped})")
     TARGETS.get(cfg.target)
     method.check_backbone(BACKBONES.get(cfg.backbone))
     check_pretrained(cfg.backbone, cfg.pretrained)

@@ -131,9 +131,10 @@ def load_paper(path: Path = PAPER_FILE) -> Paper:
     for name, p in raw["profiles"].items():
         sens = dict(p.get("sensitivity") or {})
         sens["datasets"] = _datasets(sens.get("datasets", []), benchmarks)
-        profiles.add(name, Profile(name, p["description"], list(p["seeds"]), dict(p["run"]),
-                                   _profile_cells(raw["cell_sets"], p["cells"], benchmarks),
-                                   Sensitivity(**{"method": raw["sensitivity_method"], **sens}), bool(p.get("smoke", False))))
+        cells = _profile_cells(raw["cell_sets"], p["cells"], benchmarks)
+        sensitivity = Sensitivity(**{"method": raw["sensitivity_method"], **sens})
+        profiles.add(name, Profile(name, p["description"], list(p["seeds"]), dict(p["run"]), cells, sensitivity,
+                                   bool(p.get("smoke", False))))
     return Paper(benchmarks, published, dict(raw["vlm"]), profiles, dict(raw.get("verdict") or {}))
 
 
@@ -233,8 +234,8 @@ def check_vlm(vlm: str) -> dict[str, Any]:
 
 
 def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | None = None, out: Path | None = None,
-              runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True, n_jobs: int | None = None,
-              echo: Callable[[str], None] = print) -> dict[str, Any]:
+              runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True,
+              n_jobs: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the data, train every planned run (reusing what is on disk), write the report
     from the runs' records, as ``l2l report`` would from the same runs."""
     from .train import default_runs_dir, run_dir_for, run_resolved

@@ -226,7 +226,8 @@ def optimistic_bound(sweep: Sweep, data_dir: Path | None = None) -> dict[str, An
     for point, cfgs in zip(sweep.points, zip(*(sweep.configs(s) for s in sweep.seeds))):
         runs = [str(run_dir_for(c, sweep.folder).relative_to(sweep.folder)) for c in cfgs]
         found = [best[r] for r in runs if r in best]
-        points.append({"point": point, "best_test_acc": [b["acc"] for b in found], "epochs": [b["epoch"] for b in found],
+        points.append({"point": point, "best_test_acc": [b["acc"] for b in found],
+                       "epochs": [b["epoch"] for b in found],
                        "mean": float(np.mean([b["acc"] for b in found])) if found else None})
     top = max((p for p in points if p["mean"] is not None), key=lambda p: p["mean"])
     return {"label": BOUND_LABEL, "bound_test_acc_mean": top["mean"], "bound_point": top["point"],

@@ -77,7 +77,8 @@ def info(name: str = typer.Argument(..., help=DATASETS.help()),
     ds = load_dataset(_names(name, data_dir)[0], data_dir, build=False, mnist_dir=mnist_dir and str(mnist_dir))
     h = ds.header
     typer.echo(f"{ds.name}: {h['protocol']} (protocol v{h['protocol_version']})")
-    typer.echo(f"  file: {dataset_path(ds.name, data_dir)}  source: {h['imported']['from'] if 'imported' in h else h['mnist_source']}")
+    source = h["imported"]["from"] if "imported" in h else h["mnist_source"]
+    typer.echo(f"  file: {dataset_path(ds.name, data_dir)}  source: {source}")
     for split in (ds.train, ds.test):
         counts = Counter(split.labels.tolist())
         names = DATASETS[ds.name].classes
@@ -105,10 +106,11 @@ def show(name: str = typer.Argument(..., help=DATASETS.help()),
 @data_app.command("import")
 @one_line
 def import_cmd(name: str = typer.Argument(..., help="Name of the new data set (lower case, digits, - _ .)."),
-               source: Path = typer.Option(..., "--from", help="Folder with train/<class>/, test/<class>/ (val/ and "
-                                                               "masks/ optional), or a CSV with path,label,split[,group]."),
+               source: Path = typer.Option(..., "--from", help="Folder with train/<class>/, test/<class>/ "
+                                           "(val/ and masks/ optional), or a CSV with path,label,split[,group]."),
                size: int = typer.Option(224, "--size", help="Side in pixels: shorter side resized, centre crop."),
-               skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out unreadable files instead of failing."),
+               skip_bad: bool = typer.Option(False, "--skip-bad",
+                                             help="Leave out unreadable files instead of failing."),
                force: bool = typer.Option(False, "--force", help="Import again over an existing data set."),
                data_dir: Optional[Path] = DATA_DIR,
                quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:

@@ -45,7 +45,8 @@ def predict(run: Path = RUN, images: Path = IMAGES,
 @app.command("explain")
 @one_line
 def explain(run: Path = RUN, images: Path = IMAGES,
-            out: Path = typer.Option(..., "--out", help="Folder for one overlay PNG per image (NAME_cam.png, sub-folders kept)."),
+            out: Path = typer.Option(..., "--out",
+                                     help="Folder for one overlay PNG per image (NAME_cam.png, sub-folders kept)."),
             limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images (by name)."),
             device: str = DEVICE, quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Write where a trained run looks: each image with the CAM of its predicted class and a colour bar.

@@ -39,7 +39,8 @@ def reproduce(
     named = [name for name, flag in (("quick", quick), ("full", full), (profile, profile is not None)) if flag]
     if len(named) > 1:
         raise L2LError(f"--quick, --full and --profile exclude each other, got {' and '.join(named)}; pass one of them")
-    chosen, seed_list = PROFILES.get(named[0] if named else "default"), parse_seeds(seeds) if seeds is not None else None
+    chosen = PROFILES.get(named[0] if named else "default")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
     if plan:
         typer.echo("\n".join(describe_plan(chosen, seed_list, vlm, runs_dir)))
         return

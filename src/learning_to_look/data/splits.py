@@ -33,6 +33,7 @@ def train_val_split_indices(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def train_val(dataset: Dataset) -> tuple[Split, Split]:
     """The training and the in-distribution validation split (PROTOCOL 2.4's seeded cut, or
-    the val/ folder an imported set came with). The test split is not touched here: it stays on ``dataset.test`` for the one final evaluation."""
+    the val/ folder an imported set came with). The test split is not touched here: it stays
+    on ``dataset.test`` for the one final evaluation."""
     tr, va = train_val_split_indices(dataset)
     return dataset.train.subset(tr, "train"), dataset.train.subset(va, "val")

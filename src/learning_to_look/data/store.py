@@ -105,9 +105,10 @@ def dataset_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
 def build_command(name: str, path: Path, force: bool = False) -> str:
     """The command that (re)builds ``name`` where ``path`` lives (imports it, for an imported set)."""
     spec = DATASETS[name] if name in DATASETS else None
+    again = " --force" if force else ""
     if spec is not None and spec.imported_from is not None:
-        return f"`l2l data import {name} --from {spec.imported_from}{' --force' if force else ''} --data-dir {path.parent}`"
-    return f"`l2l data build {name}{' --force' if force else ''} --data-dir {path.parent}`"
+        return f"`l2l data import {name} --from {spec.imported_from}{again} --data-dir {path.parent}`"
+    return f"`l2l data build {name}{again} --data-dir {path.parent}`"
 
 
 def build_dataset(name: str, data_dir: str | os.PathLike | None = None, mnist_dir: str | None = None) -> Path:
