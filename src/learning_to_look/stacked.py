@@ -255,6 +255,54 @@ def _validate(stack: StackedLeNetGAP, val: Batch, device: torch.device) -> list[
             | {f"val_{k}": float(torch.nanmean(v[:, i])) for k, v in joined.items()} for i in range(stack.m)]
 
 
+@dataclass
+class _Ledger:
+    """What the stack knows of each of its M models: its history rows, its best eligible
+    epoch on validation (with that epoch's weights) and why it stopped (None: training)."""
+
+    histories: list[list[dict[str, Any]]]
+    best: list[dict[str, Any]]
+    stopped: list[str | None]
+
+    @classmethod
+    def empty(cls, m: int) -> _Ledger:
+        return cls([[] for _ in range(m)], [{"epoch": -1, "score": -float("inf"), "state": None} for _ in range(m)],
+                   [None] * m)
+
+    def state(self) -> dict[str, Any]:
+        return {"histories": self.histories, "best": self.best, "stopped": self.stopped}
+
+    def record(self, epoch: int, stack: StackedLeNetGAP, cfgs: Sequence[TrainConfig], methods: Sequence[Method],
+               sched: Sequence[ModelSchedule], rows: list[dict[str, float]], train_acc: list[float],
+               seconds: float) -> None:
+        """Add each training model's row for ``epoch`` and keep its weights when its
+        validation score is its best so far (eligible epochs only)."""
+        for i, (cfg, s, row) in enumerate(zip(cfgs, sched, rows)):
+            if self.stopped[i] is not None:
+                continue
+            row = {"epoch": epoch, "phase": s.phase, "lambda": methods[i].lam(epoch), "lr": s.lr,
+                   "train_acc": train_acc[i]} | row
+            row |= {"eligible": s.eligible, "score": selection_score(cfg.selection, row, cfg.selection_beta)
+                    if s.eligible else None, "seconds": seconds / len(cfgs)}
+            self.histories[i].append(row)
+            if s.eligible and row["score"] > self.best[i]["score"]:
+                self.best[i] = {"epoch": epoch, "score": row["score"],
+                                "state": {k: v.detach().clone() for k, v in stack.single_state(i).items()}}
+
+    def stop_diverged(self, cfgs: Sequence[TrainConfig], finite: list[bool], epoch: int) -> None:
+        """Stop each model whose loss diverged in ``epoch``, as the single-run engine stops
+        a run: it trains no more, and its epoch is selected from the whole epochs before.
+        A model with no epoch to select yet has no result; its grid point must go."""
+        for i, ok in enumerate(finite):
+            if ok or self.stopped[i] is not None:
+                continue
+            point = ", ".join(f"{k} {getattr(cfgs[i], k)}" for k in PER_MODEL_FIELDS)
+            if self.best[i]["state"] is None:
+                raise Diverged(f"the loss of the model with {point} became NaN in epoch {epoch}, before any epoch "
+                               "it could select; leave that point out of the grid, or lower --lr")
+            self.stopped[i] = stopped_note(f"loss became NaN in epoch {epoch}", epoch)
+
+
 def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_seed: int | None = None,
                 checkpoint: Path | None = None, epoch_weights: Path | None = None, progress: bool = True,
                 on_epoch: Callable[[int], None] | None = None) -> list[FitResult]:
@@ -275,15 +323,11 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
     methods = [METHODS.get(c.method)(c) for c in cfgs]
     stack = StackedLeNetGAP(_initial_models(cfgs)).to(device)
     train, val = train.to(device), val.to(device)
-    params = dict(stack.named_parameters())
-    opt = StackedSGD(params, cfgs[0].momentum, cfgs[0].weight_decay)
+    opt = StackedSGD(dict(stack.named_parameters()), cfgs[0].momentum, cfgs[0].weight_decay)
     shuffle = torch.Generator().manual_seed(data_seed)
-    histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
-    best: list[dict[str, Any]] = [{"epoch": -1, "score": -float("inf"), "state": None} for _ in cfgs]
-    stopped: list[str | None] = [None for _ in cfgs]  # why a model stopped training (its loss diverged)
-    start, prior = 0, 0.0
+    ledger, start, prior = _Ledger.empty(len(cfgs)), 0, 0.0
     if checkpoint is not None and checkpoint.exists():
-        start, prior = _resume(checkpoint, cfgs, stack, opt, shuffle, histories, best, stopped, data_seed)
+        ledger, start, prior = _resume(checkpoint, cfgs, stack, opt, shuffle, data_seed)
     epochs = cfgs[0].epochs
     bar = tqdm(total=epochs * len(cfgs), initial=start * len(cfgs), unit="model-epoch", desc=f"stack of {len(cfgs)}",
                disable=not progress, dynamic_ncols=True)
@@ -291,51 +335,26 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
         t0 = time.perf_counter()
         sched = [epoch_schedule(m, epoch) for m in methods]
         opt.restart(torch.tensor([s.restart for s in sched]))
-        frozen = torch.tensor([why is not None for why in stopped], device=device)  # (M,)
+        frozen = torch.tensor([why is not None for why in ledger.stopped], device=device)  # (M,)
         train_acc, finite = _train_epoch(stack, opt, train, sched, shuffle, cfgs[0].batch_size, device, frozen)
         rows = _validate(stack, val, device)
-        seconds = time.perf_counter() - t0
-        _stop_diverged(cfgs, finite, stopped, best, epoch)
-        for i, (cfg, s, row) in enumerate(zip(cfgs, sched, rows)):
-            if stopped[i] is not None:
-                continue
-            row = {"epoch": epoch, "phase": s.phase, "lambda": methods[i].lam(epoch), "lr": s.lr,
-                   "train_acc": train_acc[i]} | row
-            row |= {"eligible": s.eligible, "score": selection_score(cfg.selection, row, cfg.selection_beta)
-                    if s.eligible else None, "seconds": seconds / len(cfgs)}
-            histories[i].append(row)
-            if s.eligible and row["score"] > best[i]["score"]:
-                best[i] = {"epoch": epoch, "score": row["score"],
-                           "state": {k: v.detach().clone() for k, v in stack.single_state(i).items()}}
+        ledger.stop_diverged(cfgs, finite, epoch)
+        ledger.record(epoch, stack, cfgs, methods, sched, rows, train_acc, time.perf_counter() - t0)
         if epoch_weights is not None:
             atomic_torch_save(epoch_weights / f"epoch{epoch:03d}.pt",
                               {"stack": {k: v.detach().cpu() for k, v in stack.state_dict().items()},
-                               "eligible": [s.eligible and why is None for s, why in zip(sched, stopped)]})
+                               "eligible": [s.eligible and why is None for s, why in zip(sched, ledger.stopped)]})
         if checkpoint is not None:
             atomic_torch_save(checkpoint, {"configs": [c.to_dict() for c in cfgs], "data_seed": data_seed,
                                            "epoch": epoch, "stack": stack.state_dict(), "optimizer": opt.state_dict(),
-                                           "shuffle": shuffle.get_state(), "histories": histories, "best": best,
-                                           "stopped": stopped, "wall_seconds": prior + time.perf_counter() - started})
+                                           "shuffle": shuffle.get_state(), **ledger.state(),
+                                           "wall_seconds": prior + time.perf_counter() - started})
         bar.update(len(cfgs))
         if on_epoch is not None:
             on_epoch(epoch)
     bar.close()
-    return [_fitted(stack, b, h, prior, c, why) for b, h, c, why in zip(best, histories, cfgs, stopped)]
-
-
-def _stop_diverged(cfgs: Sequence[TrainConfig], finite: list[bool], stopped: list[str | None],
-                   best: list[dict[str, Any]], epoch: int) -> None:
-    """Stop each model whose loss diverged in ``epoch``, as the single-run engine stops
-    a run: it trains no more, and its epoch is selected from the whole epochs before.
-    A model with no epoch to select yet has no result; its grid point must go."""
-    for i, ok in enumerate(finite):
-        if ok or stopped[i] is not None:
-            continue
-        point = ", ".join(f"{k} {getattr(cfgs[i], k)}" for k in PER_MODEL_FIELDS)
-        if best[i]["state"] is None:
-            raise Diverged(f"the loss of the model with {point} became NaN in epoch {epoch}, before any epoch it "
-                           "could select; leave that point out of the grid, or lower --lr")
-        stopped[i] = stopped_note(f"loss became NaN in epoch {epoch}", epoch)
+    return [_fitted(stack, b, h, prior, c, why)
+            for b, h, c, why in zip(ledger.best, ledger.histories, cfgs, ledger.stopped)]
 
 
 def _train_epoch(stack: StackedLeNetGAP, opt: StackedSGD, train: Batch, sched: Sequence[ModelSchedule],
@@ -373,9 +392,9 @@ def _fitted(stack: StackedLeNetGAP, best: dict[str, Any], history: list[dict[str
 
 
 def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGAP, opt: StackedSGD,
-            shuffle: torch.Generator, histories: list, best: list, stopped: list,
-            data_seed: int) -> tuple[int, float]:
-    """Load the state saved after the last finished epoch; (next epoch, seconds spent so far)."""
+            shuffle: torch.Generator, data_seed: int) -> tuple[_Ledger, int, float]:
+    """Load the state saved after the last finished epoch; (the models' ledger, next epoch,
+    seconds spent so far)."""
     fix = f"delete {checkpoint} to restart this stack from its first epoch"
     state = torch_load(checkpoint, fix, map_location=next(stack.parameters()).device, weights_only=False)
     if not isinstance(state, dict) or not {"stack", "optimizer", "shuffle", "histories", "best"} <= set(state):
@@ -388,7 +407,5 @@ def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGA
     stack.load_state_dict(state["stack"])
     opt.load_state_dict(state["optimizer"])
     shuffle.set_state(state["shuffle"])
-    histories[:] = state["histories"]
-    best[:] = state["best"]
-    stopped[:] = state.get("stopped", stopped)
-    return state["epoch"] + 1, float(state["wall_seconds"])
+    ledger = _Ledger(state["histories"], state["best"], state.get("stopped", [None] * len(cfgs)))
+    return ledger, state["epoch"] + 1, float(state["wall_seconds"])
