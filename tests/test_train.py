@@ -306,3 +306,21 @@ def test_a_subset_run_maps_only_its_images_unless_the_whole_split_is_cheap_or_ca
     assert train_mod._maps_split(oracle, ds, used) is ds.train  # cheap: computed for all, as before
     named = dataclasses.replace(oracle, maps="clip-0123456789")
     assert train_mod._maps_split(named, ds, used) is ds.train  # a cached set was made for the whole split
+
+
+def test_selection_keeps_the_best_eligible_epoch_on_validation():
+    """Both engines select through keep_if_best: an ineligible epoch, a lower score or a
+    NaN score never replaces what is kept, and the kept weights are a copy."""
+    cfg = TrainConfig(selection="val_acc")
+    weights = {"w": torch.zeros(2)}
+    best = train_mod.unselected()
+    rows = [train_mod.scored(cfg, {"epoch": 0, "val_acc": 99.0}, eligible=False),
+            train_mod.scored(cfg, {"epoch": 1, "val_acc": 80.0}, eligible=True),
+            train_mod.scored(cfg, {"epoch": 2, "val_acc": 70.0}, eligible=True),
+            train_mod.scored(cfg, {"epoch": 3, "val_acc": float("nan")}, eligible=True)]
+    assert rows[0]["score"] is None and rows[1]["score"] == pytest.approx(0.8)
+    for row in rows:
+        best = train_mod.keep_if_best(best, row, weights)
+        weights["w"] += 1.0  # training goes on after the epoch was kept
+    assert best["epoch"] == 1 and best["score"] == pytest.approx(0.8)
+    assert best["state"]["w"].tolist() == [1.0, 1.0]  # epoch 1's weights, not a view of today's

@@ -37,7 +37,8 @@ from .losses import forward_kl, kl_per_image, reverse_kl
 from .methods import METHODS, Batch, Method
 from .models import LeNetGAP, build_backbone
 from .registry import Registry
-from .train import Diverged, FitResult, no_selection, stopped_note, pick_device, selection_score, set_determinism
+from .train import (Diverged, FitResult, keep_if_best, no_selection, pick_device, scored, set_determinism,
+                    stopped_note, unselected)
 
 #: Images x models in one validation batch: about 1 GB of activations, whatever M is.
 VAL_IMAGE_MODELS = 32_000
@@ -266,8 +267,7 @@ class _Ledger:
 
     @classmethod
     def empty(cls, m: int) -> _Ledger:
-        return cls([[] for _ in range(m)], [{"epoch": -1, "score": -float("inf"), "state": None} for _ in range(m)],
-                   [None] * m)
+        return cls([[] for _ in range(m)], [unselected() for _ in range(m)], [None] * m)
 
     def state(self) -> dict[str, Any]:
         return {"histories": self.histories, "best": self.best, "stopped": self.stopped}
@@ -280,14 +280,10 @@ class _Ledger:
         for i, (cfg, s, row) in enumerate(zip(cfgs, sched, rows)):
             if self.stopped[i] is not None:
                 continue
-            row = {"epoch": epoch, "phase": s.phase, "lambda": methods[i].lam(epoch), "lr": s.lr,
-                   "train_acc": train_acc[i]} | row
-            row |= {"eligible": s.eligible, "score": selection_score(cfg.selection, row, cfg.selection_beta)
-                    if s.eligible else None, "seconds": seconds / len(cfgs)}
-            self.histories[i].append(row)
-            if s.eligible and row["score"] > self.best[i]["score"]:
-                self.best[i] = {"epoch": epoch, "score": row["score"],
-                                "state": {k: v.detach().clone() for k, v in stack.single_state(i).items()}}
+            row = scored(cfg, {"epoch": epoch, "phase": s.phase, "lambda": methods[i].lam(epoch), "lr": s.lr,
+                               "train_acc": train_acc[i]} | row, s.eligible)
+            self.histories[i].append(row | {"seconds": seconds / len(cfgs)})
+            self.best[i] = keep_if_best(self.best[i], row, stack.single_state(i))
 
     def stop_diverged(self, cfgs: Sequence[TrainConfig], finite: list[bool], epoch: int) -> None:
         """Stop each model whose loss diverged in ``epoch``, as the single-run engine stops

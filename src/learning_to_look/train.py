@@ -123,6 +123,25 @@ def stopped_note(why: str, epoch: int) -> str:
     return f"{why}: stopped there, the epoch is selected from epochs 0-{epoch - 1}"
 
 
+def scored(cfg: TrainConfig, row: dict[str, Any], eligible: bool) -> dict[str, Any]:
+    """``row`` with whether its epoch may be selected and, if so, its validation score."""
+    return row | {"eligible": eligible,
+                  "score": selection_score(cfg.selection, row, cfg.selection_beta) if eligible else None}
+
+
+def unselected() -> dict[str, Any]:
+    """The selection before any epoch: no weights kept yet."""
+    return {"epoch": -1, "score": -float("inf"), "state": None}
+
+
+def keep_if_best(best: dict[str, Any], row: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The selection after ``row``'s epoch: a copy of its weights ``state`` when the epoch is
+    eligible and scores higher on validation than every one before, else ``best`` unchanged."""
+    if not row["eligible"] or not row["score"] > best["score"]:
+        return best
+    return {"epoch": row["epoch"], "score": row["score"], "state": {k: v.detach().clone() for k, v in state.items()}}
+
+
 def no_selection(cfg: TrainConfig, history: list[dict[str, Any]]) -> str:
     """Why no epoch could be selected: none was eligible, or every eligible score was NaN."""
     if any(r["eligible"] for r in history):
@@ -242,7 +261,7 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
     opt, sched = _optimizer(model, cfg)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": -1, "score": -float("inf"), "state": None}
+    best = unselected()
     stopped = None
     start, prior = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
@@ -264,14 +283,10 @@ def fit(cfg: TrainConfig, train: Batch, val: Batch, *, checkpoint: Path | None =
             stopped = stopped_note(str(err), epoch)
             break
         sched.step()
-        row |= _validate(model, method, val, device)
-        row["eligible"] = method.eligible(epoch)
-        row["score"] = selection_score(cfg.selection, row, cfg.selection_beta) if row["eligible"] else None
+        row = scored(cfg, row | _validate(model, method, val, device), method.eligible(epoch))
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        if row["eligible"] and row["score"] > best["score"]:
-            best = {"epoch": epoch, "score": row["score"],
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        best = keep_if_best(best, row, model.state_dict())
         epochs.set_postfix(val_acc=f"{row['val_acc']:.1f}",
                            **({"val_kl": f"{row['val_kl']:.3f}"} if "val_kl" in row else {}))
         if checkpoint is not None:
