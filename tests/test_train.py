@@ -324,3 +324,12 @@ def test_selection_keeps_the_best_eligible_epoch_on_validation():
         weights["w"] += 1.0  # training goes on after the epoch was kept
     assert best["epoch"] == 1 and best["score"] == pytest.approx(0.8)
     assert best["state"]["w"].tolist() == [1.0, 1.0]  # epoch 1's weights, not a view of today's
+
+
+def test_the_seeds_summary_is_mean_and_sample_std():
+    from learning_to_look.cli.train import _over_seeds
+    cfg = TrainConfig(dataset="decoymnist", method="vanilla")
+    plain = [{"test": {"accuracy": a}} for a in (90.0, 92.0)]
+    assert _over_seeds(cfg, plain) == "decoymnist vanilla: test accuracy 91.00 +- 1.41 % over 2 seeds"
+    grouped = [{"test": {"accuracy": a, "worst_group_accuracy": a - 10}} for a in (90.0, 92.0, 94.0)]
+    assert _over_seeds(cfg, grouped).splitlines()[1] == "decoymnist vanilla: worst-group accuracy 82.00 +- 2.00 %"

@@ -145,9 +145,15 @@ def train(
             typer.echo(f"seed {r['config']['seed']}: {r['stopped']}")
         results.append(r)
     if len(results) > 1:
-        m, s = mean_std([r["test"]["accuracy"] for r in results])
-        typer.echo(f"{cfg.dataset} {cfg.method}: test accuracy {m:.2f} +- {s:.2f} % over {len(results)} seeds")
-        if all("worst_group_accuracy" in r["test"] for r in results):
-            m, s = mean_std([r["test"]["worst_group_accuracy"] for r in results])
-            typer.echo(f"{cfg.dataset} {cfg.method}: worst-group accuracy {m:.2f} +- {s:.2f} %")
+        typer.echo(_over_seeds(cfg, results))
+
+
+def _over_seeds(cfg: TrainConfig, results: list[dict]) -> str:
+    """Test accuracy (and worst-group accuracy, where the data set has groups) as mean +- std over the seeds."""
+    m, s = mean_std([r["test"]["accuracy"] for r in results])
+    lines = [f"{cfg.dataset} {cfg.method}: test accuracy {m:.2f} +- {s:.2f} % over {len(results)} seeds"]
+    if all("worst_group_accuracy" in r["test"] for r in results):
+        m, s = mean_std([r["test"]["worst_group_accuracy"] for r in results])
+        lines.append(f"{cfg.dataset} {cfg.method}: worst-group accuracy {m:.2f} +- {s:.2f} %")
+    return "\n".join(lines)
 
