@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,10 @@ def test_curve_bands_over_seeds_of_unequal_length_by_hand():
     mean, std = band_stats([[1.0, 3.0, 5.0], [3.0, 5.0]])  # the second seed stopped after 2 epochs
     assert mean.tolist() == [2.0, 4.0, 5.0]
     assert std == pytest.approx([2 ** 0.5, 2 ** 0.5, 0.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an epoch where a metric is undefined for every seed warns nothing
+        mean, _ = band_stats([[1.0, math.nan], [3.0, math.nan]])
+    assert mean[0] == 2.0 and math.isnan(mean[1])
 
 
 def test_mean_std_and_aggregation():

@@ -141,12 +141,13 @@ def guidance_maps(rows: Sequence[Row]) -> dict[str, Figure]:
 
 def band_stats(series: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std (ddof 1; 0 where one seed is left) over seeds, per epoch. A seed that
-    stopped early (its loss diverged) has fewer epochs and counts only where it has them."""
+    stopped early (its loss diverged) has fewer epochs and counts only where it has them;
+    an epoch with no value at all (a metric undefined there) is NaN, so it is not drawn."""
     arr = np.full((len(series), max(len(s) for s in series)), np.nan)  # (seeds, epochs)
     for i, s in enumerate(series):
         arr[i, :len(s)] = s
     n = (~np.isnan(arr)).sum(0)  # (epochs,)
-    mean = np.nansum(arr, 0) / n
+    mean = np.divide(np.nansum(arr, 0), n, out=np.full(n.shape, np.nan), where=n > 0)
     var = np.nansum((arr - mean) ** 2, 0) / np.maximum(n - 1, 1)
     return mean, np.where(n > 1, np.sqrt(var), 0.0)
 
