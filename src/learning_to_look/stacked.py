@@ -402,6 +402,6 @@ def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGA
         raise L2LError(f"checkpoint {checkpoint} belongs to another stack; {fix}")
     stack.load_state_dict(state["stack"])
     opt.load_state_dict(state["optimizer"])
-    shuffle.set_state(state["shuffle"])
+    shuffle.set_state(state["shuffle"].cpu())  # a CPU byte tensor, wherever map_location put the rest
     ledger = _Ledger(state["histories"], state["best"], state.get("stopped", [None] * len(cfgs)))
     return ledger, state["epoch"] + 1, float(state["wall_seconds"])

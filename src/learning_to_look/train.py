@@ -210,11 +210,12 @@ def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.d
     opt, sched = _optimizer(model, cfg)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    shuffle.set_state(state["shuffle"])
+    # Random-number states are CPU byte tensors whatever the device; map_location moved them.
+    shuffle.set_state(state["shuffle"].cpu())
     if "rng" in state:  # the global streams that methods draw from (eg's references, cdep's pixels)
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
     return opt, sched, state["history"], state["best"], state["epoch"] + 1, state.get("wall_seconds", 0.0)
 
 
