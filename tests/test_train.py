@@ -333,3 +333,12 @@ def test_the_seeds_summary_is_mean_and_sample_std():
     assert _over_seeds(cfg, plain) == "decoymnist vanilla: test accuracy 91.00 +- 1.41 % over 2 seeds"
     grouped = [{"test": {"accuracy": a, "worst_group_accuracy": a - 10}} for a in (90.0, 92.0, 94.0)]
     assert _over_seeds(cfg, grouped).splitlines()[1] == "decoymnist vanilla: worst-group accuracy 82.00 +- 2.00 %"
+
+
+def test_a_lambda_given_to_a_method_without_an_extra_term_is_dropped():
+    """vanilla has nothing to weigh: a λ passed anyway must not make its record look guided
+    (the report would then find no baseline for the setting) nor give it a new folder."""
+    cfg = resolve(TrainConfig(dataset="decoymnist", method="vanilla", lambda0=5.0))
+    assert cfg.lambda0 == 0.0 and cfg.fingerprint() == resolve(TrainConfig(dataset="decoymnist",
+                                                                            method="vanilla")).fingerprint()
+    assert resolve(TrainConfig(dataset="decoymnist", method="rrr", maps="not-decoy", lambda0=5.0)).lambda0 == 5.0

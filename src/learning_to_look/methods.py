@@ -68,7 +68,8 @@ class Method:
     name: ClassVar[str]
     uses_maps: ClassVar[bool] = False
     two_phase: ClassVar[bool] = False
-    #: Default of lambda0, the weight of the method's extra term (declared once, here).
+    #: Default of lambda0, the weight of the method's extra term (declared once, here);
+    #: 0 for a method with no extra term, where :func:`resolve` keeps lambda0 at 0.
     default_lambda: ClassVar[float] = 0.0
     #: Default model-selection rule on validation data (PROTOCOL 3.6).
     default_selection: ClassVar[str] = "val_acc"
@@ -358,7 +359,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if method.two_phase and cfg.e_att >= cfg.epochs:
         raise L2LError(f"E_att must lie below the number of epochs, got {cfg.e_att} with {cfg.epochs} epochs; "
                        "pass --e-att below --epochs")
-    if cfg.lambda0 is None:
+    if cfg.lambda0 is None or not method.default_lambda:  # a λ given to vanilla weighs nothing: not recorded
         cfg.lambda0 = method.lambda_default()
     if cfg.selection is None:
         cfg.selection = method.default_selection
