@@ -163,6 +163,8 @@ def test_stacks_that_cannot_be_built_are_refused():
         check_stack([resolve(TrainConfig(method="rrr"))])
     with pytest.raises(L2LError, match="schedule paper"):
         check_stack([resolve(TrainConfig(method="l2l", schedule="adam"))])
+    with pytest.raises(L2LError, match="l2l train for --selection val_worst_group"):
+        check_stack([resolve(TrainConfig(dataset="shapes-bg", method="vanilla", selection="val_worst_group"))])
     with pytest.raises(L2LError, match="lenet-gap, not cdep-cnn"):
         check_stack([resolve(TrainConfig(method="vanilla", backbone="cdep-cnn"))])
     with pytest.raises(L2LError, match="pass data_seed"):

@@ -197,6 +197,9 @@ def check_stack(cfgs: Sequence[TrainConfig]) -> None:
     if first.momentum is None or first.step_size is None:
         raise L2LError(f"stacked training follows the SGD + StepLR schedule; got --schedule {first.schedule}, "
                        "use --schedule paper")
+    if first.selection == "val_worst_group":
+        raise L2LError("stacked training validates accuracy and attention only, not per group; train with "
+                       "l2l train for --selection val_worst_group, or select on val_acc")
     shared = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in PER_MODEL_FIELDS]
     for cfg in cfgs[1:]:
         differ = [k for k in shared if getattr(cfg, k) != getattr(first, k)]
