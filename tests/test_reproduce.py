@@ -286,6 +286,13 @@ def test_profiles_are_well_formed():
     assert sum(c.role == "vlm" for c, _ in with_vlm) == 2
 
 
+def test_cells_that_resolve_to_one_run_are_planned_once():
+    twice = [rep.Cell("decoymnist", "vanilla", maps="oracle"), rep.Cell("decoymnist", "vanilla", maps="intensity")]
+    profile = dataclasses.replace(rep.PROFILES["quick"], cells=twice, sensitivity=rep.Sensitivity())
+    jobs = rep.plan(profile, seeds=[0, 1])
+    assert [(cfg.maps, cfg.seed) for _, cfg in jobs] == [("none", 0), ("none", 1)]
+
+
 def test_plan_lists_runs_and_times_them_by_finished_seeds_without_building_anything(tmp_path, capsys):
     runs = tmp_path / "runs"
     jobs = rep.plan(rep.PROFILES["quick"], seeds=[0, 1])

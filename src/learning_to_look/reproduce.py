@@ -154,15 +154,21 @@ def vlm_cells(vlm: str) -> list[Cell]:
 
 
 def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None) -> list[tuple[Cell, TrainConfig]]:
-    """Every (cell, resolved config) to train, seed-major so an early stop still covers every cell."""
+    """Every (cell, resolved config) to train, seed-major so an early stop still covers every
+    cell. Cells that resolve to the same run (vanilla written with two map sources, say)
+    are planned once: one folder, one record, each seed counted once."""
     main = profile.cells + (vlm_cells(vlm) if vlm else [])
     sens = profile.sensitivity.cells()
     main_seeds = seeds or profile.seeds
     sens_seeds = seeds or profile.sensitivity.seeds or profile.seeds
-    jobs = []
+    jobs, planned = [], set()
     for seed in sorted(set(main_seeds) | set(sens_seeds)):
-        jobs += [(c, resolve(c.config(profile.run, seed))) for c in main if seed in main_seeds]
-        jobs += [(c, resolve(c.config(profile.run, seed))) for c in sens if seed in sens_seeds]
+        cells = [c for c in main if seed in main_seeds] + [c for c in sens if seed in sens_seeds]
+        for cell in cells:
+            cfg = resolve(cell.config(profile.run, seed))
+            if (cfg.fingerprint(), seed) not in planned:
+                planned.add((cfg.fingerprint(), seed))
+                jobs.append((cell, cfg))
     return jobs
 
 
