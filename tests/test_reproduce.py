@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from learning_to_look import report as report_mod
 from learning_to_look import reproduce as rep
 from learning_to_look import train as train_mod
 from learning_to_look.cli import main
@@ -175,7 +176,9 @@ def test_verdict_difference_interval_and_effect():
                             role="control") for s, acc in enumerate([30.0, 31.0, 29.0])]
     verdict = {(v["method"], v["maps"]): v for v in verdict_rows(aggregate(records))}
     helps = verdict[("l2l", "oracle (annotation)")]
-    assert helps["diff"] == 30.0 and 26 < helps["low"] < 30 < helps["high"] < 34 and helps["effect"] == "helps"
+    half = 2.776445 * (4 / 3 + 4 / 3) ** 0.5  # t(0.975, 4 df) x the standard error: both sides' variance is 4
+    assert helps["diff"] == 30.0 and helps["effect"] == "helps"
+    assert (helps["low"], helps["high"]) == pytest.approx((30.0 - half, 30.0 + half), abs=1e-5)
     assert verdict[("rrr", "oracle (annotation)")]["effect"] == "no clear effect"
     assert verdict[("l2l", "intensity (image-statistic)")]["effect"] == "hurts"
     assert all(v["baseline"] == "vanilla" and v["baseline_n"] == 3 for v in verdict.values())
@@ -225,6 +228,28 @@ def test_verdict_summary_one_line_per_setting_with_bound_best_and_note():
     assert verdict_summary(rows, verdict_rows(rows))[0]["best"]["lambda0"] == 100.0  # one seed gives no verdict
     bare = verdict_summary(rows, verdict_rows(rows))[0]
     assert bare["note"] == "" and bare["l2l_oracle"] is None
+    assert bare["effect"] == "helps (the best of 3 runs compared)"  # no comparison fixed in advance: said so
+    blurred = [fake_record("blur", s, 99.5, method="l2l", maps={"name": "degraded-oracle", "kind": "annotation"},
+                           role="sensitivity") for s in range(3)]
+    rows = aggregate(records + blurred)
+    (line,) = verdict_summary(rows, verdict_rows(rows), ["l2l"])
+    assert line["best"]["method"] == "rrr" and line["effect"] == line["l2l_oracle"]["effect"]  # no degraded maps
+
+
+def test_welch_interval_and_t_quantiles_by_hand():
+    assert report_mod.t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-6)  # printed t tables
+    assert report_mod.t_quantile(0.975, 1) == pytest.approx(12.706205, abs=1e-5)
+    assert report_mod.t_quantile(0.995, 10) == pytest.approx(3.169273, abs=1e-6)
+    # equal sizes and variances: Welch's degrees of freedom are 2(n - 1) = 4
+    diff, low, high = report_mod.welch_diff([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
+    half = 2.776445 * (2 / 3) ** 0.5
+    assert (diff, low, high) == pytest.approx((-2.0, -2.0 - half, -2.0 + half))
+    # unequal: se^2 = 1/3 + 2/2, df = se^4 / ((1/3)^2 / 2 + 1^2 / 1) = 1.684...
+    diff, low, high = report_mod.welch_diff([1.0, 2.0, 3.0], [4.0, 6.0])
+    df = (4 / 3) ** 2 / ((1 / 3) ** 2 / 2 + 1.0)
+    assert high - diff == pytest.approx(report_mod.t_quantile(0.975, df) * (4 / 3) ** 0.5)
+    assert 4.303 * (4 / 3) ** 0.5 < high - diff < 12.71 * (4 / 3) ** 0.5  # between 2 and 1 degrees of freedom
+    assert math.isnan(report_mod.welch_diff([1.0], [2.0, 3.0])[1])  # one seed: its spread is unknown
 
 
 def test_a_setting_bites_when_vanilla_falls_15_points_below_the_clean_bound_of_its_network():

@@ -337,8 +337,9 @@ def verdict(rows: Sequence[dict[str, Any]]) -> Figure | None:
     colour = {"helps": "tab:green", "hurts": "tab:red"}
     for ax, mine in zip(axes[:, 0], groups):
         y = np.arange(len(mine))[::-1]
-        for yi, v in zip(y, mine):
-            ax.errorbar([v["diff"]], [yi], xerr=[[v["diff"] - v["low"]], [v["high"] - v["diff"]]], fmt="o",
+        for yi, v in zip(y, mine):  # a run with one seed on a side has no interval: a bare point
+            err = None if np.isnan(v["low"]) else [[v["diff"] - v["low"]], [v["high"] - v["diff"]]]
+            ax.errorbar([v["diff"]], [yi], xerr=err, fmt="o",
                         capsize=3, color=colour.get(v["effect"], "tab:gray"))
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(y)
@@ -347,7 +348,7 @@ def verdict(rows: Sequence[dict[str, Any]]) -> Figure | None:
         ax.grid(axis="x", alpha=0.3)
         ax.set_title(f"{setting_label(mine[0])}: against {mine[0]['baseline']} "
                      f"({mine[0]['baseline_acc_mean']:.2f} %, n {mine[0]['baseline_n']})", fontsize=8)
-    axes[-1, 0].set_xlabel("difference from the unguided baseline, test accuracy points (95 % bootstrap interval)")
+    axes[-1, 0].set_xlabel("difference from the unguided baseline, test accuracy points (95 % Welch t-interval)")
     fig.suptitle("Does alignment help? (green: helps, red: hurts, grey: no verdict of help)", fontsize=10)
     fig.tight_layout()
     return fig
