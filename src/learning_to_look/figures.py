@@ -283,7 +283,7 @@ def _sensitivity_panel(ax, pts: Sequence[dict[str, Any]], rows: Sequence[Row]) -
                      and r.input_transform == PAPER_CONFIG.input_transform), None)
     if baseline is not None:
         ax.axhline(baseline.test_acc_mean, color="gray", ls="--", lw=1, label=f"{baseline.method} (unguided)")
-    ax.set_xlabel("map quality: IoU of the map above the digit threshold with the digit (training images)")
+    ax.set_xlabel("map IoU with the digit (map above the digit threshold; training images)", fontsize=8)
     ax.set_ylabel(f"{method} test accuracy %")
     ax.set_title(setting_label(pts[0]), fontsize=10)
     ax.grid(alpha=0.3)
