@@ -144,7 +144,7 @@ def verdict_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
                   and r.setting == base.setting]
         for g in guided:
             diff, low, high = welch_diff([m.test.accuracy for m in g.members],
-                                             [m.test.accuracy for m in base.members])
+                                         [m.test.accuracy for m in base.members])
             out.append(dict(zip(SETTING_KEYS, base.setting)) | {
                         "baseline": base.method, "baseline_acc_mean": base.test_acc_mean,
                         "baseline_acc_std": base.test_acc_std, "baseline_n": base.n_seeds, "method": g.method,

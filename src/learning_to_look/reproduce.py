@@ -166,8 +166,9 @@ def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = Non
         cells = [c for c in main if seed in main_seeds] + [c for c in sens if seed in sens_seeds]
         for cell in cells:
             cfg = resolve(cell.config(profile.run, seed))
-            if (cfg.fingerprint(), seed) not in planned:
-                planned.add((cfg.fingerprint(), seed))
+            run = (cfg.fingerprint(), seed)
+            if run not in planned:
+                planned.add(run)
                 jobs.append((cell, cfg))
     return jobs
 
