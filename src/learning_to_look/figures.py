@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .plotting import pyplot, save_figure, to_display
-from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, Row, setting_label
+from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, Row, by_setting, setting_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -245,7 +245,7 @@ def sensitivity(sens: Sequence[dict[str, Any]], rows: Sequence[Row] = ()) -> Fig
     """Test accuracy against map IoU, one panel per setting (data set, backbone, schedule)
     and one line per degradation from the clean oracle outwards; the same method with
     other map sources (intensity, a VLM) in the same setting on the same axes."""
-    groups = _by_setting(sens)
+    groups = by_setting(sens)
     if not groups:
         return None
     plt = pyplot()
@@ -290,14 +290,6 @@ def _sensitivity_panel(ax, pts: Sequence[dict[str, Any]], rows: Sequence[Row]) -
     ax.legend(fontsize=7, title="maps (numbers: degradation strength)", title_fontsize=7)
 
 
-def _by_setting(items: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Table rows grouped by setting (the values of ``SETTING_KEYS``), in first-seen order."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for it in items:
-        groups.setdefault(tuple(it[k] for k in SETTING_KEYS), []).append(it)
-    return list(groups.values())
-
-
 def shortcut_search(bites: Sequence[dict[str, Any]]) -> Figure | None:
     """Per setting, vanilla's seeds beside the clean-MNIST bound's: how far the shortcut
     pulls the unguided network down, and which settings pass the bite threshold."""
@@ -327,7 +319,7 @@ def shortcut_search(bites: Sequence[dict[str, Any]]) -> Figure | None:
 def verdict(rows: Sequence[dict[str, Any]]) -> Figure | None:
     """The verdict as a forest plot: each guided run's difference from the unguided
     baseline of its setting, with its 95 % interval, one panel per setting."""
-    groups = _by_setting(rows)
+    groups = by_setting(rows)
     if not groups:
         return None
     plt = pyplot()

@@ -210,6 +210,14 @@ def setting_label(d: Mapping[str, Any]) -> str:
     return f"{DATASET_NAMES.get(d['dataset'], d['dataset'])}, {d['schedule']}, {d['backbone']}{subset}{worst}"
 
 
+def by_setting(items: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Table rows grouped by setting (the values of :data:`SETTING_KEYS`), in first-seen order."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for it in items:
+        groups.setdefault(tuple(it[k] for k in SETTING_KEYS), []).append(it)
+    return list(groups.values())
+
+
 @dataclass
 class Row:
     """One configuration: all seeds of one run group, mean ± std over them."""

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .io import atomic_write_json, atomic_write_text
-from .records import (DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, WORST_GROUP, Record, Row, aggregate, paper_match,
-                      setting_label)
+from .records import (DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, WORST_GROUP, Record, Row, aggregate, by_setting,
+                      paper_match, setting_label)
 
 CSV_FIELDS = ("origin", "dataset", "method", "backbone", "schedule", "maps", "maps_kind", "role", "input_transform",
               "map_options",
@@ -236,8 +236,8 @@ def verdict_summary(rows: Sequence[Row], verdict: Sequence[dict[str, Any]], pape
     any run; where it did not run, the best run's, said to be the best of K, since the
     best of many runs can clear its interval by chance. ``notes`` add a reason per data set."""
     out = []
-    for setting in dict.fromkeys(tuple(v[k] for k in SETTING_KEYS) for v in verdict):
-        mine = [v for v in verdict if tuple(v[k] for k in SETTING_KEYS) == setting]
+    for mine in by_setting(verdict):
+        setting = tuple(mine[0][k] for k in SETTING_KEYS)
         compared = [v for v in mine if v["role"] in ("method", "vlm")] or mine  # no controls, no degraded maps
         learned = [v for v in compared if not v["collapsed"]]
         best = max([v for v in learned if v["n"] >= MIN_VERDICT_SEEDS] or learned or compared,
