@@ -245,7 +245,7 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
               n_jobs: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the data, train every planned run (reusing what is on disk), write the report
     from the runs' records, as ``l2l report`` would from the same runs."""
-    from .train import default_runs_dir, run_dir_for, run_resolved
+    from .train import default_runs_dir, run_dir_for
 
     t0 = time.perf_counter()
     pyplot()  # the report ends in figures: fail now, not after hours of training, if matplotlib is missing
@@ -253,6 +253,23 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
     out = Path(out or Path("reports") / profile.name)
     jobs = plan(profile, seeds, vlm)
     echo(f"profile {profile.name}: {profile.description}; {len(jobs)} runs -> {out}")
+    _prepare(jobs, data_dir, vlm, echo)
+    found = [(cell, cfg) for cell, cfg in jobs if (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
+    todo = [(cell, cfg) for cell, cfg in jobs if (cell, cfg) not in found]
+    failed = _train(found, todo, len(jobs), runs_dir, data_dir, progress, n_jobs, echo)
+    trained = len(todo) - len(failed)
+    records = [load_record(run_dir_for(cfg, runs_dir)) for _, cfg in jobs
+               if (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
+    summary = report_runs(out, records, runs_dir, f"Profile **{profile.name}**: {profile.description}",
+                          stamp=SMOKE_STAMP if profile.smoke else None)
+    echo(f"report: {out / 'report.md'} ({trained} runs trained, {len(found)} cached, {len(failed)} failed, "
+         f"{time.perf_counter() - t0:.0f} s)")
+    return summary | {"trained": trained, "cached": len(found), "failed": failed}
+
+
+def _prepare(jobs: list[tuple[Cell, TrainConfig]], data_dir: Path | None, vlm: str | None,
+             echo: Callable[[str], None]) -> None:
+    """Build every data set the plan needs, and say where the maps come from, before any training."""
     for name in sorted({cfg.dataset for _, cfg in jobs}):
         existed = dataset_path(name, data_dir).exists()
         load_dataset(name, data_dir)
@@ -263,11 +280,16 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
         echo(f"VLM maps: {vlm_info['backend']}/{vlm_info['variant']} from {vlm_info['identity']} ({real})")
     else:
         echo(NO_VLM_LINE)
-    found = [(cell, cfg) for cell, cfg in jobs if (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
-    todo = [(cell, cfg) for cell, cfg in jobs if (cell, cfg) not in found]
+
+
+def _train(found: list[tuple[Cell, TrainConfig]], todo: list[tuple[Cell, TrainConfig]], total: int, runs_dir: Path,
+           data_dir: Path | None, progress: bool, n_jobs: int | None, echo: Callable[[str], None]) -> list[str]:
+    """List the cached runs, train the others in ``n_jobs`` workers; the runs that failed, one line each."""
+    from .train import run_resolved
+
     n = workers(n_jobs, len(todo))
     for k, (cell, cfg) in enumerate(found, 1):  # reused: set the role this profile reads each run in
-        echo(_run_line(k, len(jobs), cfg, run_resolved(cfg, runs_dir=runs_dir, role=cell.role), "cached"))
+        echo(_run_line(k, total, cfg, run_resolved(cfg, runs_dir=runs_dir, role=cell.role), "cached"))
     if todo:
         echo(f"{len(todo)} runs to train in {n} process(es) of one thread")
     tasks = [(cfg, runs_dir, data_dir, progress and n == 1, cell.role) for cell, cfg in todo]
@@ -277,17 +299,10 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
         cfg = tasks[i][0]
         if "failed" in result:
             failed.append(f"{cfg.dataset} {cfg.method} {cfg.backbone} {cfg.schedule} seed {cfg.seed}")
-            echo(f"[{k}/{len(jobs)}] {failed[-1]}: FAILED, {result['failed']}")
+            echo(f"[{k}/{total}] {failed[-1]}: FAILED, {result['failed']}")
         else:
-            echo(_run_line(k, len(jobs), cfg, result, f"{result['wall_seconds']:.0f} s"))
-    trained = len(todo) - len(failed)
-    records = [load_record(run_dir_for(cfg, runs_dir)) for _, cfg in jobs
-               if (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
-    summary = report_runs(out, records, runs_dir, f"Profile **{profile.name}**: {profile.description}",
-                          stamp=SMOKE_STAMP if profile.smoke else None)
-    echo(f"report: {out / 'report.md'} ({trained} runs trained, {len(found)} cached, {len(failed)} failed, "
-         f"{time.perf_counter() - t0:.0f} s)")
-    return summary | {"trained": trained, "cached": len(found), "failed": failed}
+            echo(_run_line(k, total, cfg, result, f"{result['wall_seconds']:.0f} s"))
+    return failed
 
 
 def attempt_run(cfg: TrainConfig, runs_dir: Path, data_dir: Path | None, progress: bool,
