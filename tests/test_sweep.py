@@ -12,6 +12,7 @@ from learning_to_look.config import TrainConfig
 from learning_to_look.errors import L2LError
 from learning_to_look.records import collect
 from learning_to_look.report import sweep_summary
+from learning_to_look.stacked import NoModel
 from learning_to_look.sweep import choose, parse_grid, plan_sweep, run_sweep
 
 
@@ -75,12 +76,59 @@ def test_sweep_end_to_end_records_choice_and_resume(tmp_path, data_dir, monkeypa
     monkeypatch.setattr(sweep_mod, "fit_stacked", lambda *a, **k: pytest.fail("retrained a finished sweep"))
     run_sweep(plan, data_dir=data_dir, progress=False, echo=lambda _: None)
 
-    # `l2l report` on the sweep folder adds the sweep's answer and its figure.
+    # `l2l report` on the sweep folder adds the sweep's answer and its figure. Grid points
+    # are rows of role "sweep", named by their point, and none stands beside a published number.
     assert main(["report", str(plan.folder), "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## Sweep" in md and "Optimistic bound (test-peeking; not a result)" in md
-    assert "NOT A RESULT" not in (tmp_path / "report" / "results.json").read_text()
+    assert "l2l (λ0 2, E_att 1" in md
+    paper_row = [line for line in md.splitlines() if "| 96.19 |" in line]  # the published l2l DecoyMNIST row
+    assert paper_row and all("not run here" in line for line in paper_row)
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert "NOT A RESULT" not in json.dumps(results)
+    assert {r.role for r in records} == {"sweep"}
     assert (tmp_path / "report" / "sweep.png").stat().st_size > 0
+
+
+def test_a_rerun_after_a_kill_forms_the_same_stacks_and_rewrites_nothing(tmp_path, data_dir, monkeypatch):
+    """Stacks are cut at fixed places of the grid: a record missing from the first stack
+    (killed while writing its records) brings back that stack alone, and the records
+    already written stay as they were; the optimistic bound is read from each stack's cache."""
+    base = TrainConfig(dataset="decoymnist", method="l2l", epochs=2, e_att=1, train_subset=120)
+    plan = plan_sweep(base, {"lambda0": [1.0, 2.0, 4.0]}, [0], tmp_path)
+    run_sweep(plan, max_stack=2, data_dir=data_dir, progress=False, echo=lambda _: None)
+    first = [sweep_mod.run_dir_for(c, plan.folder) / "result.json" for c in plan.configs(0)]
+    (first[0]).unlink()
+    kept = {p: p.stat().st_mtime_ns for p in first[1:]}
+    bound = json.loads((plan.folder / "optimistic_bound.json").read_text())
+    real, stacks = sweep_mod.fit_stacked, []
+    monkeypatch.setattr(sweep_mod, "fit_stacked", lambda cfgs, *a, **k: stacks.append(cfgs) or real(cfgs, *a, **k))
+    monkeypatch.setattr(sweep_mod.StackedLeNetGAP, "from_state", lambda *a: pytest.fail("bound not read from cache"))
+    run_sweep(plan, max_stack=2, data_dir=data_dir, progress=False, echo=lambda _: None, jobs=1)
+    assert [[c.lambda0 for c in cfgs] for cfgs in stacks] == [[1.0, 2.0]]
+    assert first[0].exists() and all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    assert json.loads((plan.folder / "optimistic_bound.json").read_text()) == bound
+
+
+def test_a_point_whose_loss_diverges_before_it_has_a_model_is_left_out(tmp_path, data_dir, monkeypatch):
+    """Its mates' records are written, it gets failed.json, and the choice and the report skip it."""
+    real = sweep_mod.fit_stacked
+
+    def lose_lambda_4(cfgs, *a, **k):
+        fitted = real(cfgs, *a, **k)
+        return [NoModel("loss became NaN in epoch 1", f.history) if c.lambda0 == 4.0 else f
+                for c, f in zip(cfgs, fitted)]
+
+    monkeypatch.setattr(sweep_mod, "fit_stacked", lose_lambda_4)
+    base = TrainConfig(dataset="decoymnist", method="l2l", epochs=2, e_att=1, train_subset=120)
+    plan = plan_sweep(base, {"lambda0": [1.0, 4.0]}, [0], tmp_path)
+    summary = run_sweep(plan, max_stack=2, data_dir=data_dir, progress=False, echo=lambda _: None)
+    assert [p["point"] for p in summary["points"]] == [{"lambda0": 1.0}] and summary["chosen"] == {"lambda0": 1.0}
+    assert [p["point"] for p in summary["left_out"]] == [{"lambda0": 4.0}]
+    lost = [sweep_mod.run_dir_for(c, plan.folder) for c in plan.configs(0) if c.lambda0 == 4.0][0]
+    assert (lost / "failed.json").exists() and not (lost / "result.json").exists()
+    assert main(["report", str(plan.folder), "--out", str(tmp_path / "report")]) == 0
+    assert "Left out of the choice (1 grid points" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_sweep_summary_counts_runs_reaching_the_published_number():

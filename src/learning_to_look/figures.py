@@ -359,7 +359,7 @@ def sweep(summary: dict[str, Any] | None) -> Figure | None:
     chosen = tuple(summary["chosen"][k] for k in names)
     if len(names) == 2:
         xs, ys = summary["axes"][names[0]], summary["axes"][names[1]]
-        grid = np.array([[mean[(x, y)] for x in xs] for y in ys])  # (len ys, len xs)
+        grid = np.array([[mean.get((x, y), np.nan) for x in xs] for y in ys])  # (len ys, len xs); NaN: left out
         im = left.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
         left.set_xticks(range(len(xs)), [f"{x:g}" if isinstance(x, float) else str(x) for x in xs], fontsize=7)
         left.set_yticks(range(len(ys)), [f"{y:g}" if isinstance(y, float) else str(y) for y in ys], fontsize=7)
@@ -370,7 +370,7 @@ def sweep(summary: dict[str, Any] | None) -> Figure | None:
         fig.colorbar(im, ax=left, label="mean test accuracy %")
     else:
         xs = summary["axes"][names[0]]
-        left.plot(range(len(xs)), [mean[(x,)] for x in xs], marker="o")
+        left.plot(range(len(xs)), [mean.get((x,), np.nan) for x in xs], marker="o")
         left.set_xticks(range(len(xs)), [str(x) for x in xs], fontsize=7)
         left.axvline(xs.index(chosen[0]), color="red", ls="--", label="chosen on validation")
         left.set_xlabel(names[0])

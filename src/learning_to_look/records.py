@@ -32,7 +32,7 @@ EXAMPLES_FILE = "examples.npz"
 PAPER_CONFIG = TrainConfig().with_schedule_defaults()
 
 #: How a report reads a run, in the order its tables list them.
-ROLES = ("method", "vlm", "upper-bound", "control", "sensitivity")
+ROLES = ("method", "vlm", "upper-bound", "control", "sensitivity", "sweep")
 #: Data sets in the order reports list them; others follow alphabetically.
 DATASET_ORDER = ("colormnist", "decoymnist", "decoymnist-rrr", "mnist")
 DATASET_NAMES = {"colormnist": "ColorMNIST", "decoymnist": "DecoyMNIST", "decoymnist-rrr": "DecoyMNIST-RRR",

@@ -359,7 +359,7 @@ def _results_table(rows: Sequence[Row]) -> str:
     """Every row; the worst-group column appears when some data set has group labels."""
     groups = any(r.worst_group_mean is not None for r in rows)
     body = [[DATASET_NAMES.get(r.dataset, r.dataset),
-             r.method + (f" ({r.input_transform} input)" if r.input_transform != "none" else "")
+             r.method + _grid_point(r) + (f" ({r.input_transform} input)" if r.input_transform != "none" else "")
              + (f", {r.schedule} schedule" if r.schedule != PAPER_CONFIG.schedule else "")
              + (", worst-group selection" if r.select_on == WORST_GROUP else ""), r.backbone,
              r.maps.label, r.role, str(r.n_seeds) + (f" ({r.n_stopped} diverged)" if r.n_stopped else ""),
@@ -373,6 +373,14 @@ def _results_table(rows: Sequence[Row]) -> str:
     return _table(["data set", "method", "backbone", "maps (kind)", "role", "n", "test acc %",
                    *(["worst-group acc %"] if groups else []), "CAM on digit", "CAM on decoy", "map IoU / AUROC",
                    "s / run", "published %"], body)
+
+
+def _grid_point(r: Row) -> str:
+    """A sweep's row names its grid point: its rows differ in nothing else."""
+    if r.role != "sweep":
+        return ""
+    c = r.members[0].config
+    return f" (λ0 {c.lambda0:g}, E_att {c.e_att}, lr {c.lr:g}, phase 1 {c.phase1})"
 
 
 def _published_table(published: Sequence[dict[str, Any]]) -> str:
@@ -451,7 +459,16 @@ def _sweep_text(sw: dict[str, Any]) -> list[str]:
             f"Chosen on validation alone (best mean selection score over seeds, docs/protocol.md §3.8): {chosen}. "
             f"Its test accuracy: **{acc} %** over {len(sw['seeds'])} seeds.{reach} `sweep.png`: the mean test "
             "accuracy of every grid point (shown after the choice, never used for it) and the distribution of all "
-            "runs.", ""]
+            "runs.", "", *_left_out_text(sw.get("left_out", []))]
+
+
+def _left_out_text(left_out: Sequence[dict[str, Any]]) -> list[str]:
+    """The grid points that could not be chosen: a seed's loss diverged before it had a model."""
+    if not left_out:
+        return []
+    return [f"Left out of the choice ({len(left_out)} grid points; a seed's loss diverged before any epoch it could "
+            "select, so the point has no mean over seeds):", "",
+            *(f"- {', '.join(f'{k} {v}' for k, v in p['point'].items())}: {p['why'][0]}" for p in left_out), ""]
 
 
 def _bound_text(bound: dict[str, Any]) -> list[str]:

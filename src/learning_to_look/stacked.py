@@ -37,7 +37,7 @@ from .losses import forward_kl, kl_per_image, reverse_kl
 from .methods import METHODS, Batch, Method
 from .models import LeNetGAP, build_backbone
 from .registry import Registry
-from .train import (Diverged, FitResult, keep_if_best, no_selection, pick_device, scored, set_determinism,
+from .train import (FitResult, keep_if_best, no_selection, pick_device, scored, set_determinism,
                     stopped_note, unselected)
 
 #: Images x models in one validation batch: about 1 GB of activations, whatever M is.
@@ -288,23 +288,31 @@ class _Ledger:
             self.histories[i].append(row | {"seconds": seconds / len(cfgs)})
             self.best[i] = keep_if_best(self.best[i], row, stack.single_state(i))
 
-    def stop_diverged(self, cfgs: Sequence[TrainConfig], finite: list[bool], epoch: int) -> None:
+    def stop_diverged(self, finite: list[bool], epoch: int) -> None:
         """Stop each model whose loss diverged in ``epoch``, as the single-run engine stops
         a run: it trains no more, and its epoch is selected from the whole epochs before.
-        A model with no epoch to select yet has no result; its grid point must go."""
+        A model with no epoch to select yet ends with no model (:class:`NoModel`); its
+        mates train on."""
         for i, ok in enumerate(finite):
             if ok or self.stopped[i] is not None:
                 continue
-            point = ", ".join(f"{k} {getattr(cfgs[i], k)}" for k in PER_MODEL_FIELDS)
-            if self.best[i]["state"] is None:
-                raise Diverged(f"the loss of the model with {point} became NaN in epoch {epoch}, before any epoch "
-                               "it could select; leave that point out of the grid, or lower --lr")
-            self.stopped[i] = stopped_note(f"loss became NaN in epoch {epoch}", epoch)
+            why = f"loss became NaN in epoch {epoch}"
+            has_model = self.best[i]["state"] is not None
+            self.stopped[i] = stopped_note(why, epoch) if has_model else f"{why}, before any epoch it could select"
+
+
+@dataclass
+class NoModel:
+    """A stacked model whose loss diverged before it had an epoch to select: no run to
+    record. Its grid point cannot be chosen (the sweep says so), and no stack mate is lost."""
+
+    reason: str
+    history: list[dict[str, Any]]
 
 
 def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_seed: int | None = None,
                 checkpoint: Path | None = None, epoch_weights: Path | None = None, progress: bool = True,
-                on_epoch: Callable[[int], None] | None = None) -> list[FitResult]:
+                on_epoch: Callable[[int], None] | None = None) -> list[FitResult | NoModel]:
     """Train the resolved ``cfgs`` as one stack on ``train`` and select each model's epoch
     on ``val`` alone; no test data comes in. ``data_seed`` (default: the models' common
     seed) shuffles the shared batch stream. With ``checkpoint`` the whole state is
@@ -337,7 +345,7 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
         frozen = torch.tensor([why is not None for why in ledger.stopped], device=device)  # (M,)
         train_acc, finite = _train_epoch(stack, opt, train, sched, shuffle, cfgs[0].batch_size, device, frozen)
         rows = _validate(stack, val, device)
-        ledger.stop_diverged(cfgs, finite, epoch)
+        ledger.stop_diverged(finite, epoch)
         ledger.record(epoch, stack, cfgs, methods, sched, rows, train_acc, time.perf_counter() - t0)
         if epoch_weights is not None:
             atomic_torch_save(epoch_weights / f"epoch{epoch:03d}.pt",
@@ -382,7 +390,10 @@ def _train_epoch(stack: StackedLeNetGAP, opt: StackedSGD, train: Batch, sched: S
 
 
 def _fitted(stack: StackedLeNetGAP, best: dict[str, Any], history: list[dict[str, Any]], prior: float,
-            cfg: TrainConfig, stopped: str | None) -> FitResult:
+            cfg: TrainConfig, stopped: str | None) -> FitResult | NoModel:
+    if best["state"] is None and stopped is not None:
+        point = ", ".join(f"{k} {getattr(cfg, k)}" for k in PER_MODEL_FIELDS)
+        return NoModel(f"the model with {point}: {stopped}; lower --lr or --lambda0 to train it", history)
     if best["state"] is None:
         raise L2LError(no_selection(cfg, history))
     model = stack.backbone(num_classes=stack.num_classes, in_channels=stack.conv1_w.shape[2])

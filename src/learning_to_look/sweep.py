@@ -30,8 +30,9 @@ from .errors import L2LError
 from .io import atomic_write_json, folder_lock, read_json, sha256_text, torch_load
 from .methods import resolve
 from .parallel import run_tasks, workers
-from .stacked import BYTES_FIXED, BYTES_PER_MODEL, PER_MODEL_FIELDS, StackedLeNetGAP, check_stack, fit_stacked
-from .train import default_runs_dir, pick_device, prepare, record_run, run_dir_for
+from .stacked import (BYTES_FIXED, BYTES_PER_MODEL, PER_MODEL_FIELDS, NoModel, StackedLeNetGAP, check_stack,
+                      fit_stacked)
+from .train import FitResult, default_runs_dir, pick_device, prepare, record_run, run_dir_for
 
 #: Fields a grid may vary: what a model of a stack may set for itself, except the seed
 #: (seeds are the sweep's other axis).
@@ -40,6 +41,12 @@ GRID_FIELDS = tuple(f for f in PER_MODEL_FIELDS if f != "seed")
 WEIGHTS_DIR = "epoch_weights"
 #: The optimistic bound's file, apart from ``selection.json`` and the records.
 BOUND_FILE = "optimistic_bound.json"
+#: The sweep's validation choice (PROTOCOL 3.8).
+SELECTION_FILE = "selection.json"
+#: What a (grid point, seed) writes instead of ``result.json`` when its loss diverged before any selectable epoch.
+FAILED_FILE = "failed.json"
+#: The role of a sweep's records: grid points, never compared methods or the paper's row.
+SWEEP_ROLE = "sweep"
 BOUND_LABEL = ("OPTIMISTIC BOUND, NOT A RESULT: each model's epoch and the grid point chosen by test accuracy, "
                "which no honest selection can do (PROTOCOL 3.8)")
 #: The most grid points one sweep may ask for (a typo should not plan a million models).
@@ -112,9 +119,9 @@ def plan_sweep(base: TrainConfig, axes: dict[str, list[Any]], seeds: Sequence[in
 
 def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Path | None = None,
               progress: bool = True, jobs: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train every missing (point, seed) in stacks of at most ``max_stack`` models (``jobs``
-    stacks at a time, each in its own process), write their records, then choose the grid
-    point on validation alone (:func:`choose`)."""
+    """Train every unfinished stack of at most ``max_stack`` models (``jobs`` stacks at a
+    time, each in its own process), write their records, then choose the grid point on
+    validation alone (:func:`choose`) and, after that, the optimistic bound."""
     if max_stack < 1:
         raise L2LError(f"--max-stack must be at least 1, got {max_stack}")
     m = min(max_stack, len(sweep.points))
@@ -123,21 +130,35 @@ def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Pat
     with folder_lock(sweep.folder, "this sweep"):
         atomic_write_json(sweep.folder / "sweep.json", {"base": sweep.base.to_dict(), "axes": sweep.axes,
                                                         "seeds": sweep.seeds})
-        chunks = []
-        for seed in sweep.seeds:
-            cfgs = [c for c in sweep.configs(seed) if not (run_dir_for(c, sweep.folder) / "result.json").exists()]
-            chunks += [(cfgs[k:k + max_stack], seed) for k in range(0, len(cfgs), max_stack)]
+        chunks = [(part, seed) for seed in sweep.seeds for part in stacks_of(sweep.configs(seed), max_stack)
+                  if not all(finished(c, sweep.folder) for c in part)]
+        if chunks:  # an answer from fewer runs must not stand beside the new ones if this call is killed
+            for name in (SELECTION_FILE, BOUND_FILE):
+                (sweep.folder / name).unlink(missing_ok=True)
         bars = progress and workers(jobs, len(chunks)) == 1  # bars only where stacks run here, one by one
         stacks = [(cfgs, sweep.folder, seed, data_dir, bars) for cfgs, seed in chunks]
         sizes = [len(cfgs) * cfgs[0].epochs for cfgs, _ in chunks]  # model-epochs per stack
         for _, line in run_tasks(_train_stack, stacks, jobs, unit="model-epoch" if progress else None, sizes=sizes):
             echo(line)
         summary = choose(sweep)
-        atomic_write_json(sweep.folder / "selection.json", summary)
-        bound = optimistic_bound(sweep, data_dir)  # only now: every choice above is final
+        atomic_write_json(sweep.folder / SELECTION_FILE, summary)
+        bound = optimistic_bound(sweep, data_dir, jobs)  # only now: every choice above is final
         if bound:
             atomic_write_json(sweep.folder / BOUND_FILE, bound)
     return summary
+
+
+def stacks_of(cfgs: list[TrainConfig], max_stack: int) -> list[list[TrainConfig]]:
+    """A seed's grid points cut into stacks at fixed places (every ``max_stack`` points of
+    the whole grid), so a rerun after a kill forms the same stacks and finds their
+    checkpoints, whichever records were written before the kill."""
+    return [cfgs[k:k + max_stack] for k in range(0, len(cfgs), max_stack)]
+
+
+def finished(cfg: TrainConfig, folder: Path) -> bool:
+    """Whether a (grid point, seed) has its record, or its note that it ended with no model."""
+    out = run_dir_for(cfg, folder)
+    return (out / "result.json").exists() or (out / FAILED_FILE).exists()
 
 
 def free_bytes(device: torch.device) -> int:
@@ -163,72 +184,111 @@ def check_memory(m: int, at_once: int, device: torch.device) -> None:
 def _train_stack(cfgs: list[TrainConfig], folder: Path, seed: int, data_dir: Path | None, progress: bool) -> str:
     t0 = time.perf_counter()
     prep = prepare(cfgs[0], data_dir, progress)
-    tag = sha256_text(json.dumps([c.to_dict() for c in cfgs], sort_keys=True, default=str))[:10]
-    checkpoint = folder / "stacks" / f"seed{seed}-{tag}.pt"
+    name = f"seed{seed}-{sha256_text(json.dumps([c.to_dict() for c in cfgs], sort_keys=True, default=str))[:10]}"
+    checkpoint = folder / "stacks" / f"{name}.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    weights = folder / WEIGHTS_DIR / f"seed{seed}-{tag}"
+    weights = folder / WEIGHTS_DIR / name
     atomic_write_json(weights / "runs.json", [str(run_dir_for(c, folder).relative_to(folder)) for c in cfgs])
     fitted = fit_stacked(cfgs, prep.train, prep.val, checkpoint=checkpoint, epoch_weights=weights, progress=progress)
-    wall = (fitted[0].prior_seconds + time.perf_counter() - t0) / len(cfgs)
+    wall = (next((f.prior_seconds for f in fitted if isinstance(f, FitResult)), 0.0)
+            + time.perf_counter() - t0) / len(cfgs)
+    engine = {"engine": {"name": "stacked", "stack_size": len(cfgs), "data_seed": seed, "stack": name}}
     for cfg, fit in zip(cfgs, fitted):
         out = run_dir_for(cfg, folder)
+        if finished(cfg, folder):  # written before a kill: the same model, from the same checkpoint
+            continue
         out.mkdir(parents=True, exist_ok=True)
-        record_run(cfg, out, prep, fit, None, wall, {"engine": {"name": "stacked", "stack_size": len(cfgs),
-                                                                "data_seed": seed}})
+        if isinstance(fit, NoModel):
+            atomic_write_json(out / FAILED_FILE, {"config": cfg.to_dict(), "failed": fit.reason,
+                                                  "history": fit.history} | engine)
+        else:
+            record_run(cfg, out, prep, fit, SWEEP_ROLE, wall, engine)
     checkpoint.unlink(missing_ok=True)
-    return f"seed {seed}: {len(cfgs)} models trained as one stack in {time.perf_counter() - t0:.0f} s"
+    lost = sum(isinstance(f, NoModel) for f in fitted)
+    return (f"seed {seed}: {len(cfgs)} models trained as one stack in {time.perf_counter() - t0:.0f} s"
+            + (f"; {lost} diverged before an epoch they could select" if lost else ""))
 
 
 def choose(sweep: Sweep) -> dict[str, Any]:
     """PROTOCOL 3.8: the grid point with the best mean validation selection score over the
-    seeds; its test accuracy over those seeds is the sweep's result. The test numbers of
-    the other points are read only to report them beside the choice, after it is made."""
+    seeds; its test accuracy over those seeds is the sweep's result. A point with a seed
+    that ended with no model is left out, and said so. The test numbers of the other
+    points are read only to report them beside the choice, after it is made."""
     per_seed = [sweep.configs(s) for s in sweep.seeds]  # [seed][point]
-    points = []
+    points, left_out = [], []
     for i, point in enumerate(sweep.points):
-        results = [read_json(run_dir_for(cfgs[i], sweep.folder) / "result.json",
-                             "delete the sweep folder and rerun the sweep") for cfgs in per_seed]
+        outs = [run_dir_for(cfgs[i], sweep.folder) for cfgs in per_seed]
+        failed = [read_json(o / FAILED_FILE)["failed"] for o in outs if (o / FAILED_FILE).exists()]
+        if failed:
+            left_out.append({"point": point, "why": failed})
+            continue
+        results = [read_json(o / "result.json", "delete the sweep folder and rerun the sweep") for o in outs]
         val = [r["selection"]["score"] for r in results]
         points.append({"point": point, "val_score_mean": float(np.mean(val)),
                        "test_acc": [r["test"]["accuracy"] for r in results]})
+    if not points:
+        raise L2LError(f"every grid point of {sweep.folder} has a seed whose loss diverged before it had a model "
+                       f"(first: {left_out[0]['why'][0]}); lower --lr or the lambda0 values")
     best = max(points, key=lambda p: p["val_score_mean"])  # validation only
     acc = np.asarray(best["test_acc"])
     return {"dataset": sweep.base.dataset, "method": sweep.base.method, "axes": sweep.axes,
             "chosen": best["point"], "val_score_mean": best["val_score_mean"], "seeds": sweep.seeds,
             "test_acc_mean": float(acc.mean()), "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-            "points": points}
+            "points": points, "left_out": left_out}
 
 
-def optimistic_bound(sweep: Sweep, data_dir: Path | None = None) -> dict[str, Any] | None:
+def optimistic_bound(sweep: Sweep, data_dir: Path | None = None, jobs: int | None = None) -> dict[str, Any] | None:
     """PROTOCOL 3.8's test-peeking bound, from the epoch weights the stacks saved: each
     model's best test accuracy over its eligible epochs, then the grid point whose mean
     over seeds is best. Call it only after ``selection.json`` is written; None when no
-    stack saved weights (a sweep from before they were kept)."""
-    stacks = sorted(p for p in (sweep.folder / WEIGHTS_DIR).glob("*/runs.json"))
-    if not stacks:
+    stack saved weights (a sweep from before they were kept). Each stack's share is
+    computed in a worker (``jobs``) and kept beside its weights, so a rerun reads it."""
+    folders = sorted(p.parent for p in (sweep.folder / WEIGHTS_DIR).glob("*/runs.json"))
+    if not folders:
         return None
-    test = load_dataset(sweep.base.dataset, data_dir).test
-    cfg = sweep.configs(sweep.seeds[0])[0]
-    x = to_input(test.images, StackedLeNetGAP.backbone.input_size, cfg.input_transform)  # (N,C,H,W)
-    y = torch.as_tensor(test.labels)  # (N,)
-    device = pick_device(cfg.device)
-    best: dict[str, dict[str, Any]] = {}
-    for manifest in stacks:
-        runs = read_json(manifest)
-        epochs = sorted(manifest.parent.glob("epoch*.pt"))
-        for path in epochs:
-            saved = torch_load(path, "rerun the sweep to write it again", weights_only=False)
-            acc = StackedLeNetGAP.from_state(saved["stack"]).to(device).accuracy(x, y)  # (M,)
-            for run, ok, a in zip(runs, saved["eligible"], acc.tolist()):
-                if ok and a > best.get(run, {"acc": -1.0})["acc"]:
-                    best[run] = {"acc": a, "epoch": int(path.stem[5:])}
+    tasks = [(f, sweep.base.dataset, sweep.base.input_transform, sweep.base.device, data_dir) for f in folders]
+    per_stack = {folders[i].name: best for i, best in run_tasks(_stack_bound, tasks, jobs)}
     points = []
     for point, cfgs in zip(sweep.points, zip(*(sweep.configs(s) for s in sweep.seeds))):
-        runs = [str(run_dir_for(c, sweep.folder).relative_to(sweep.folder)) for c in cfgs]
-        found = [best[r] for r in runs if r in best]
+        found = [b for b in (_run_bound(run_dir_for(c, sweep.folder), sweep.folder, per_stack) for c in cfgs) if b]
         points.append({"point": point, "best_test_acc": [b["acc"] for b in found],
                        "epochs": [b["epoch"] for b in found],
                        "mean": float(np.mean([b["acc"] for b in found])) if found else None})
     top = max((p for p in points if p["mean"] is not None), key=lambda p: p["mean"])
     return {"label": BOUND_LABEL, "bound_test_acc_mean": top["mean"], "bound_point": top["point"],
-            "runs_with_saved_weights": len(best), "points": points}
+            "runs_with_saved_weights": sum(len(p["best_test_acc"]) for p in points), "points": points}
+
+
+def _run_bound(out: Path, folder: Path, per_stack: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """A run's best eligible epoch on test, from the stack that made its record (a stack
+    cut differently before a rerun left weights of an earlier training too)."""
+    result = out / "result.json"
+    if not result.exists():
+        return None  # no model (its loss diverged): nothing to bound
+    run, stack = str(out.relative_to(folder)), read_json(result).get("engine", {}).get("stack")
+    found = [per_stack[stack].get(run)] if stack in per_stack else [b.get(run) for b in per_stack.values()]
+    return max((b for b in found if b), key=lambda b: b["acc"], default=None)
+
+
+def _stack_bound(weights: Path, dataset: str, input_transform: str, device: str,
+                 data_dir: Path | None) -> dict[str, dict[str, Any]]:
+    """One stack's models' best test accuracy over their eligible epochs, {run: {acc, epoch}};
+    cached in ``bound.json`` beside the weights, valid while the epoch files are the same."""
+    epochs = sorted(p.name for p in weights.glob("epoch*.pt"))
+    cache = weights / "bound.json"
+    if cache.exists() and (saved := read_json(cache)).get("epochs") == epochs:
+        return saved["best"]
+    test = load_dataset(dataset, data_dir).test
+    x = to_input(test.images, StackedLeNetGAP.backbone.input_size, input_transform)  # (N,C,H,W)
+    y = torch.as_tensor(test.labels)  # (N,)
+    runs, best = read_json(weights / "runs.json"), {}
+    for name in epochs:
+        saved = torch_load(weights / name, "rerun the sweep to write it again", weights_only=False)
+        if not any(saved["eligible"]):
+            continue  # no model could be selected at this epoch: nothing to bound
+        acc = StackedLeNetGAP.from_state(saved["stack"]).to(pick_device(device)).accuracy(x, y)  # (M,)
+        for run, ok, a in zip(runs, saved["eligible"], acc.tolist()):
+            if ok and a > best.get(run, {"acc": -1.0})["acc"]:
+                best[run] = {"acc": a, "epoch": int(name[5:-3])}
+    atomic_write_json(cache, {"epochs": epochs, "best": best})
+    return best
