@@ -60,3 +60,6 @@ def sweep(
     chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["chosen"].items())
     typer.echo(f"chosen on validation: {chosen}; test accuracy {s['test_acc_mean']:.2f} +- {s['test_acc_std']:.2f} % "
                f"over {len(s['seeds'])} seeds; records in {plan.folder} (l2l report {plan.folder} --out DIR)")
+    if s["left_out"]:
+        typer.echo(f"left out of the choice: {len(s['left_out'])} grid point(s) with a seed whose loss diverged "
+                   "before any epoch it could select (listed in selection.json and the report)")
