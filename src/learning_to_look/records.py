@@ -210,6 +210,11 @@ def setting_label(d: Mapping[str, Any]) -> str:
     return f"{DATASET_NAMES.get(d['dataset'], d['dataset'])}, {d['schedule']}, {d['backbone']}{subset}{worst}"
 
 
+def point_label(point: Mapping[str, Any]) -> str:
+    """A sweep's grid point as text, e.g. "lambda0 160, e_att 11"."""
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in point.items())
+
+
 def by_setting(items: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
     """Table rows grouped by setting (the values of :data:`SETTING_KEYS`), in first-seen order."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}

@@ -24,7 +24,7 @@ import numpy as np
 
 from .io import atomic_write_json, atomic_write_text
 from .records import (DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, WORST_GROUP, Record, Row, aggregate, by_setting,
-                      paper_match, setting_label)
+                      paper_match, point_label, setting_label)
 
 CSV_FIELDS = ("origin", "dataset", "method", "backbone", "schedule", "maps", "maps_kind", "role", "input_transform",
               "map_options",
@@ -449,7 +449,7 @@ def _summary_table(summary: Sequence[dict[str, Any]]) -> str:
 
 
 def _sweep_text(sw: dict[str, Any]) -> list[str]:
-    chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sw["chosen"].items())
+    chosen = point_label(sw["chosen"])
     acc = _acc(sw["test_acc_mean"], sw["test_acc_std"], len(sw["seeds"]))
     reach = ("" if sw["published_acc"] is None else
              f" {sw['reach_published']} of the sweep's {sw['n_runs']} runs reach the published "
@@ -468,11 +468,11 @@ def _left_out_text(left_out: Sequence[dict[str, Any]]) -> list[str]:
         return []
     return [f"Left out of the choice ({len(left_out)} grid points; a seed's loss diverged before any epoch it could "
             "select, so the point has no mean over seeds):", "",
-            *(f"- {', '.join(f'{k} {v}' for k, v in p['point'].items())}: {p['why'][0]}" for p in left_out), ""]
+            *(f"- {point_label(p['point'])}: {p['why'][0]}" for p in left_out), ""]
 
 
 def _bound_text(bound: dict[str, Any]) -> list[str]:
-    point = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in bound["bound_point"].items())
+    point = point_label(bound["bound_point"])
     return ["### Optimistic bound (test-peeking; not a result)", "",
             f"{bound['label']}. Best mean over seeds: {bound['bound_test_acc_mean']:.2f} % at {point}, from "
             f"{bound['runs_with_saved_weights']} runs' per-epoch weights (`optimistic_bound.json`). It says how much "

@@ -42,6 +42,7 @@ def sweep(
     Example: l2l sweep --dataset colormnist --method l2l --grid lambda0=100:300:20 --grid e_att=5:25:2 --seeds 0-4
     """
     from ..data.imported import dataset_spec
+    from ..records import point_label
     from ..sweep import parse_grid, plan_sweep, run_sweep
 
     base = TrainConfig.from_file(config) if config else TrainConfig()
@@ -57,7 +58,7 @@ def sweep(
     typer.echo(f"sweep {plan.folder}: {len(plan.points)} grid points x {len(plan.seeds)} seeds = {n} models")
     s = run_sweep(plan, max_stack=max_stack, data_dir=data_dir, progress=not quiet, jobs=jobs,
                   echo=typer.echo)
-    chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in s["chosen"].items())
+    chosen = point_label(s["chosen"])
     typer.echo(f"chosen on validation: {chosen}; test accuracy {s['test_acc_mean']:.2f} +- {s['test_acc_std']:.2f} % "
                f"over {len(s['seeds'])} seeds; records in {plan.folder} (l2l report {plan.folder} --out DIR)")
     if s["left_out"]:
