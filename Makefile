@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 
-.PHONY: run test install clean
+.PHONY: run test install clean records
 
 install: $(STAMP)
 
@@ -24,6 +24,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest
+
+# Keep what was measured: copy every run's record (the small files the report reads, and
+# the sweep's choice and bound) from $(RUNS) into records/, which git tracks. Weights,
+# checkpoints and data stay behind, so `l2l report records/...` works on a fresh clone.
+RUNS ?= runs
+RECORDS ?= records
+records:
+	mkdir -p $(RECORDS) && cd $(RUNS) && find . -type f \( -name result.json -o -name examples.npz -o -name failed.json \
+	  -o -name sweep.json -o -name selection.json -o -name optimistic_bound.json \) -exec cp --parents {} $(abspath $(RECORDS))/ \;
 
 clean:
 	rm -rf $(VENV) data runs maps_cache reports

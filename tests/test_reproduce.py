@@ -142,6 +142,16 @@ def test_curve_bands_over_seeds_of_unequal_length_by_hand():
     assert mean[0] == 2.0 and math.isnan(mean[1])
 
 
+def test_curves_of_vanilla_runs_alone_warn_nothing():
+    """Vanilla has no alignment KL: its empty panel gets no legend, and no matplotlib warning."""
+    from learning_to_look.figures import curves
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = curves(aggregate([fake_record("van", s, 97.0) for s in range(2)]))
+    assert fig is not None and fig.axes[0].get_legend() is not None and fig.axes[1].get_legend() is None
+
+
 def test_mean_std_and_aggregation():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert mean_std([5.0]) == (5.0, 0.0)

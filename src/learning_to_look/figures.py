@@ -184,7 +184,8 @@ def curves(rows: Sequence[Row]) -> Figure | None:
                                    label="E_att: joint phase starts" if k == 0 else None)
             axes[a, c].xaxis.set_major_locator(MaxNLocator(integer=True))
             axes[a, c].grid(alpha=0.3)
-            axes[a, c].legend(fontsize=6.5, loc="best")
+            if axes[a, c].get_legend_handles_labels()[0]:  # vanilla alone has no alignment KL to draw
+                axes[a, c].legend(fontsize=6.5, loc="best")
         axes[0, c].set_title(_name(ds), fontsize=10)
         axes[0, c].set_ylabel("validation accuracy %")
         axes[1, c].set_ylabel("validation alignment KL(target || CAM)")
