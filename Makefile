@@ -28,11 +28,13 @@ test: $(STAMP)
 # Keep what was measured: copy every run's record (the small files the report reads, and
 # the sweep's choice and bound) from $(RUNS) into records/, which git tracks. Weights,
 # checkpoints and data stay behind, so `l2l report records/...` works on a fresh clone.
+# A sweep's hundreds of runs keep no examples.npz: the report draws its figures without them.
 RUNS ?= runs
 RECORDS ?= records
 records:
-	mkdir -p $(RECORDS) && cd $(RUNS) && find . -type f \( -name result.json -o -name examples.npz -o -name failed.json \
-	  -o -name sweep.json -o -name selection.json -o -name optimistic_bound.json \) -exec cp --parents {} $(abspath $(RECORDS))/ \;
+	mkdir -p $(RECORDS) && cd $(RUNS) && find . -type f \( -name result.json -o -name failed.json \
+	  -o \( -name examples.npz ! -path './sweeps/*' \) -o -name sweep.json -o -name selection.json \
+	  -o -name optimistic_bound.json \) -exec cp --parents {} $(abspath $(RECORDS))/ \;
 
 clean:
 	rm -rf $(VENV) data runs maps_cache reports
