@@ -284,11 +284,14 @@ def _stack_bound(weights: Path, dataset: str, input_transform: str, device: str,
     runs, best = read_json(weights / "runs.json"), {}
     for name in epochs:
         saved = torch_load(weights / name, "rerun the sweep to write it again", weights_only=False)
-        if not any(saved["eligible"]):
+        keep = [i for i, ok in enumerate(saved["eligible"]) if ok]
+        if not keep:
             continue  # no model could be selected at this epoch: nothing to bound
-        acc = StackedLeNetGAP.from_state(saved["stack"]).to(pick_device(device)).accuracy(x, y)  # (M,)
-        for run, ok, a in zip(runs, saved["eligible"], acc.tolist()):
-            if ok and a > best.get(run, {"acc": -1.0})["acc"]:
-                best[run] = {"acc": a, "epoch": int(name[5:-3])}
+        # Only the models selectable at this epoch run: the test pass costs more than a training epoch.
+        state = {k: v[keep] for k, v in saved["stack"].items()}  # every tensor leads with the model axis
+        acc = StackedLeNetGAP.from_state(state).to(pick_device(device)).accuracy(x, y)  # (len(keep),)
+        for i, a in zip(keep, acc.tolist()):
+            if a > best.get(runs[i], {"acc": -1.0})["acc"]:
+                best[runs[i]] = {"acc": a, "epoch": int(name[5:-3])}
     atomic_write_json(cache, {"epochs": epochs, "best": best})
     return best
