@@ -156,6 +156,16 @@ def test_forward_is_the_single_models_forward():
         assert max_rel_diff(stack.single(i).state_dict(), m.state_dict()) == 0
 
 
+def test_accuracy_is_each_models_accuracy_whatever_the_batch():
+    torch.manual_seed(0)
+    models = [LeNetGAP() for _ in range(3)]
+    x, y = torch.rand(50, 3, 32, 32), torch.randint(0, 10, (50,))  # (N,3,S,S), (N,)
+    by_hand = torch.stack([(m(x)[0].argmax(1) == y).float().mean() * 100 for m in models])  # (M,)
+    stack = StackedLeNetGAP(models)
+    for bs in (7, 64, 1000):
+        torch.testing.assert_close(stack.accuracy(x, y, bs=bs), by_hand)
+
+
 def test_stacks_that_cannot_be_built_are_refused():
     cfgs = configs()
     with pytest.raises(L2LError, match="differ too: dataset"):
