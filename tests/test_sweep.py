@@ -154,8 +154,9 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, message):
     method = [] if "--method" in args else ["--method", "l2l"]
     code = main(["sweep", "--dataset", "decoymnist", *method, "--epochs", "2", "--e-att", "1",
                  "--runs-dir", str(tmp_path), *args])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert out == ""  # nothing said about a sweep that will not run
 
 
 def test_a_stack_larger_than_memory_is_one_line_before_training(tmp_path, capsys, monkeypatch):
@@ -163,5 +164,6 @@ def test_a_stack_larger_than_memory_is_one_line_before_training(tmp_path, capsys
     monkeypatch.setattr(sweep_mod, "fit_stacked", lambda *a, **k: pytest.fail("trained a stack that cannot fit"))
     code = main(["sweep", "--dataset", "decoymnist", "--method", "l2l", "--grid", "lambda0=1:400:1",
                  "--max-stack", "400", "--jobs", "1", "--runs-dir", str(tmp_path)])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2 and "--max-stack 128 or fewer --jobs" in err and len(err.strip().splitlines()) == 1
+    assert out == ""

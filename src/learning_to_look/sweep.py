@@ -127,6 +127,8 @@ def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Pat
     m = min(max_stack, len(sweep.points))
     at_once = workers(jobs, len(sweep.seeds) * -(-len(sweep.points) // m))  # a bad --jobs fails here
     check_memory(m, at_once, pick_device(sweep.base.device))
+    n = len(sweep.points) * len(sweep.seeds)  # said only once the sweep is known to be able to run
+    echo(f"sweep {sweep.folder}: {len(sweep.points)} grid points x {len(sweep.seeds)} seeds = {n} models")
     with folder_lock(sweep.folder, "this sweep"):
         atomic_write_json(sweep.folder / "sweep.json", {"base": sweep.base.to_dict(), "axes": sweep.axes,
                                                         "seeds": sweep.seeds})

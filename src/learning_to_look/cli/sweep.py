@@ -54,8 +54,6 @@ def sweep(
     if len(axes) != len(grid):
         raise L2LError("the same field is given twice in --grid; give each field once")
     plan = plan_sweep(base, axes, parse_seeds(seeds), runs_dir)
-    n = len(plan.points) * len(plan.seeds)
-    typer.echo(f"sweep {plan.folder}: {len(plan.points)} grid points x {len(plan.seeds)} seeds = {n} models")
     s = run_sweep(plan, max_stack=max_stack, data_dir=data_dir, progress=not quiet, jobs=jobs,
                   echo=typer.echo)
     chosen = point_label(s["chosen"])
