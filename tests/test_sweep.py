@@ -143,6 +143,21 @@ def test_sweep_summary_counts_runs_reaching_the_published_number():
     assert sweep_summary(None, published) is None
 
 
+def test_the_sweep_figure_shows_the_bound_apart_and_labelled():
+    """The bound's per-run share is drawn as its own outlined histogram, named what it is;
+    a sweep without a bound draws the validation-chosen runs alone."""
+    from learning_to_look.figures import sweep as sweep_figure
+
+    points = [{"point": {"lambda0": v}, "test_acc": [10.0 + v, 12.0 + v]} for v in (1.0, 2.0)]
+    summary = {"dataset": "colormnist", "method": "l2l", "axes": {"lambda0": [1.0, 2.0]}, "chosen": {"lambda0": 1.0},
+               "points": points, "published_acc": 64.88}
+    bound = {"points": [{"point": p["point"], "best_test_acc": [a + 5 for a in p["test_acc"]]} for p in points]}
+    labels = [t.get_text() for t in sweep_figure(summary, bound).axes[1].get_legend().get_texts()]
+    assert any("optimistic bound, not a result" in t for t in labels) and "published 64.88 %" in labels
+    labels = [t.get_text() for t in sweep_figure(summary).axes[1].get_legend().get_texts()]
+    assert not any("bound" in t for t in labels)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--grid", "gamma=1:2:1"], "malformed --grid"),
     (["--grid", "lambda0=1:3:0"], "malformed --grid"),
