@@ -321,6 +321,18 @@ def test_profiles_are_well_formed():
     assert sum(c.role == "vlm" for c, _ in with_vlm) == 2
 
 
+def test_the_cdep_profile_trains_each_data_set_as_cdeps_own_code_did():
+    """CDEP's published numbers come from Adam at torch's default rate: one epoch at batch
+    256 with weight decay 1e-3 on ColorMNIST, five at batch 64 with 1e-4 on DecoyMNIST."""
+    jobs = rep.plan(rep.PROFILES["baselines-cdep"])
+    seen = {(cfg.dataset, cfg.schedule, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.momentum)
+            for _, cfg in jobs}
+    assert seen == {("colormnist", "cdep-colormnist", 1, 256, 1e-3, 1e-3, None),
+                    ("decoymnist", "cdep-decoymnist", 5, 64, 1e-3, 1e-4, None)}
+    assert len(jobs) == 40 and {cfg.backbone for _, cfg in jobs} == {"cdep-cnn"}
+    assert {cfg.maps for _, cfg in jobs if cfg.dataset == "decoymnist" and cfg.method != "vanilla"} == {"not-decoy"}
+
+
 def test_cells_that_resolve_to_one_run_are_planned_once():
     twice = [rep.Cell("decoymnist", "vanilla", maps="oracle"), rep.Cell("decoymnist", "vanilla", maps="intensity")]
     profile = dataclasses.replace(rep.PROFILES["quick"], cells=twice, sensitivity=rep.Sensitivity())
