@@ -158,6 +158,18 @@ def test_the_sweep_figure_shows_the_bound_apart_and_labelled():
     assert not any("bound" in t for t in labels)
 
 
+def test_the_heat_map_names_the_chosen_point_without_a_legend_over_its_cells():
+    from learning_to_look.figures import sweep as sweep_figure
+
+    grid = [(a, b) for a in (1.0, 2.0) for b in (5, 7)]
+    points = [{"point": {"lambda0": a, "e_att": b}, "test_acc": [a + b]} for a, b in grid]
+    summary = {"dataset": "decoymnist", "method": "l2l", "axes": {"lambda0": [1.0, 2.0], "e_att": [5, 7]},
+               "chosen": {"lambda0": 2.0, "e_att": 5}, "points": points, "published_acc": None}
+    heat = sweep_figure(summary).axes[0]
+    assert heat.get_legend() is None and "red square: chosen on validation" in heat.get_title()
+    assert heat.collections[0].get_offsets().tolist() == [[1.0, 0.0]]  # (x index, y index) of the chosen point
+
+
 @pytest.mark.parametrize("args, message", [
     (["--grid", "gamma=1:2:1"], "malformed --grid"),
     (["--grid", "lambda0=1:3:0"], "malformed --grid"),

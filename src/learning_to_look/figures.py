@@ -369,8 +369,9 @@ def sweep(summary: dict[str, Any] | None, bound: dict[str, Any] | None = None) -
         left.set_xlabel(names[0])
         left.set_ylabel(names[1])
         left.scatter([xs.index(chosen[0])], [ys.index(chosen[1])], marker="s", s=120, facecolors="none",
-                     edgecolors="red", linewidths=2, label="chosen on validation")
+                     edgecolors="red", linewidths=2)
         fig.colorbar(im, ax=left, label="mean test accuracy %")
+        key = "\nred square: chosen on validation"  # in the title: a legend would hide grid cells
     else:
         xs = summary["axes"][names[0]]
         left.plot(range(len(xs)), [mean.get((x,), np.nan) for x in xs], marker="o")
@@ -378,8 +379,9 @@ def sweep(summary: dict[str, Any] | None, bound: dict[str, Any] | None = None) -
         left.axvline(xs.index(chosen[0]), color="red", ls="--", label="chosen on validation")
         left.set_xlabel(names[0])
         left.set_ylabel("mean test accuracy %")
-    left.legend(fontsize=7)
-    left.set_title("test accuracy per grid point (shown after the choice)", fontsize=9)
+        left.legend(fontsize=7)
+        key = ""
+    left.set_title(f"test accuracy per grid point (shown after the choice){key}", fontsize=9)
     runs = [a for p in summary["points"] for a in p["test_acc"]]
     peeked = [a for p in bound["points"] for a in p["best_test_acc"]] if bound else []
     bins = np.histogram_bin_edges(runs + peeked, bins=min(30, max(5, len(runs) // 3)))
