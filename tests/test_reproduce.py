@@ -196,9 +196,9 @@ def test_verdict_difference_interval_and_effect():
     assert two[0]["effect"] == "too few seeds to tell" and two[0]["diff"] == 30.0
 
 
-def test_a_collapsed_model_or_a_gain_below_chance_is_not_help_and_a_mapless_penalty_is_guided():
+def test_a_collapsed_model_or_a_gain_near_chance_is_not_help_and_a_mapless_penalty_is_guided():
     """ColorMNIST's shifted test: vanilla is below chance, so a one-class model (eg) or
-    a model still below chance (l2l) beats it without learning the digit; cdep's colour
+    a model still below or near chance (l2l, rrr) beats it without learning the digit; cdep's colour
     penalty uses no maps but is a guided method, never the baseline."""
     records = [fake_record("van", s, acc, dataset="colormnist") for s, acc in enumerate([0.0, 0.1, 0.0])]
     oracle = {"name": "oracle", "kind": "annotation"}
@@ -208,14 +208,18 @@ def test_a_collapsed_model_or_a_gain_below_chance_is_not_help_and_a_mapless_pena
                 for s, acc in enumerate([5.0, 7.0, 6.0])]
     records += [fake_record("cdep", s, acc, method="cdep", dataset="colormnist", lambda0=1000.0)
                 for s, acc in enumerate([30.0, 31.0, 32.0])]
+    records += [fake_record("rrr", s, acc, method="rrr", dataset="colormnist", maps=oracle)
+                for s, acc in enumerate([12.0, 13.0, 14.0])]  # learned in-distribution, near chance on test
     rows = aggregate(records)
     every = verdict_rows(rows)
     verdict = {v["method"]: v for v in every}
-    assert [v["baseline"] for v in every] == ["vanilla"] * 3 and set(verdict) == {"eg", "l2l", "cdep"}
+    assert [v["baseline"] for v in every] == ["vanilla"] * 4 and set(verdict) == {"eg", "l2l", "cdep", "rrr"}
     assert verdict["eg"]["collapsed"] and verdict["eg"]["effect"].startswith("collapsed (validation accuracy 11.0 %")
     assert verdict["l2l"]["low"] > 0 and verdict["l2l"]["effect"].startswith("no real gain")
+    near = "no real gain: still near chance (test 13.0 %, chance 10 %)"
+    assert verdict["rrr"]["low"] > 0 and verdict["rrr"]["effect"] == near
     assert verdict["cdep"]["effect"] == "helps" and verdict["cdep"]["lambda0"] == 1000.0
-    (line,) = verdict_summary(rows, [v for v in verdict.values() if v["method"] != "cdep"])
+    (line,) = verdict_summary(rows, [v for v in verdict.values() if v["method"] not in ("cdep", "rrr")])
     assert line["best"]["method"] == "l2l"  # eg's higher mean is a collapsed model
 
 
