@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from learning_to_look.models import LeNetGAP
-from learning_to_look.stacked import StackedLeNetGAP
+from learning_to_look.nn.backbones import LeNetGAP
+from learning_to_look.training.stacked import StackedLeNetGAP
 
 
 def main() -> None:

@@ -16,8 +16,9 @@ import torch
 
 from learning_to_look.config import TrainConfig
 from learning_to_look.errors import L2LError
-from learning_to_look.methods import resolve
-from learning_to_look.train import fit, prepare
+from learning_to_look.training.resolve import resolve_run
+from learning_to_look.training.engine import fit
+from learning_to_look.training.run import prepare
 
 CONFIGS = ("lenet-gap:vanilla", "lenet-gap:l2l", "lenet-gap:rrr", "lenet-gap:eg", "lenet-gap:cdep",
            "cdep-cnn:vanilla", "cdep-cnn:gradcam-kl", "cdep-cnn:rrr", "cdep-cnn:eg", "cdep-cnn:cdep")
@@ -37,11 +38,11 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for pair in args.only:
         backbone, method = pair.split(":")
-        cfg = resolve(TrainConfig(dataset=args.dataset, backbone=backbone, method=method, epochs=2, e_att=1, seed=0,
-                                  maps="oracle", train_subset=args.train_subset))
-        prep = prepare(cfg, args.data_dir, progress=False)
+        run = resolve_run(TrainConfig(dataset=args.dataset, backbone=backbone, method=method, epochs=2, e_att=1,
+                                      seed=0, maps="oracle", train_subset=args.train_subset))
+        prep = prepare(run, args.data_dir, progress=False)
         try:
-            fitted = fit(cfg, prep.train, prep.val, progress=False)
+            fitted = fit(run, prep.train, prep.val, progress=False)
         except L2LError as e:  # a diverging configuration is a result too
             print(f"| {backbone} | {method} | {e} | | |", flush=True)
             continue

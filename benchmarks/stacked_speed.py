@@ -21,9 +21,10 @@ import time
 import torch
 
 from learning_to_look.config import TrainConfig
-from learning_to_look.methods import resolve
-from learning_to_look.stacked import fit_stacked
-from learning_to_look.train import fit, prepare
+from learning_to_look.training.resolve import resolve_run
+from learning_to_look.training.stacked import fit_stacked
+from learning_to_look.training.engine import fit
+from learning_to_look.training.run import prepare
 
 
 def peak_mib(device: str) -> float:
@@ -41,14 +42,15 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    base = resolve(TrainConfig(dataset="colormnist", method="l2l", epochs=2, e_att=1, seed=0,
-                               train_subset=args.train_subset, device=args.device))
-    prep = prepare(base, args.data_dir, progress=False)
+    run = resolve_run(TrainConfig(dataset="colormnist", method="l2l", epochs=2, e_att=1, seed=0,
+                                  train_subset=args.train_subset, device=args.device))
+    base = run.cfg
+    prep = prepare(run, args.data_dir, progress=False)
     print(f"{args.train_subset} training images, {args.threads} thread(s), {args.device}, torch {torch.__version__}")
     print("| engine | M | seconds for 2 epochs | model-epochs per second | peak memory MiB |")
     print("|---|---|---|---|---|")
     t0 = time.perf_counter()
-    fit(base, prep.train, prep.val, progress=False)
+    fit(run, prep.train, prep.val, progress=False)
     secs = time.perf_counter() - t0
     print(f"| single run | 1 | {secs:.1f} | {2 / secs:.2f} | {peak_mib(args.device):.0f} |", flush=True)
     for m in args.sizes:

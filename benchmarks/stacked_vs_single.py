@@ -12,14 +12,14 @@ epoch and at each model's selected epoch, per engine; the test split is never re
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import torch
 
 from learning_to_look.config import TrainConfig
-from learning_to_look.methods import resolve
-from learning_to_look.stacked import fit_stacked
-from learning_to_look.train import fit, prepare
+from learning_to_look.training.resolve import resolve_run
+from learning_to_look.training.stacked import fit_stacked
+from learning_to_look.training.engine import fit
+from learning_to_look.training.run import prepare
 
 
 def main() -> None:
@@ -36,16 +36,17 @@ def main() -> None:
           "single: selected val acc | stacked: selected val acc |")
     print("|---|---|---|---|---|---|---|")
     for seed in args.seeds:
-        cfgs = [resolve(TrainConfig(dataset=args.dataset, method="l2l", maps="oracle", lambda0=lam, seed=seed,
-                                    train_subset=args.train_subset)) for lam in args.lambdas]
-        prep = prepare(cfgs[0], progress=False)
-        stacked = fit_stacked(cfgs, prep.train, prep.val, progress=False)
-        for cfg, st in zip(cfgs, stacked):
-            single = fit(cfg, prep.train, prep.val, progress=False)
+        runs = [resolve_run(TrainConfig(dataset=args.dataset, method="l2l", maps="oracle", lambda0=lam, seed=seed,
+                                        train_subset=args.train_subset)) for lam in args.lambdas]
+        prep = prepare(runs[0], progress=False)
+        stacked = fit_stacked([r.cfg for r in runs], prep.train, prep.val, progress=False)
+        for run, st in zip(runs, stacked):
+            single = fit(run, prep.train, prep.val, progress=False)
             a, b = single.history[-1]["val_acc"], st.history[-1]["val_acc"]
             sel_a = single.history[single.selected_epoch]["val_acc"]
             sel_b = st.history[st.selected_epoch]["val_acc"]
-            print(f"| {seed} | {cfg.lambda0:g} | {a:.2f} | {b:.2f} | {abs(a - b):.2f} | {sel_a:.2f} | {sel_b:.2f} |",
+            print(f"| {seed} | {run.cfg.lambda0:g} | {a:.2f} | {b:.2f} | {abs(a - b):.2f} | {sel_a:.2f} "
+                  f"| {sel_b:.2f} |",
                   flush=True)
 
 

@@ -1,8 +1,11 @@
 """Print the package's internal import graph, one module per line with the modules it
-imports (at any depth of the file, lazy imports included), and check the layering
-rules: analysis (report, figures) reads records only (figures draw the report's
-tables, and both may use plotting and io helpers), and no module
-outside methods.py names a registered method.
+imports (at any depth of the file, lazy imports included), and check the layering:
+
+- every import points down the layers below (or stays inside its own package), so data
+  flows one way: data -> maps -> networks and methods -> training -> records ->
+  analysis, with the CLI on top;
+- analysis reads run records only: it imports no network, method, map source or engine;
+- no module outside ``methods/`` names a registered method.
 
     python scripts/import_graph.py [SRC_DIR]      # default: src
 """
@@ -14,7 +17,17 @@ import sys
 from pathlib import Path
 
 PACKAGE = "learning_to_look"
-ANALYSIS = {"report": {"records", "plotting", "io"}, "figures": {"records", "plotting", "report"}}
+#: Each top-level module or package and its layer; an import may only reach a lower layer
+#: or its own package. The public shims (``records``, ``train``) sit on top with the CLI.
+LAYERS = {
+    "errors": 0, "__version__": 0,
+    "registry": 1, "io": 1, "device": 1, "hub": 1, "plotting": 2,
+    "data": 3, "maps": 4, "nn": 5, "config": 6, "methods": 7, "record": 8,
+    "analysis": 9, "training": 10, "inference": 11,
+    "cli": 12, "records": 12, "train": 12, "(package)": 13,
+}
+#: What analysis may import besides itself: it reads records, never models or maps.
+ANALYSIS_READS = {"record", "config", "io", "plotting", "errors", "registry"}
 #: Literals equal to a method's name that do not name the method, with the reason.
 NOT_A_METHOD = {("cli", "l2l"): "the program's name", ("cli.app", "l2l"): "the program's name",
                 ("maps.clip", "vanilla"): "a CLIP attention variant",
@@ -28,7 +41,7 @@ def module_name(path: Path, root: Path) -> str:
 
 def imports(path: Path, root: Path) -> set[str]:
     """Internal modules imported by ``path``, as dotted names under the package."""
-    here = module_name(path, root).split(".")
+    here = module_name(path, root).split(".") if module_name(path, root) != "(package)" else []
     package = here if path.name == "__init__.py" else here[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -48,19 +61,41 @@ def imports(path: Path, root: Path) -> set[str]:
 
 
 def method_names(root: Path) -> set[str]:
-    """Names of the methods registered in methods.py (their ``name = "..."`` lines)."""
-    tree = ast.parse((root / PACKAGE / "methods.py").read_text())
-    return {n.value.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
-            and any(isinstance(t, ast.Name) and t.id == "name" for t in n.targets)}
+    """Names of the registered methods (the ``name = "..."`` lines in ``methods/``)."""
+    names = set()
+    for f in sorted((root / PACKAGE / "methods").glob("*.py")):
+        names |= {n.value.value for n in ast.walk(ast.parse(f.read_text()))
+                  if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+                  and any(isinstance(t, ast.Name) and t.id == "name" for t in n.targets)}
+    return names
 
 
 def naming_methods(path: Path, names: set[str]) -> list[str]:
-    """String literals in ``path`` that are exactly a method's name (docstrings aside)."""
-    hits = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Constant) and node.value in names:
-            hits.append(f"{node.value!r} at line {node.lineno}")
-    return hits
+    """String literals in ``path`` that are exactly a method's name."""
+    return [f"{node.value!r} at line {node.lineno}" for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and node.value in names]
+
+
+def layer_problems(graph: dict[str, list[str]]) -> list[str]:
+    """Imports that point up, or sideways into another package of the same layer, and
+    analysis reaching past the records."""
+    problems = []
+    for mod, deps in graph.items():
+        top = mod.split(".")[0]
+        if top not in LAYERS:
+            problems.append(f"{mod} is in no layer: add {top!r} to LAYERS in scripts/import_graph.py")
+            continue
+        for dep in deps:
+            target = dep.split(".")[0]
+            if target == top:
+                continue
+            if LAYERS.get(target, 99) >= LAYERS[top]:
+                problems.append(f"{mod} imports {dep}, which is not below it ({top} layer {LAYERS[top]}, "
+                                f"{target} layer {LAYERS.get(target, '?')})")
+            elif top == "analysis" and target not in ANALYSIS_READS:
+                problems.append(f"{mod} imports {dep}: analysis reads records only "
+                                f"(allowed: {', '.join(sorted(ANALYSIS_READS))})")
+    return problems
 
 
 def main(src: str = "src") -> int:
@@ -69,15 +104,12 @@ def main(src: str = "src") -> int:
     graph = {module_name(f, root): sorted(imports(f, root)) for f in files}
     for mod, deps in graph.items():
         print(f"{mod} -> {', '.join(deps) or '-'}")
-    problems = []
-    for mod, allowed in ANALYSIS.items():
-        bad = [d for d in graph.get(mod, []) if d.split(".")[0] not in allowed]
-        if bad:
-            problems.append(f"{mod} imports {', '.join(bad)} (allowed: {', '.join(sorted(allowed))})")
+    problems = layer_problems(graph)
     names = method_names(root)
     for f in files:
         mod = module_name(f, root)
-        if f.name != "methods.py" and (hits := naming_methods(f, names - {n for m, n in NOT_A_METHOD if m == mod})):
+        if mod.split(".")[0] != "methods" and (
+                hits := naming_methods(f, names - {n for m, n in NOT_A_METHOD if m == mod})):
             problems.append(f"{mod} names a method: {', '.join(hits)}")
     print("\n".join(["", "layering:"] + (problems or ["ok"])))
     return 1 if problems else 0

@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from learning_to_look.report import welch_diff
+from learning_to_look.analysis.stats import welch_diff
 
 
 def bootstrap_diff(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, resamples: int = 10_000) -> tuple:

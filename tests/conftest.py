@@ -51,8 +51,8 @@ def shapes(shapes_dir):
 def shapes_run(shapes_dir, tmp_path_factory):
     """The folder of a tiny finished shapes-bg run (vanilla, 2 epochs, worst-group selection)."""
     from learning_to_look.config import TrainConfig
-    from learning_to_look.train import run, run_dir_for
-    from learning_to_look.methods import resolve
+    from learning_to_look.training.run import run, run_dir_for
+    from learning_to_look.training.resolve import resolve
 
     runs = tmp_path_factory.mktemp("shapes_runs")
     cfg = TrainConfig(dataset="shapes-bg", method="vanilla", epochs=2, train_subset=300, selection="val_worst_group")

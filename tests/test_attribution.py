@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from learning_to_look.attribution import cam, grad_cam, input_gradients, minmax_normalize
+from learning_to_look.nn.attribution import cam, grad_cam, input_gradients, minmax_normalize
 from learning_to_look.errors import L2LError
-from learning_to_look.losses import forward_kl, outline_target
-from learning_to_look.models import build_backbone
+from learning_to_look.nn.losses import forward_kl, outline_target
+from learning_to_look.nn.backbones import build_backbone
 
 # Two samples, two channels, 2x2.
 A = torch.tensor(

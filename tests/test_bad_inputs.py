@@ -14,8 +14,8 @@ import torch
 from learning_to_look import cli
 from learning_to_look.cli import main
 from learning_to_look.config import TrainConfig
-from learning_to_look.methods import resolve
-from learning_to_look.train import run_dir_for
+from learning_to_look.training.resolve import resolve
+from learning_to_look.training.run import run_dir_for
 
 FAST = ["--train-subset", "200", "--epochs", "2", "--e-att", "1", "--quiet"]
 
@@ -204,7 +204,7 @@ REPORT_CASES = [
 def test_report_and_reproduce(make_args, needle, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     (tmp_path / "afile").write_text("x")
-    monkeypatch.setattr("learning_to_look.train.fit", lambda *a, **kw: pytest.fail("nothing may train"))
+    monkeypatch.setattr("learning_to_look.training.engine.fit", lambda *a, **kw: pytest.fail("nothing may train"))
     one_error_line(capsys, main(make_args(tmp_path)), needle)
 
 

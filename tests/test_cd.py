@@ -4,11 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from learning_to_look.cd import cd_linear, cd_maxpool, cd_relu, cdep_score
+from learning_to_look.nn.cd import cd_linear, cd_maxpool, cd_relu, cdep_score
 from learning_to_look.config import TrainConfig
 from learning_to_look.errors import L2LError
-from learning_to_look.methods import METHODS, Batch, resolve
-from learning_to_look.models import build_backbone
+from learning_to_look.methods import METHODS, Batch
+from learning_to_look.training.resolve import resolve
+from learning_to_look.nn.backbones import build_backbone
 
 
 @pytest.mark.parametrize("name", ["lenet-gap", "cdep-cnn"])

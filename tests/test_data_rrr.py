@@ -12,8 +12,8 @@ from learning_to_look.config import TrainConfig
 from learning_to_look.data import load_mnist
 from learning_to_look.maps import get_map_source
 from learning_to_look.maps.diagnostics import mass_share
-from learning_to_look.methods import resolve
-from learning_to_look.train import run
+from learning_to_look.training.resolve import resolve
+from learning_to_look.training.run import run
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,12 @@ from learning_to_look.config import TrainConfig
 from learning_to_look.data import DIGIT_THRESHOLD
 from learning_to_look.data import synthetic as sb
 from learning_to_look.errors import L2LError
-from learning_to_look.evaluate import group_accuracy
-from learning_to_look.methods import METHODS, resolve
-from learning_to_look.models import BACKBONES
+from learning_to_look.training.evaluate import group_accuracy
+from learning_to_look.methods import METHODS
+from learning_to_look.training.resolve import resolve
+from learning_to_look.nn.backbones import BACKBONES
 from learning_to_look.io import read_json
-from learning_to_look.train import selection_score
+from learning_to_look.training.selection import selection_score
 
 
 def test_shapes_bg_is_reproducible_byte_for_byte(shapes):

@@ -11,7 +11,7 @@ from learning_to_look.config import TrainConfig
 from learning_to_look.data import load_dataset, train_val
 from learning_to_look.data.imported import import_dataset
 from learning_to_look.errors import L2LError
-from learning_to_look.train import run
+from learning_to_look.training.run import run
 
 CLASSES = ("cat", "dog")
 

@@ -29,7 +29,7 @@ def test_load_run_reproduces_the_recorded_test_accuracy(shapes_run, shapes):
     assert probs.shape == (len(shapes.test), len(sb.SHAPES))
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
     acc = 100 * float((probs.argmax(1) == shapes.test.labels).mean())
-    assert acc == pytest.approx(trained.result["test"]["accuracy"], abs=1e-4)  # one image is 0.04 points
+    assert acc == pytest.approx(trained.record.test.accuracy, abs=1e-4)  # one image is 0.04 points
     assert trained.config.dataset == "shapes-bg" and trained.class_names == sb.SHAPES
     assert trained.maps["kind"] == "none"
 

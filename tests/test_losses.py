@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from learning_to_look.errors import L2LError
-from learning_to_look.losses import (
+from learning_to_look.nn.losses import (
     TARGETS,
     filled_target,
     forward_kl,

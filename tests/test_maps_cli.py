@@ -182,7 +182,7 @@ def test_offline_hub_failure_is_fast_without_hf_hub_offline(data_dir, monkeypatc
     (measured from the command's start, after the interpreter's imports)."""
     import socket
 
-    from learning_to_look.maps import weights
+    from learning_to_look import hub as weights
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_HUB_CACHE", str(data_dir / "no-hub-cache"))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from learning_to_look.errors import L2LError
-from learning_to_look.models import BACKBONES, Backbone, CDEPNet, LeNetGAP, build_backbone, register_backbone
+from learning_to_look.nn.backbones import BACKBONES, CDEPNet, LeNetGAP, build_backbone, register_backbone
 
 
 def n_params(model):

@@ -15,7 +15,7 @@ import pytest
 from learning_to_look.cli import main
 from learning_to_look.data import store
 from learning_to_look.errors import L2LError
-from learning_to_look.parallel import run_tasks
+from learning_to_look.training.parallel import run_tasks
 
 
 def _square(x: int) -> int:
@@ -55,7 +55,7 @@ def _alive(pid: int) -> bool:
 def test_workers_stop_when_their_parent_is_killed(tmp_path):
     pid_file = tmp_path / "worker.pid"
     script = ("import sys; sys.path.insert(0, sys.argv[2]); from test_parallel import _sleep_forever; "
-              "from learning_to_look.parallel import run_tasks; "
+              "from learning_to_look.training.parallel import run_tasks; "
               "list(run_tasks(_sleep_forever, [(sys.argv[1],), (sys.argv[1] + '2',)], 2))")
     parent = subprocess.Popen([sys.executable, "-c", script, str(pid_file), str(Path(__file__).parent)])
     deadline = time.time() + 60

@@ -14,19 +14,34 @@ import numpy as np
 import pytest
 import torch
 
-from learning_to_look import report as report_mod
-from learning_to_look import reproduce as rep
-from learning_to_look import train as train_mod
+from learning_to_look.analysis import report as report_mod
+from learning_to_look.training import reproduce as rep
+from learning_to_look.training import run as train_mod
 from learning_to_look.cli import main
 from learning_to_look.config import TrainConfig
 from learning_to_look.data import Split
 from learning_to_look.errors import L2LError
 from learning_to_look.maps import get_map_source, map_quality
-from learning_to_look.methods import resolve
-from learning_to_look.records import MapsInfo, Record, TestMetrics, aggregate, collect, mean_std
-from learning_to_look.report import attach_published, bite_rows, verdict_rows, verdict_summary
+from learning_to_look.training.resolve import resolve
+from learning_to_look.record import MapsInfo, Record, TestMetrics, write_record
+from learning_to_look.analysis.records import aggregate, collect
+from learning_to_look.analysis import stats
+from learning_to_look.analysis.stats import mean_std
+from learning_to_look.analysis.verdicts import attach_published, bite_rows, verdict_rows, verdict_summary
 
-PUBLISHED = rep.PAPER.published
+PUBLISHED = report_mod.published().rows
+
+
+def planned(*args, **kwargs):
+    """A profile's plan as (cell, resolved config) pairs."""
+    return [(cell, run.cfg) for cell, run in rep.plan(*args, **kwargs)]
+
+
+def finished_run(folder: Path, cfg: TrainConfig, wall_seconds: float) -> None:
+    """A finished run's record with only what a plan reads: its config and its time."""
+    write_record(folder, {"config": cfg.to_dict(), "maps": {}, "selection": {"epoch": 0}, "test": {"accuracy": 50.0,
+                          "n": 10}, "history": [], "wall_seconds": wall_seconds})
+
 
 FIGURES = ("qualitative.png", "maps_colormnist.png", "maps_decoymnist.png", "curves.png", "accuracy.png",
            "shortcut_search.png", "verdict.png", "sensitivity.png")
@@ -131,7 +146,7 @@ def fake_record(group: str, seed: int, acc: float, method: str = "vanilla", data
 
 
 def test_curve_bands_over_seeds_of_unequal_length_by_hand():
-    from learning_to_look.figures import band_stats
+    from learning_to_look.analysis.figures import band_stats
 
     mean, std = band_stats([[1.0, 3.0, 5.0], [3.0, 5.0]])  # the second seed stopped after 2 epochs
     assert mean.tolist() == [2.0, 4.0, 5.0]
@@ -144,7 +159,7 @@ def test_curve_bands_over_seeds_of_unequal_length_by_hand():
 
 def test_curves_of_vanilla_runs_alone_warn_nothing():
     """Vanilla has no alignment KL: its empty panel gets no legend, and no matplotlib warning."""
-    from learning_to_look.figures import curves
+    from learning_to_look.analysis.figures import curves
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -251,19 +266,19 @@ def test_verdict_summary_one_line_per_setting_with_bound_best_and_note():
 
 
 def test_welch_interval_and_t_quantiles_by_hand():
-    assert report_mod.t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-6)  # printed t tables
-    assert report_mod.t_quantile(0.975, 1) == pytest.approx(12.706205, abs=1e-5)
-    assert report_mod.t_quantile(0.995, 10) == pytest.approx(3.169273, abs=1e-6)
+    assert stats.t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-6)  # printed t tables
+    assert stats.t_quantile(0.975, 1) == pytest.approx(12.706205, abs=1e-5)
+    assert stats.t_quantile(0.995, 10) == pytest.approx(3.169273, abs=1e-6)
     # equal sizes and variances: Welch's degrees of freedom are 2(n - 1) = 4
-    diff, low, high = report_mod.welch_diff([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
+    diff, low, high = stats.welch_diff([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
     half = 2.776445 * (2 / 3) ** 0.5
     assert (diff, low, high) == pytest.approx((-2.0, -2.0 - half, -2.0 + half))
     # unequal: se^2 = 1/3 + 2/2, df = se^4 / ((1/3)^2 / 2 + 1^2 / 1) = 1.684...
-    diff, low, high = report_mod.welch_diff([1.0, 2.0, 3.0], [4.0, 6.0])
+    diff, low, high = stats.welch_diff([1.0, 2.0, 3.0], [4.0, 6.0])
     df = (4 / 3) ** 2 / ((1 / 3) ** 2 / 2 + 1.0)
-    assert high - diff == pytest.approx(report_mod.t_quantile(0.975, df) * (4 / 3) ** 0.5)
+    assert high - diff == pytest.approx(stats.t_quantile(0.975, df) * (4 / 3) ** 0.5)
     assert 4.303 * (4 / 3) ** 0.5 < high - diff < 12.71 * (4 / 3) ** 0.5  # between 2 and 1 degrees of freedom
-    assert math.isnan(report_mod.welch_diff([1.0], [2.0, 3.0])[1])  # one seed: its spread is unknown
+    assert math.isnan(stats.welch_diff([1.0], [2.0, 3.0])[1])  # one seed: its spread is unknown
 
 
 def test_a_setting_bites_when_vanilla_falls_15_points_below_the_clean_bound_of_its_network():
@@ -317,18 +332,18 @@ def test_collect_reads_records_and_skips_broken_ones(tmp_path, capsys):
 
 def test_profiles_are_well_formed():
     for name, profile in rep.PROFILES.items():
-        jobs = rep.plan(profile)
+        jobs = planned(profile)
         assert jobs and all(cfg.lambda0 is not None and cfg.selection for _, cfg in jobs), name  # resolved
         assert len({train_mod.run_dir_for(cfg) for _, cfg in jobs}) == len(jobs), name  # no run twice
     assert rep.PROFILES["full"].seeds == [0, 1, 2, 3, 4]
-    with_vlm = rep.plan(rep.PROFILES["quick"], vlm="some/clip")
+    with_vlm = planned(rep.PROFILES["quick"], vlm="some/clip")
     assert sum(c.role == "vlm" for c, _ in with_vlm) == 2
 
 
 def test_the_cdep_profile_trains_each_data_set_as_cdeps_own_code_did():
     """CDEP's published numbers come from Adam at torch's default rate: one epoch at batch
     256 with weight decay 1e-3 on ColorMNIST, five at batch 64 with 1e-4 on DecoyMNIST."""
-    jobs = rep.plan(rep.PROFILES["baselines-cdep"])
+    jobs = planned(rep.PROFILES["baselines-cdep"])
     seen = {(cfg.dataset, cfg.schedule, cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.momentum)
             for _, cfg in jobs}
     assert seen == {("colormnist", "cdep-colormnist", 1, 256, 1e-3, 1e-3, None),
@@ -340,35 +355,38 @@ def test_the_cdep_profile_trains_each_data_set_as_cdeps_own_code_did():
 def test_cells_that_resolve_to_one_run_are_planned_once():
     twice = [rep.Cell("decoymnist", "vanilla", maps="oracle"), rep.Cell("decoymnist", "vanilla", maps="intensity")]
     profile = dataclasses.replace(rep.PROFILES["quick"], cells=twice, sensitivity=rep.Sensitivity())
-    jobs = rep.plan(profile, seeds=[0, 1])
+    jobs = planned(profile, seeds=[0, 1])
     assert [(cfg.maps, cfg.seed) for _, cfg in jobs] == [("none", 0), ("none", 1)]
 
 
 def test_plan_lists_runs_and_times_them_by_finished_seeds_without_building_anything(tmp_path, capsys):
     runs = tmp_path / "runs"
-    jobs = rep.plan(rep.PROFILES["quick"], seeds=[0, 1])
+    jobs = planned(rep.PROFILES["quick"], seeds=[0, 1])
     first = train_mod.run_dir_for(jobs[0][1], runs)  # seed 0 of the first configuration: finished in 2 h
-    first.mkdir(parents=True)
-    (first / "result.json").write_text(json.dumps({"wall_seconds": 7200.0}))
+    finished_run(first, jobs[0][1], 7200.0)
     # a run of rrr on a data set the profile does not train: times the profile's rrr runs, 1 h each
     rrr = next(cfg for _, cfg in jobs if cfg.method == "rrr")
     elsewhere = runs / "elsewhere" / "rrr-run" / "seed0"
-    elsewhere.mkdir(parents=True)
-    (elsewhere / "result.json").write_text(json.dumps({"config": rrr.to_dict() | {"dataset": "elsewhere"},
-                                                       "wall_seconds": 3600.0}))
+    finished_run(elsewhere, dataclasses.replace(rrr, dataset="elsewhere"), 3600.0)
     fields = ("method", "backbone", "schedule", "train_subset", "epochs")
-    alike = [cfg for _, cfg in jobs[2:] if all(getattr(cfg, f) == getattr(rrr, f) for f in fields)
-             and (cfg.maps == "none") == (rrr.maps == "none")]
+
+    def same_cost(a, b):
+        return all(getattr(a, f) == getattr(b, f) for f in fields) and (a.maps == "none") == (b.maps == "none")
+
+    group = train_mod.run_dir_for(jobs[0][1], runs).parent
+    rest = [cfg for _, cfg in jobs[1:] if train_mod.run_dir_for(cfg, runs).parent != group]
+    hours = [2.0 if same_cost(cfg, jobs[0][1]) else 1.0 for cfg in rest
+             if same_cost(cfg, jobs[0][1]) or same_cost(cfg, rrr)]  # the finished vanilla's 2 h, the rrr's 1 h
     code = main(["reproduce", "--quick", "--seeds", "0,1", "--plan", "--runs-dir", str(runs),
                  "--data-dir", str(tmp_path / "data")])
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(lines) == len(jobs) + 1 and not (tmp_path / "data").exists()
     assert lines[0].endswith(": cached") and sum(line.endswith(": to train") for line in lines) == len(jobs) - 1
-    assert alike and jobs[1][1].method != "rrr"
+    assert 1.0 in hours and 2.0 in hours and len(rest) == len(jobs) - 2
     assert lines[-1] == (f"{len(jobs)} runs: 1 cached, {len(jobs) - 1} to train; about 2.0 h of one-thread run time "
-                         f"for the 1 with a finished seed of the same configuration; about {len(alike):.1f} h for "
-                         f"the {len(alike)} timed by finished runs of the same method, network, schedule and "
-                         f"training-set size on other data or maps; {len(jobs) - 2 - len(alike)} with nothing to "
+                         f"for the 1 with a finished seed of the same configuration; about {sum(hours):.1f} h for "
+                         f"the {len(hours)} timed by finished runs of the same method, network, schedule and "
+                         f"training-set size on other data or maps; {len(rest) - len(hours)} with nothing to "
                          "time them by")
 
 
@@ -392,7 +410,7 @@ def small_test_split(monkeypatch):
 
 def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, monkeypatch, capsys, small_test_split):
     args = reproduce_args(tmp_path, data_dir)
-    jobs = rep.plan(rep.PROFILES["quick"])
+    jobs = planned(rep.PROFILES["quick"])
     real_run, real_fit = train_mod.run_resolved, train_mod.fit
     calls = []
 

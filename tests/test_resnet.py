@@ -7,9 +7,9 @@ import torch
 
 from learning_to_look.config import TrainConfig
 from learning_to_look.errors import L2LError
-from learning_to_look.methods import resolve
-from learning_to_look.models import build_backbone
-from learning_to_look.pretrained import load_into, load_pretrained, map_timm_keys
+from learning_to_look.training.resolve import resolve
+from learning_to_look.nn.backbones import build_backbone
+from learning_to_look.nn.pretrained import load_into, load_pretrained, map_timm_keys
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

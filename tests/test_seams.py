@@ -13,9 +13,10 @@ from torch import nn
 
 from learning_to_look.config import TrainConfig
 from learning_to_look.data import Split
-from learning_to_look.evaluate import evaluate_split
-from learning_to_look.methods import METHODS, Batch, resolve
-from learning_to_look.models import Backbone
+from learning_to_look.training.evaluate import evaluate_split
+from learning_to_look.methods import METHODS, Batch
+from learning_to_look.training.resolve import resolve
+from learning_to_look.nn.backbones import Backbone
 
 
 class Toy(Backbone):
@@ -105,7 +106,7 @@ def test_expected_gradients_of_a_linear_model_is_closed_form():
     """For logits linear in the input, every interpolation point has the same gradient,
     so EG = (x - x') * W_y / (h w) on the read channel whatever alpha is, and its sum is
     the logit difference f_y(x) - f_y(x') (completeness)."""
-    from learning_to_look.attribution import expected_gradients
+    from learning_to_look.nn.attribution import expected_gradients
 
     x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]], [[[4.0, 0.0], [1.0, 1.0]]]])  # (2,1,2,2)
     refs, y = x.flip(0), torch.tensor([0, 1])
@@ -119,7 +120,7 @@ def test_expected_gradients_of_a_linear_model_is_closed_form():
 
 
 def test_attribution_mass_and_the_eg_loss_by_hand():
-    from learning_to_look.losses import attribution_mass
+    from learning_to_look.nn.losses import attribution_mass
 
     attr = torch.tensor([[[[-1.0, 2.0], [3.0, -4.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])  # (2,1,2,2)
     irrelevant = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [0.0, 0.0]]])  # (2,2,2)

@@ -9,11 +9,13 @@ import torch
 
 from learning_to_look.config import TrainConfig
 from learning_to_look.errors import L2LError
-from learning_to_look.methods import METHODS, Batch, resolve
-from learning_to_look.models import LeNetGAP
-from learning_to_look import stacked as stacked_mod
-from learning_to_look.stacked import NoModel, StackedLeNetGAP, StackedSGD, check_stack, epoch_schedule, fit_stacked
-from learning_to_look.train import _optimizer, fit
+from learning_to_look.methods import METHODS, Batch
+from learning_to_look.training.resolve import resolve, resolve_run
+from learning_to_look.nn.backbones import LeNetGAP
+from learning_to_look.training import stacked as stacked_mod
+from learning_to_look.training.stacked import (NoModel, StackedLeNetGAP, StackedSGD, check_stack, epoch_schedule,
+                                               fit_stacked)
+from learning_to_look.training.engine import _optimizer, fit
 
 N_TRAIN, N_VAL = 96, 40
 
@@ -50,7 +52,7 @@ def test_stacked_matches_separate_single_runs():
     train, val = synthetic(cfgs[0], N_TRAIN, 1), synthetic(cfgs[0], N_VAL, 2)
     stacked = fit_stacked(cfgs, train, val, progress=False)
     for cfg, got in zip(cfgs, stacked):
-        single = fit(cfg, train, val, progress=False)
+        single = fit(resolve_run(cfg), train, val, progress=False)
         assert max_rel_diff(got.model.state_dict(), single.model.state_dict()) < 1e-4
         assert got.selected_epoch == single.selected_epoch
         for mine, ref in zip(got.history, single.history):

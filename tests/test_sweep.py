@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from learning_to_look import sweep as sweep_mod
+from learning_to_look.training import sweep as sweep_mod
 from learning_to_look.cli import main
 from learning_to_look.config import TrainConfig
 from learning_to_look.errors import L2LError
-from learning_to_look.records import collect
-from learning_to_look.report import sweep_summary
-from learning_to_look.stacked import NoModel
-from learning_to_look.sweep import choose, parse_grid, plan_sweep, run_sweep
+from learning_to_look.analysis.records import collect
+from learning_to_look.analysis.verdicts import sweep_summary
+from learning_to_look.training.stacked import NoModel
+from learning_to_look.training.sweep import choose, parse_grid, plan_sweep, run_sweep
 
 
 def test_parse_grid_ranges_and_lists():
@@ -146,7 +146,7 @@ def test_sweep_summary_counts_runs_reaching_the_published_number():
 def test_the_sweep_figure_shows_the_bound_apart_and_labelled():
     """The bound's per-run share is drawn as its own outlined histogram, named what it is;
     a sweep without a bound draws the validation-chosen runs alone."""
-    from learning_to_look.figures import sweep as sweep_figure
+    from learning_to_look.analysis.figures import sweep as sweep_figure
 
     points = [{"point": {"lambda0": v}, "test_acc": [10.0 + v, 12.0 + v]} for v in (1.0, 2.0)]
     summary = {"dataset": "colormnist", "method": "l2l", "axes": {"lambda0": [1.0, 2.0]}, "chosen": {"lambda0": 1.0},
@@ -159,7 +159,7 @@ def test_the_sweep_figure_shows_the_bound_apart_and_labelled():
 
 
 def test_the_heat_map_names_the_chosen_point_without_a_legend_over_its_cells():
-    from learning_to_look.figures import sweep as sweep_figure
+    from learning_to_look.analysis.figures import sweep as sweep_figure
 
     grid = [(a, b) for a in (1.0, 2.0) for b in (5, 7)]
     points = [{"point": {"lambda0": a, "e_att": b}, "test_acc": [a + b]} for a, b in grid]

@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from learning_to_look import train as train_mod
+from learning_to_look.training import engine, selection
+from learning_to_look.training import run as train_mod
 from learning_to_look.cli import main
 from learning_to_look.config import TrainConfig
 from learning_to_look.errors import L2LError
 from learning_to_look.maps import MapGenerator, register_map_source, validate_maps
-from learning_to_look.methods import METHODS, resolve
-from learning_to_look.records import collect, load_record
-from learning_to_look.train import run
+from learning_to_look.methods import METHODS
+from learning_to_look.training.resolve import resolve, resolve_run
+from learning_to_look.analysis.records import collect
+from learning_to_look.record import read_record
+from learning_to_look.training.run import run
 
 SMALL = dict(epochs=2, e_att=1, train_subset=2000)
 
@@ -51,18 +54,20 @@ def test_each_method_runs_end_to_end(method, backbone, dataset, data_dir, tmp_pa
         assert quality is None
     else:
         assert quality["iou"] == 1.0 and quality["n_images"] == min(1000, cfg.train_subset)
-    record = load_record(run_dir)
+    record = read_record(run_dir)
     ex = record.examples()
     assert list(ex["test_labels"]) == list(range(6)) and ex["test_cams"].shape == (6, 28, 28)
     assert 0 <= ex["test_cams"].min() and ex["test_cams"].max() <= 1
     assert ("train_maps" in ex) == (r["maps"]["name"] != "none") and ex["train_images"].shape[0] == 6
 
 
-def test_role_given_later_replaces_the_recorded_one(data_dir, tmp_path):
+def test_reading_a_finished_run_never_rewrites_its_record(data_dir, tmp_path):
+    """A run shared by two profiles keeps the role it was trained with; each profile's report says how it reads it."""
     cfg = TrainConfig(dataset="mnist", method="vanilla", epochs=1, train_subset=200)
     assert run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False)["role"] == "method"
-    assert run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False, role="upper-bound")["role"] == "upper-bound"
-    assert collect(tmp_path)[0].role == "upper-bound"
+    written = next(tmp_path.rglob("result.json")).read_bytes()
+    assert run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False, role="upper-bound").role == "method"
+    assert next(tmp_path.rglob("result.json")).read_bytes() == written and collect(tmp_path)[0].role == "method"
 
 
 def test_l2l_schedule_lambda_ramp_and_optimizer_reset(data_dir, tmp_path):
@@ -121,7 +126,7 @@ def test_fit_takes_no_test_split():
     import inspect
 
     params = inspect.signature(train_mod.fit).parameters
-    assert list(params)[:3] == ["cfg", "train", "val"] and not any("test" in p for p in params)
+    assert list(params)[:3] == ["run", "train", "val"] and not any("test" in p for p in params)
 
 
 @pytest.mark.parametrize("method, subset", [("l2l", 600), ("eg", 200)])  # eg draws from the global RNG each step
@@ -198,14 +203,14 @@ def test_nan_map_source_stops_training(data_dir, tmp_path):
 
 
 def _diverge_at(epoch_nan, monkeypatch):
-    real = train_mod._train_epoch
+    real = engine._train_epoch
 
     def train_epoch(model, method, train, opt, shuffle, epoch, *rest):
         if epoch == epoch_nan:
-            raise train_mod.Diverged(f"loss became nan at epoch {epoch}; lower --lr or --lambda0")
+            raise engine.Diverged(f"loss became nan at epoch {epoch}; lower --lr or --lambda0")
         return real(model, method, train, opt, shuffle, epoch, *rest)
 
-    monkeypatch.setattr(train_mod, "_train_epoch", train_epoch)
+    monkeypatch.setattr(engine, "_train_epoch", train_epoch)
 
 
 def test_a_diverging_loss_ends_training_and_selects_among_the_whole_epochs(data_dir, tmp_path, monkeypatch):
@@ -217,7 +222,7 @@ def test_a_diverging_loss_ends_training_and_selects_among_the_whole_epochs(data_
     (record,) = collect(tmp_path)
     assert record.stopped == r["stopped"]
     _diverge_at(0, monkeypatch)  # nothing to select: an error, and no result
-    with pytest.raises(train_mod.Diverged, match="lower --lr"):
+    with pytest.raises(engine.Diverged, match="lower --lr"):
         run(dataclasses.replace(cfg, seed=1), runs_dir=tmp_path, data_dir=data_dir, progress=False)
     assert len(collect(tmp_path)) == 1
 
@@ -225,28 +230,29 @@ def test_a_diverging_loss_ends_training_and_selects_among_the_whole_epochs(data_
 def test_a_profile_run_that_diverges_or_has_a_corrupt_checkpoint_comes_back_as_failed(monkeypatch, data_dir,
                                                                                        tmp_path):
     """A problem of one run, with its fix, must not stop the other runs of a profile; a bug must."""
-    from learning_to_look.reproduce import attempt_run
+    from learning_to_look.training.reproduce import attempt_run
 
-    cfg = resolve(TrainConfig(dataset="decoymnist", method="vanilla", epochs=2, e_att=1, train_subset=300))
-    folder = train_mod.run_dir_for(cfg, tmp_path)
+    from learning_to_look.training import reproduce
+
+    run_ = resolve_run(TrainConfig(dataset="decoymnist", method="vanilla", epochs=2, e_att=1, train_subset=300))
+    folder = train_mod.run_dir_for(run_.cfg, tmp_path)
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").write_bytes(b"half a file")
-    failed = attempt_run(cfg, tmp_path, data_dir, False, "method")["failed"]
+    failed = attempt_run(run_, tmp_path, data_dir, False, "method")
     assert "checkpoint.pt" in failed and "delete" in failed
 
     def diverges(*args):
-        raise train_mod.Diverged("loss became nan at epoch 0; lower --lr or --lambda0")
+        raise engine.Diverged("loss became nan at epoch 0; lower --lr or --lambda0")
 
-    monkeypatch.setattr(train_mod, "run_task", diverges)
-    assert attempt_run(TrainConfig(), None, None, False, "method") == {
-        "failed": "loss became nan at epoch 0; lower --lr or --lambda0"}
+    monkeypatch.setattr(reproduce, "run_task", diverges)
+    assert attempt_run(run_, None, None, False, "method") == "loss became nan at epoch 0; lower --lr or --lambda0"
 
     def bug(*args):
         raise ZeroDivisionError
 
-    monkeypatch.setattr(train_mod, "run_task", bug)
+    monkeypatch.setattr(reproduce, "run_task", bug)
     with pytest.raises(ZeroDivisionError):
-        attempt_run(TrainConfig(), None, None, False, "method")
+        attempt_run(run_, None, None, False, "method")
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -293,18 +299,16 @@ def test_config_file_and_flags(tmp_path, data_dir, capsys):
 
 
 def test_a_subset_run_maps_only_its_images_unless_the_whole_split_is_cheap_or_cached(datasets, monkeypatch):
-    import learning_to_look.train as train_mod
-
     ds, used = datasets["decoymnist"], np.arange(10)
-    clip = resolve(TrainConfig(dataset="decoymnist", maps="clip", train_subset=8,
-                               map_options={"vlm": "some/clip-not-downloaded-yet"}))
+    clip = resolve_run(TrainConfig(dataset="decoymnist", maps="clip", train_subset=8,
+                                   map_options={"vlm": "some/clip-not-downloaded-yet"}))
     monkeypatch.setattr(train_mod, "cache_meta", lambda *a, **k: None)  # nothing cached (and no weights to name)
     assert len(train_mod._maps_split(clip, ds, used)) == 10  # a generator would have to make them: only these
     monkeypatch.setattr(train_mod, "cache_meta", lambda *a, **k: {"complete": True})
     assert train_mod._maps_split(clip, ds, used) is ds.train  # already made for the whole split: read those
-    oracle = resolve(TrainConfig(dataset="decoymnist", maps="oracle", train_subset=8))
+    oracle = resolve_run(TrainConfig(dataset="decoymnist", maps="oracle", train_subset=8))
     assert train_mod._maps_split(oracle, ds, used) is ds.train  # cheap: computed for all, as before
-    named = dataclasses.replace(oracle, maps="clip-0123456789")
+    named = dataclasses.replace(oracle, maps=None, cfg=dataclasses.replace(oracle.cfg, maps="clip-0123456789"))
     assert train_mod._maps_split(named, ds, used) is ds.train  # a cached set was made for the whole split
 
 
@@ -313,25 +317,30 @@ def test_selection_keeps_the_best_eligible_epoch_on_validation():
     NaN score never replaces what is kept, and the kept weights are a copy."""
     cfg = TrainConfig(selection="val_acc")
     weights = {"w": torch.zeros(2)}
-    best = train_mod.unselected()
-    rows = [train_mod.scored(cfg, {"epoch": 0, "val_acc": 99.0}, eligible=False),
-            train_mod.scored(cfg, {"epoch": 1, "val_acc": 80.0}, eligible=True),
-            train_mod.scored(cfg, {"epoch": 2, "val_acc": 70.0}, eligible=True),
-            train_mod.scored(cfg, {"epoch": 3, "val_acc": float("nan")}, eligible=True)]
+    best = selection.unselected()
+    rows = [selection.scored(cfg, {"epoch": 0, "val_acc": 99.0}, eligible=False),
+            selection.scored(cfg, {"epoch": 1, "val_acc": 80.0}, eligible=True),
+            selection.scored(cfg, {"epoch": 2, "val_acc": 70.0}, eligible=True),
+            selection.scored(cfg, {"epoch": 3, "val_acc": float("nan")}, eligible=True)]
     assert rows[0]["score"] is None and rows[1]["score"] == pytest.approx(0.8)
     for row in rows:
-        best = train_mod.keep_if_best(best, row, weights)
+        best = selection.keep_if_best(best, row, weights)
         weights["w"] += 1.0  # training goes on after the epoch was kept
     assert best["epoch"] == 1 and best["score"] == pytest.approx(0.8)
     assert best["state"]["w"].tolist() == [1.0, 1.0]  # epoch 1's weights, not a view of today's
 
 
 def test_the_seeds_summary_is_mean_and_sample_std():
+    from types import SimpleNamespace
+
     from learning_to_look.cli.train import _over_seeds
+    from learning_to_look.record import TestMetrics
+
     cfg = TrainConfig(dataset="decoymnist", method="vanilla")
-    plain = [{"test": {"accuracy": a}} for a in (90.0, 92.0)]
+    plain = [SimpleNamespace(test=TestMetrics(accuracy=a, n=10)) for a in (90.0, 92.0)]
     assert _over_seeds(cfg, plain) == "decoymnist vanilla: test accuracy 91.00 +- 1.41 % over 2 seeds"
-    grouped = [{"test": {"accuracy": a, "worst_group_accuracy": a - 10}} for a in (90.0, 92.0, 94.0)]
+    grouped = [SimpleNamespace(test=TestMetrics(accuracy=a, n=10, worst_group_accuracy=a - 10))
+               for a in (90.0, 92.0, 94.0)]
     assert _over_seeds(cfg, grouped).splitlines()[1] == "decoymnist vanilla: worst-group accuracy 82.00 +- 2.00 %"
 
 

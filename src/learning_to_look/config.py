@@ -20,7 +20,7 @@ from typing import Any
 from .errors import L2LError
 from .io import sha256_text
 from .data.pipeline import INPUT_TRANSFORMS
-from .losses import OUTLINE_THRESHOLD
+from .nn.losses import OUTLINE_THRESHOLD
 from .registry import Registry
 
 SELECTION_RULES = ("val_acc", "acc_x_1mkl", "acc_exp_rkl", "val_worst_group")
@@ -263,3 +263,9 @@ def _check_range(f: dataclasses.Field, value: Any) -> None:
                   f"> {m['above']}" if m["above"] is not None else None,
                   f"<= {m['high']}" if m["high"] is not None else None]
         raise L2LError(f"{f.name} must be {' and '.join(b for b in bounds if b)}, got {value}; pass e.g. {_example(f)}")
+
+
+#: The paper's configuration (PROTOCOL 3.1, 3.5): the defaults of :class:`TrainConfig`.
+#: Published numbers and the qualitative figure are set beside runs that match its
+#: method, backbone and input first.
+PAPER_CONFIG = TrainConfig().with_schedule_defaults()

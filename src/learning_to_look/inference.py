@@ -20,15 +20,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attribution import attention, minmax_normalize
+from .nn.attribution import attention, minmax_normalize
 from .config import TrainConfig
 from .data import DATASETS, as_rgb, to_input
 from .data.pipeline import eval_batch_size
 from .errors import L2LError
-from .evaluate import to_image
-from .io import atomic_write_bytes, read_json, torch_load
-from .models import Backbone, build_backbone
-from .train import pick_device
+from .training.evaluate import to_image
+from .io import atomic_write_bytes, sha256_file, torch_load
+from .record import WEIGHTS_FILE, Record, has_record, read_record
+from .nn.backbones import Backbone, build_backbone
+from .device import pick_device
 
 
 @dataclass
@@ -40,7 +41,7 @@ class TrainedRun:
     model: Backbone  # the selected epoch's weights, in eval mode
     config: TrainConfig
     maps: dict[str, Any]
-    result: dict[str, Any]
+    record: Record
     class_names: tuple[str, ...]
     channels: int  # of the data set's images: 1 means new images are made grey first
 
@@ -85,29 +86,33 @@ class TrainedRun:
 
 
 def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
-    """The finished run in folder ``path`` (the one holding its ``result.json``)."""
+    """The finished run in folder ``path`` (the one holding its record). Its weights are
+    checked against the SHA-256 the record keeps, so damaged weights never predict."""
     path = Path(path)
-    if not (path / "result.json").is_file():
-        what = "has not finished (no result.json); rerun its training command to finish it" if path.is_dir() \
+    if not has_record(path):
+        what = "has not finished (no run record); rerun its training command to finish it" if path.is_dir() \
             else "does not exist"
         raise L2LError(f"run folder {path} {what}; pass a folder like runs/DATASET/GROUP/seedN")
     fix = f"delete the run folder {path} and train it again"
-    result = read_json(path / "result.json", fix)
-    cfg = TrainConfig.from_dict(result["config"]).validate()
-    recorded = result.get("dataset", {})
-    if "classes" in recorded:  # also for a data set imported elsewhere
-        names, channels = tuple(recorded["classes"]), recorded["channels"]
-    else:  # a run recorded before results named their classes
+    record = read_record(path, fix)
+    cfg = record.config.validate()
+    if record.classes:  # also for a data set imported elsewhere
+        names, channels = record.classes, record.dataset.get("channels", 3)
+    else:  # a run recorded before records named their classes
         spec = DATASETS.get(cfg.dataset)
         names, channels = spec.classes, spec.channels
+    weights = path / WEIGHTS_FILE
+    if record.weights_sha256 is not None and weights.is_file() and sha256_file(weights) != record.weights_sha256:
+        raise L2LError(f"{weights} is damaged: its SHA-256 differs from the one its run recorded; {fix}")
     model = build_backbone(cfg.backbone, len(names))
-    state = torch_load(path / "model.pt", fix, map_location="cpu", weights_only=True)
+    state = torch_load(weights, fix, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise L2LError(f"{path / 'model.pt'} does not fit a {cfg.backbone} for {cfg.dataset} "
+        raise L2LError(f"{weights} does not fit a {cfg.backbone} for {cfg.dataset} "
                        f"({str(e).splitlines()[0]}); {fix}") from None
-    return TrainedRun(path, model.to(pick_device(device)).eval(), cfg, result.get("maps", {}), result, names, channels)
+    return TrainedRun(path, model.to(pick_device(device)).eval(), cfg, record.raw.get("maps", {}), record, names,
+                      channels)
 
 
 def predictions_csv(names: Sequence[str], probs: np.ndarray, class_names: Sequence[str]) -> bytes:

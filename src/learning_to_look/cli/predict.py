@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .app import app
-from .data import one_line
+from .common import one_line
 
 RUN = typer.Argument(..., help="A finished run folder: runs/DATASET/GROUP/seedN (the one holding result.json).")
 IMAGES = typer.Option(..., "--images", help="Folder of images (PNG, JPEG, ...; any size, resized like in training).")

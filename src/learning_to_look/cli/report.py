@@ -20,10 +20,10 @@ def report(runs_dir: Path = typer.Argument(..., help="Folder of run folders (<da
 
     Example: l2l report runs --out reports/mine
     """
+    from ..analysis.records import collect
+    from ..analysis.report import report_runs
     from ..io import read_json
     from ..plotting import pyplot
-    from ..records import collect
-    from ..reproduce import report_runs
 
     if not runs_dir.is_dir():
         raise L2LError(f"runs folder {runs_dir} does not exist; pass the --runs-dir that `l2l train` wrote to")

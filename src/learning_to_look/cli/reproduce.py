@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 
 from ..errors import L2LError
-from .app import DATA_DIR, JOBS, app
-from ..reproduce import PROFILES
-from .train import RUNS_DIR, parse_seeds
+from .app import app
+from ..training.reproduce import PROFILES
+from .common import DATA_DIR, JOBS, RUNS_DIR, parse_seeds
 
 
 @app.command("reproduce")
@@ -18,7 +18,7 @@ def reproduce(
     quick: bool = typer.Option(False, "--quick", help="Tiny smoke run (minutes; the numbers mean nothing)."),
     full: bool = typer.Option(False, "--full", help="The paper's complete protocol: full data, 5 seeds, every method."),
     profile: Optional[str] = typer.Option(None, "--profile", help=f"{PROFILES.help('default')}. A profile of "
-                                                                  "paper.yaml; --quick and --full name two of them."),
+                                          "training/profiles.yaml; --quick and --full name two of them."),
     seeds: Optional[str] = typer.Option(None, help="Seeds instead of the profile's, e.g. 0,1,2 or 0-4."),
     vlm: Optional[str] = typer.Option(None, "--vlm", help="CLIP weights (hub id or folder) for VLM maps; without it "
                                                           "the VLM rows are skipped."),
@@ -34,7 +34,7 @@ def reproduce(
 
     Example: l2l reproduce --quick --out reports/quick
     """
-    from ..reproduce import describe_plan, reproduce as run_all
+    from ..training.reproduce import describe_plan, reproduce as run_all
 
     named = [name for name, flag in (("quick", quick), ("full", full), (profile, profile is not None)) if flag]
     if len(named) > 1:

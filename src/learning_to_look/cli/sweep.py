@@ -13,24 +13,25 @@ from ..data import DATASETS
 from ..errors import L2LError
 from ..maps import MAP_SOURCES
 from ..methods import METHODS
-from .app import DATA_DIR, JOBS, app
-from .train import RUNS_DIR, _flag, parse_seeds
+from .app import app
+from .common import DATA_DIR, JOBS
+from .common import RUNS_DIR, config_flag, parse_seeds
 
 
 @app.command("sweep")
 def sweep(
     grid: list[str] = typer.Option(..., "--grid", help="FIELD=START:STOP:STEP (STOP included) or FIELD=V1,V2; "
                                                        "repeat for more axes. FIELD: lambda0, e_att, lr, phase1."),
-    dataset: Optional[str] = _flag("dataset", DATASETS.help()),
-    method: Optional[str] = _flag("method", METHODS.help()),
-    maps: Optional[str] = _flag("maps", MAP_SOURCES.help() + " | a cached map set"),
+    dataset: Optional[str] = config_flag("dataset", DATASETS.help()),
+    method: Optional[str] = config_flag("method", METHODS.help()),
+    maps: Optional[str] = config_flag("maps", MAP_SOURCES.help() + " | a cached map set"),
     seeds: str = typer.Option("0", help="Seeds, e.g. 0,1,2 or 0-4; each seed's grid points share one stack."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of settings; flags override it."),
-    epochs: Optional[int] = _flag("epochs"),
-    e_att: Optional[int] = _flag("e_att", flag="--e-att"),
-    lambda0: Optional[float] = _flag("lambda0"),
-    train_subset: Optional[int] = _flag("train_subset"),
-    device: Optional[str] = _flag("device"),
+    epochs: Optional[int] = config_flag("epochs"),
+    e_att: Optional[int] = config_flag("e_att", flag="--e-att"),
+    lambda0: Optional[float] = config_flag("lambda0"),
+    train_subset: Optional[int] = config_flag("train_subset"),
+    device: Optional[str] = config_flag("device"),
     max_stack: int = typer.Option(DEFAULT_MAX_STACK, "--max-stack",
                                   help="Most models trained as one stack (memory grows with it)."),
     jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
@@ -42,8 +43,8 @@ def sweep(
     Example: l2l sweep --dataset colormnist --method l2l --grid lambda0=100:300:20 --grid e_att=5:25:2 --seeds 0-4
     """
     from ..data.imported import dataset_spec
-    from ..records import point_label
-    from ..sweep import parse_grid, plan_sweep, run_sweep
+    from ..analysis.records import point_label
+    from ..training.sweep import parse_grid, plan_sweep, run_sweep
 
     base = TrainConfig.from_file(config) if config else TrainConfig()
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

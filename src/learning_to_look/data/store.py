@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import L2LError, corrupt_file
-from ..io import TMP_SUFFIX, atomic_save_npz, folder_lock, folder_option, sha256_array
+from ..io import TMP_SUFFIX, atomic_save_npz, folder_lock, folder_option, sha256_array, sha256_text
 from .builders import DATASETS, SPLITS, DatasetSpec, square_masks
 from .mnist import load_mnist
 
@@ -91,6 +91,12 @@ class Dataset:
     test: Split
     header: dict = field(default_factory=dict)
     val_mask: np.ndarray | None = None  # (N_train,) bool: the given validation images of an imported set
+
+    @property
+    def content_hash(self) -> str:
+        """What the data set holds, as one hash: of its arrays' SHA-256s (verified on every
+        load), so two files with the same images, labels and masks hash alike."""
+        return sha256_text(json.dumps(self.header.get("arrays", {}), sort_keys=True))
 
 
 def data_folder(data_dir: str | os.PathLike | None = None) -> Path:

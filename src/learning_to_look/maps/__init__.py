@@ -10,7 +10,8 @@ from .diagnostics import format_report, map_quality, map_report, mass_share
 from .images import ImageSplit, as_split, folder_maps, load_image_folder
 from .precomputed import PrecomputedMaps
 from .weclip import WeCLIPMaps
-from .weights import DEFAULT_CLIP, VLM_EXTRA, Pretrained, load_clip, load_dino, require_vlm_extra
+from .weights import DEFAULT_CLIP, Pretrained, load_clip, load_dino
+from ..hub import VLM_EXTRA, require_vlm_extra
 
 __all__ = ["KINDS", "MAP_SOURCES", "ImageSet", "IntensityMaps", "MapGenerator", "NotDecoyMaps", "OracleMaps",
            "PromptSpec", "get_map_source", "register_map_source", "validate_maps", "CacheEntry", "cache_meta",

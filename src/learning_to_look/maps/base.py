@@ -31,6 +31,20 @@ KINDS = ("vlm", "annotation", "image-statistic", "external")
 MAP_CODE_VERSION = 1
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: bool = True, cli: type = str,
+           env: str | None = None, name: str | None = None, split: str | None = None, multiple: bool = False,
+           default_factory: Any = dataclasses.MISSING) -> Any:
+    """A map-source option, declared once, as a dataclass field: its default and its help,
+    and how a command line sets it. ``flag`` False keeps it to config files (``map_options``);
+    ``cli`` is the type a flag parses (str, int, float, bool); ``env`` an environment
+    variable that stands in for a missing flag; ``name`` the flag's name when it is not the
+    field's; ``split`` a separator that turns one flag value into a tuple of texts, and
+    ``multiple`` a flag that may be repeated. ``l2l maps generate/check/show`` and ``l2l
+    train`` derive their map flags from these fields (``maps/options.py``)."""
+    meta = {"help": help, "flag": flag, "cli": cli, "env": env, "name": name, "split": split, "multiple": multiple}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
+
+
 class ImageSet(Protocol):
     """Everything a generator may read from the images it maps. A built data set's
     :class:`~learning_to_look.data.Split` and a folder's
@@ -79,17 +93,57 @@ def digit_masks(split: ImageSet, threshold: int, user: str) -> np.ndarray:
     return np.asarray(split.digits) > threshold
 
 
-# ---- field checks shared by every generator's __post_init__ --------------------------
+@dataclasses.dataclass(frozen=True)
+class Declared:
+    """One option as a map source declares it. ``parent`` names the field that holds it when
+    it belongs to a nested options object (the prompts); ``default`` is this source's."""
 
-#: Generator fields that are also ``l2l maps`` flags; the others are named as map options.
-CLI_FLAGS = frozenset({"vlm", "dino", "variant", "input_size", "flip", "refine", "guard_z", "iterations",
-                       "train_images", "hard", "path", "key", "png_mode", "batch_size", "device", "temperature",
-                       "prompt", "negatives", "templates"})
+    field: str
+    flag: str  # e.g. "--input-size"; meaningful only when ``is_flag``
+    is_flag: bool
+    cli: type
+    help: str
+    default: Any
+    env: str | None = None
+    split: str | None = None
+    multiple: bool = False
+    parent: str | None = None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def declared(cls: type) -> list[Declared]:
+    """Every option a map source class declares, nested options flattened in place."""
+    out = []
+    for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
+        meta, default = f.metadata, _default(f)
+        if "help" not in meta:
+            continue
+        if dataclasses.is_dataclass(default):  # a nested options object: its own fields are the options
+            out += [dataclasses.replace(d, parent=f.name, default=getattr(default, d.field))
+                    for d in declared(type(default))]
+            continue
+        flag = "--" + (meta["name"] or f.name).replace("_", "-")
+        out.append(Declared(f.name, flag, meta["flag"], meta["cli"], meta["help"], default, meta["env"],
+                            meta["split"], meta["multiple"]))
+    return out
+
+
+
+
+# ---- field checks shared by every generator's __post_init__ --------------------------
 
 
 def option_name(field: str) -> str:
-    """How a user sets ``field``: its ``--flag``, or the map option of a config file."""
-    return "--" + field.replace("_", "-") if field in CLI_FLAGS else f"map option {field}"
+    """How a user sets option ``field``: the ``--flag`` some map source declares for it, or
+    the map option of a config file."""
+    flag = next((d.flag for cls in MAP_SOURCES.values() for d in declared(cls) if d.field == field and d.is_flag),
+                None)
+    return flag or f"map option {field}"
 
 
 def _bad(field: str, what: str, value: Any, example: Any = None) -> L2LError:
@@ -138,7 +192,7 @@ def check_number(field: str, value: Any, *, low: float | None = None, above: flo
 def check_choice(field: str, value: Any, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if not isinstance(value, str) or value not in choices:
-        label = "--" + field.replace("_", "-") if field in CLI_FLAGS else field
+        label = option_name(field).removeprefix("map option ")
         raise L2LError(f"unknown {label} {value!r}; choose one of: {', '.join(choices)}")
     return value
 
@@ -178,10 +232,13 @@ class PromptSpec:
     """What the VLM is asked: positive prompts (the concept), negative (background)
     prompts, templates they are put into, and the softmax temperature across prompts."""
 
-    positive: tuple[str, ...] = ("a handwritten digit",)
-    negative: tuple[str, ...] = ("background", "black", "dark")
-    templates: tuple[str, ...] = ("a photo of {}.", "a clean origami {}.")
-    temperature: float = 40.0
+    positive: tuple[str, ...] = option(("a handwritten digit",), "Positive prompt (repeatable).", name="prompt",
+                                       multiple=True)
+    negative: tuple[str, ...] = option(("background", "black", "dark"), "Comma-separated background prompts.",
+                                       name="negatives", split=",")
+    templates: tuple[str, ...] = option(("a photo of {}.", "a clean origami {}."),
+                                        "';'-separated templates with {} where the prompt goes.", split=";")
+    temperature: float = option(40.0, "Softmax temperature across prompts.", cli=float)
 
     def __post_init__(self) -> None:
         positive = _texts("positive", self.positive, '--prompt "a handwritten digit"')
@@ -204,6 +261,8 @@ class MapGenerator(ABC):
 
     name: ClassVar[str]
     kind: ClassVar[str]
+    #: One sentence a report prints about maps of this source: what they are made from.
+    summary: ClassVar[str] = ""
     #: Worth a disk cache: False for sources cheaper to recompute than to load.
     cacheable: ClassVar[bool] = True
     #: Counts from the last :meth:`generate` call (e.g. artefact patches), summed over
@@ -241,7 +300,8 @@ class MapGenerator(ABC):
 
     def describe(self) -> dict:
         """What goes into every result that used these maps."""
-        return {"name": self.name, "kind": self.kind, "fingerprint": self.fingerprint(), "config": self.config()}
+        return {"name": self.name, "kind": self.kind, "fingerprint": self.fingerprint(), "config": self.config(),
+                "summary": self.summary}
 
 
 MAP_SOURCES: Registry[type[MapGenerator]] = Registry("map source")
@@ -280,8 +340,10 @@ class OracleMaps(MapGenerator):
 
     name: ClassVar[str] = "oracle"
     kind: ClassVar[str] = "annotation"
+    summary: ClassVar[str] = ("the object's own pixels (the digit, or an imported mask), known from how the data set "
+                              "was built: an upper bound standing in for a perfect VLM; not a VLM")
     cacheable: ClassVar[bool] = False
-    threshold: int = DIGIT_THRESHOLD
+    threshold: int = option(DIGIT_THRESHOLD, "Object pixels are brighter than this (of 255).", flag=False, cli=int)
 
     def __post_init__(self) -> None:
         check_int("threshold", self.threshold, 0, 254, example=DIGIT_THRESHOLD)
@@ -297,8 +359,10 @@ class IntensityMaps(MapGenerator):
 
     name: ClassVar[str] = "intensity"
     kind: ClassVar[str] = "image-statistic"
+    summary: ClassVar[str] = ("bright pixels of the image itself, no knowledge of the data set and no VLM; on "
+                              "DecoyMNIST it covers the decoy too: a negative control")
     cacheable: ClassVar[bool] = False
-    threshold: int = DIGIT_THRESHOLD
+    threshold: int = option(DIGIT_THRESHOLD, "Pixels brighter than this (of 255) are mapped.", flag=False, cli=int)
 
     def __post_init__(self) -> None:
         check_int("threshold", self.threshold, 0, 254, example=DIGIT_THRESHOLD)
@@ -316,6 +380,8 @@ class NotDecoyMaps(MapGenerator):
 
     name: ClassVar[str] = "not-decoy"
     kind: ClassVar[str] = "annotation"
+    summary: ClassVar[str] = ("everything but DecoyMNIST's decoy square, the shortcut annotation that Ross et al. "
+                              "and CDEP penalise; not a VLM")
     cacheable: ClassVar[bool] = False
 
     def generate(self, split: ImageSet) -> np.ndarray:

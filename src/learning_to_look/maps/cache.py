@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import L2LError, corrupt_file
 from ..io import (LOCK_NAME, atomic_write_bytes, atomic_write_json, clean_stale_tmp, folder_lock, folder_option,
                   read_json, sha256_array)
-from .base import MAP_SOURCES, ImageSet, MapGenerator, get_map_source, validate_maps
+from .base import MAP_SOURCES, ImageSet, MapGenerator, validate_maps
 from .weights import loading_progress
 
 CACHE_ENV = "L2L_MAPS_DIR"
@@ -385,11 +385,10 @@ def load_map_set(ref: str, dataset_name: str, split: ImageSet,
     return maps, meta["describe"]
 
 
-def resolve_maps(name: str, dataset_name: str, split: ImageSet, *, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = True, **options: Any) -> tuple[np.ndarray, dict]:
-    """``--maps NAME``: a backend (generated or read from the cache) or a cached map
-    set's folder name / fingerprint. Returns (maps, describe) for the result record."""
-    if name in MAP_SOURCES:
-        generator = get_map_source(name, **options)
-        return cached_maps(generator, dataset_name, split, cache_dir=cache_dir, progress=progress), generator.describe()
-    return load_map_set(name, dataset_name, split, cache_dir)
+def resolve_maps(source: MapGenerator | str, dataset_name: str, split: ImageSet, *,
+                 cache_dir: str | os.PathLike | None = None, progress: bool = True) -> tuple[np.ndarray, dict]:
+    """``--maps``: a built generator (its maps generated or read from the cache) or a
+    cached map set's folder name / fingerprint. Returns (maps, describe) for the record."""
+    if isinstance(source, MapGenerator):
+        return cached_maps(source, dataset_name, split, cache_dir=cache_dir, progress=progress), source.describe()
+    return load_map_set(source, dataset_name, split, cache_dir)

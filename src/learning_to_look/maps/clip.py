@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import L2LError
-from .base import (ImageSet, MapGenerator, PromptSpec, check_bool, check_choice, check_int, check_number,
+from .base import (ImageSet, MapGenerator, PromptSpec, check_bool, check_choice, check_int, check_number, option,
                    register_map_source)
 from .refine import pamr
-from .runtime import autocast, check_device, resolve_device
-from .weights import (DEFAULT_CLIP, Pretrained, check_source, check_source_type, load_clip, patch_size,
-                      require_vlm_extra)
+from ..device import autocast, check_device, pick_device
+from .weights import DEFAULT_CLIP, Pretrained, check_source, check_source_type, load_clip, patch_size
+from ..hub import require_vlm_extra
 
 VARIANTS = ("vanilla", "maskclip", "sclip", "clearclip", "naclip")
 REFINEMENTS = ("none", "pamr")
@@ -228,7 +228,9 @@ class DenseCLIP:
         return attn.out_proj(merge_heads(variant_mix(variant, q, k, v, attn.scale, grid, sigma)))
 
 
-def _prompt_spec(prompts: Any) -> PromptSpec:
+def _prompt_spec(prompts: Any, default: PromptSpec) -> PromptSpec:
+    """The prompts a source is given: a PromptSpec as it is, or a mapping of some of its
+    fields (a config's, a command line's) completed with the source's ``default``."""
     if isinstance(prompts, PromptSpec):
         return prompts
     if isinstance(prompts, dict):
@@ -237,7 +239,8 @@ def _prompt_spec(prompts: Any) -> PromptSpec:
         if unknown:
             raise L2LError(f"unknown prompt field(s) {', '.join(map(str, unknown))}; prompts take: "
                            f"{', '.join(sorted(known))}")
-        return PromptSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in prompts.items()})
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in prompts.items()}
+        return dataclasses.replace(default, **given)
     raise L2LError(f"prompts must be a PromptSpec or a dict of its fields, got {type(prompts).__name__}")
 
 
@@ -270,7 +273,7 @@ class ClipBackedMaps(MapGenerator):
         """Every field checked for type and range (the weights are located by
         :meth:`check_ready` and loaded on first use)."""
         require_vlm_extra(f"the {self.name} backend")
-        self.prompts = _prompt_spec(self.prompts)
+        self.prompts = _prompt_spec(self.prompts, PromptSpec())
         check_choice("variant", self.variant, VARIANTS)
         check_choice("refine", self.refine, REFINEMENTS)
         check_int("input_size", self.input_size, 1, MAX_INPUT_SIZE, example=224)
@@ -303,9 +306,9 @@ class ClipBackedMaps(MapGenerator):
 
     @cached_property
     def torch_device(self) -> torch.device:
-        """Resolved on first use, not at construction: resolving sets torch's CPU
-        thread count, which a generator built only for its fingerprint must not do."""
-        device = resolve_device(self.device)
+        """Resolved on first use, not at construction: a generator built only for its
+        fingerprint touches no device."""
+        device = pick_device(self.device)
         self.device_used = str(device)
         return device
 
@@ -368,16 +371,18 @@ class ClipMaps(ClipBackedMaps):
     """Training-free CLIP maps: positive-vs-negative prompt softmax per patch."""
 
     name: ClassVar[str] = "clip"
-    vlm: Any = DEFAULT_CLIP
-    variant: str = "naclip"
-    prompts: PromptSpec = field(default_factory=PromptSpec)
-    input_size: int = 224
-    flip: bool = False
-    refine: str = "none"
-    guard_z: float = 6.0
-    sigma: float = 5.0
-    batch_size: int = 32
-    device: str | None = None
+    summary: ClassVar[str] = ("training-free dense CLIP maps: each patch's softmax over the positive against the "
+                              "background prompts")
+    vlm: Any = option(DEFAULT_CLIP, "CLIP hub id or save_pretrained folder.", env="L2L_VLM")
+    variant: str = option("naclip", f"Last-block rule: {' | '.join(VARIANTS)}.")
+    prompts: PromptSpec = option(help="What CLIP is asked (prompt flags).", default_factory=PromptSpec)
+    input_size: int = option(224, "Model input size in pixels, a multiple of the patch.", cli=int)
+    flip: bool = option(False, "Average with the horizontally flipped image.", cli=bool)
+    refine: str = option("none", f"Refinement of the maps: {' | '.join(REFINEMENTS)}.")
+    guard_z: float = option(6.0, "Artefact guard threshold in robust z units; 0 disables.", cli=float)
+    sigma: float = option(5.0, "naclip: the Gaussian window's sigma in patches.", flag=False, cli=float)
+    batch_size: int = option(32, "Images per forward pass.", cli=int)
+    device: str | None = option(None, "auto | cpu | cuda | cuda:N (auto: CUDA when available).")
 
     def __post_init__(self) -> None:
         check_bool("flip", self.flip)
@@ -412,7 +417,8 @@ register_map_source(ClipMaps)
 
 def _variant_source(variant: str) -> type[ClipMaps]:
     """``--maps naclip`` etc.: the clip backend with its variant fixed by the name."""
-    cls = dataclasses.make_dataclass(f"{variant.capitalize()}Maps", [("variant", str, field(default=variant))],
+    fixed = option(variant, "Fixed by the source's name.", flag=False)
+    cls = dataclasses.make_dataclass(f"{variant.capitalize()}Maps", [("variant", str, fixed)],
                                      bases=(ClipMaps,),
                                      namespace={"name": variant, "__doc__": f"ClipMaps with variant {variant}."})
     return register_map_source(cls)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from ..data.builders import DIGIT_THRESHOLD, square_masks
 from ..errors import L2LError
-from .base import ImageSet, MapGenerator, check_choice, check_int, check_number, digit_masks, register_map_source
+from .base import (ImageSet, MapGenerator, check_choice, check_int, check_number, digit_masks, option,
+                   register_map_source)
 
 #: degradation -> what ``strength`` means.
 DEGRADATIONS = {
@@ -91,11 +92,13 @@ class DegradedOracleMaps(MapGenerator):
 
     name: ClassVar[str] = "degraded-oracle"
     kind: ClassVar[str] = "annotation"
+    summary: ClassVar[str] = ("the oracle mask degraded on purpose (blur, shift, dropped part, decoy added, pixel "
+                              "noise) for the sensitivity study; not a VLM")
     cacheable: ClassVar[bool] = False
-    degradation: str = "none"
-    strength: float = 0.0
-    seed: int = 0
-    threshold: int = DIGIT_THRESHOLD
+    degradation: str = option("none", "How the oracle mask is degraded.", flag=False)
+    strength: float = option(0.0, "How strongly (pixels, or a share for drop, decoy and noise).", flag=False, cli=float)
+    seed: int = option(0, "Seed of the per-image randomness of a degradation.", flag=False, cli=int)
+    threshold: int = option(DIGIT_THRESHOLD, "Object pixels are brighter than this (of 255).", flag=False, cli=int)
 
     def __post_init__(self) -> None:
         check_choice("degradation", self.degradation, DEGRADATIONS)

@@ -6,17 +6,18 @@ import dataclasses
 from typing import Any
 
 from ..errors import L2LError
-from .base import MAP_SOURCES
+from .base import MAP_SOURCES, MapGenerator
 
 
-def check_map_options(name: str, options: dict[str, Any]) -> None:
-    """Refuse options the map source ``name`` does not take, and build it once so that
-    its own field checks run; a cached map set (by folder name) takes no options."""
+def build_map_source(name: str, options: dict[str, Any]) -> MapGenerator | None:
+    """The map source ``name`` built with ``options``, its own field checks run; options it
+    does not take are refused. A cached map set (by folder name) takes no options and
+    gives None: it is read by name."""
     if name not in MAP_SOURCES:
         if options:
             raise L2LError(f"map_options apply to a map source, not to the cached map set {name!r}; drop them, "
                            f"or pass one of: {', '.join(MAP_SOURCES.names())}")
-        return
+        return None
     cls = MAP_SOURCES.get(name)
     known = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     unknown = sorted(set(options) - known)
@@ -24,6 +25,6 @@ def check_map_options(name: str, options: dict[str, Any]) -> None:
         raise L2LError(f"unknown map option(s) {', '.join(unknown)} for map source {name}; "
                        f"it takes: {', '.join(sorted(known)) or 'no options'}")
     try:
-        cls(**options)
+        return cls(**options)
     except TypeError as e:
         raise L2LError(f"map options {options} do not fit map source {name}: {e}") from None

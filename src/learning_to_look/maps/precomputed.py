@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import L2LError, corrupt_file
 from ..io import load_npy
-from .base import ImageSet, MapGenerator, check_choice, register_map_source
+from .base import ImageSet, MapGenerator, check_choice, option, register_map_source
 
 PNG_MODES = ("nonblack", "grey")
 KEYS = ("index", "name")
@@ -84,9 +84,11 @@ class PrecomputedMaps(MapGenerator):
 
     name: ClassVar[str] = "precomputed"
     kind: ClassVar[str] = "external"
-    path: str = ""
-    key: str = "index"
-    png_mode: str = "nonblack"
+    summary: ClassVar[str] = "maps made elsewhere and read from files; what made them is not known here"
+    path: str = option("", "Folder of PNGs, or an .npy/.npz file, with one map per image.")
+    key: str = option("index", f"How files are matched to images: {' | '.join(KEYS)}.")
+    png_mode: str = option("nonblack", f"How a PNG reads as a map: {' | '.join(PNG_MODES)} (nonblack reads WeCLIP+ "
+                                       "prediction_cmap).")
 
     def __post_init__(self) -> None:
         if isinstance(self.path, os.PathLike):

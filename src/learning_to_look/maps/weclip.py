@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from ..errors import L2LError
 from ..io import atomic_torch_save, torch_load
-from .base import ImageSet, PromptSpec, check_bool, check_int, check_number, register_map_source
+from .base import ImageSet, PromptSpec, check_bool, check_int, check_number, option, register_map_source
 from .clip import ClipBackedMaps, self_similarity, split_heads, to_image_size, to_pixels
-from .runtime import autocast
+from ..device import autocast
 from .weights import DEFAULT_CLIP, Pretrained, check_source, check_source_type, load_dino
 
 GPU_SCHEDULE = (30000, None)
@@ -93,24 +93,28 @@ class WeCLIPMaps(ClipBackedMaps):
     """Decoder-on-frozen-CLIP maps trained from the prompt alone (see module doc)."""
 
     name: ClassVar[str] = "weclip"
-    vlm: Any = DEFAULT_CLIP
-    dino: Any = None
-    prompts: PromptSpec = field(default_factory=PromptSpec)
-    variant: str = "naclip"
-    input_size: int = 224
-    iterations: int | None = None
-    train_images: int | None = None
-    batch_size: int = 16
-    lr: float = 1e-3
-    layers: int = 4
-    affinity_steps: int = 2
-    fg_threshold: float = 0.6
-    bg_threshold: float = 0.35
-    refine: str = "pamr"
-    hard: bool = False
-    guard_z: float = 6.0
-    seed: int = 0
-    device: str | None = None
+    summary: ClassVar[str] = ("a WeCLIP-style decoder on frozen CLIP features, trained on CLIP's own pseudo-labels "
+                              "from the prompts alone")
+    vlm: Any = option(DEFAULT_CLIP, "CLIP hub id or save_pretrained folder.", env="L2L_VLM")
+    dino: Any = option(None, "DINOv2 hub id or folder for a second feature stream.")
+    prompts: PromptSpec = option(help="What CLIP is asked (prompt flags).", default_factory=PromptSpec)
+    variant: str = option("naclip", "Last-block rule of the CLIP features.")
+    input_size: int = option(224, "Model input size in pixels, a multiple of the patch.", cli=int)
+    iterations: int | None = option(None, f"Decoder iterations [unset: {GPU_SCHEDULE[0]} on GPU, {CPU_SCHEDULE[0]} "
+                                          "on CPU].", cli=int)
+    train_images: int | None = option(None, f"Train the decoder on N images [unset: all on GPU, {CPU_SCHEDULE[1]} "
+                                            "on CPU].", cli=int)
+    batch_size: int = option(16, "Images per forward pass.", cli=int)
+    lr: float = option(1e-3, "Decoder learning rate.", flag=False, cli=float)
+    layers: int = option(4, "Last CLIP layers the decoder reads.", flag=False, cli=int)
+    affinity_steps: int = option(2, "Affinity refinement steps of the pseudo-labels.", flag=False, cli=int)
+    fg_threshold: float = option(0.6, "Pseudo-label foreground threshold.", flag=False, cli=float)
+    bg_threshold: float = option(0.35, "Pseudo-label background threshold.", flag=False, cli=float)
+    refine: str = option("pamr", "Refinement of the maps: none | pamr.")
+    hard: bool = option(False, "Reference-style binary mask instead of soft maps.", cli=bool)
+    guard_z: float = option(6.0, "Artefact guard threshold in robust z units; 0 disables.", cli=float)
+    seed: int = option(0, "Seed of the decoder's initialisation and sampling.", flag=False, cli=int)
+    device: str | None = option(None, "auto | cpu | cuda | cuda:N (auto: CUDA when available).")
 
     def __post_init__(self) -> None:
         check_int("iterations", self.iterations, 1, optional=True, example=300)

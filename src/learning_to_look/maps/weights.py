@@ -17,17 +17,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import importlib
-import importlib.util
 import os
-import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlparse
 
 from ..errors import L2LError, corrupt_file
+from ..hub import (hub_offline, hub_reachable, import_optional, maybe_in_hub_cache,
+                   require_vlm_extra)
 from ..io import read_json
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch16"
@@ -38,15 +35,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Set on a config (``config.l2l_weights = RANDOM_INIT``) before ``save_pretrained`` to
 #: mark test weights; the mark travels into the fingerprint and every result.
 RANDOM_INIT = "random-init test model"
-VLM_EXTRA = "pip install 'learning-to-look[vlm]'"
-#: The packages of the ``vlm`` extra.
-VLM_PACKAGES = ("transformers", "safetensors", "huggingface_hub")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 #: model_type in config.json of the models each loader can use.
 MODEL_TYPES = {"CLIP": ("clip",), "DINOv2": ("dinov2", "dinov2_with_registers")}
 OPTION = {"CLIP": "--vlm", "DINOv2": "--dino"}
-HUB_TIMEOUT = 0.8
 
 
 @dataclass
@@ -62,32 +55,6 @@ class Pretrained:
     @property
     def is_real(self) -> bool:
         return RANDOM_INIT not in self.identity
-
-
-def _installed(module: str) -> bool:
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def require_vlm_extra(user: str) -> None:
-    """One line naming the extra when the packages VLM backends need are missing; cheap
-    (no import), so generators call it at construction."""
-    missing = [m for m in VLM_PACKAGES if not _installed(m)]
-    if missing:
-        raise L2LError(f"{user} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
-                       f"installed; {VLM_EXTRA}")
-
-
-def _import(module: str, user: str) -> Any:
-    require_vlm_extra(user)
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise L2LError(f"{user} cannot import {module} ({e}); reinstall it with {VLM_EXTRA}") from None
 
 
 #: Off by default: only generation with progress on (``l2l maps generate`` without
@@ -112,7 +79,7 @@ def _transformers_quiet() -> Iterator[None]:
     if _SHOW_LOADING.get():
         yield
         return
-    hf_logging = _import("transformers.utils.logging", "loading weights")
+    hf_logging = import_optional("transformers.utils.logging", "loading weights")
     bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -122,44 +89,6 @@ def _transformers_quiet() -> Iterator[None]:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-_REACHABLE: dict[tuple[str, int], bool] = {}
-
-
-def hub_reachable(timeout: float = HUB_TIMEOUT) -> bool:
-    """Whether a TCP connection to the hub opens within ``timeout`` seconds; asked once
-    per process (the answer is kept), so a missing network costs under a second once."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        key = (url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
-    except ValueError:
-        return False
-    if key not in _REACHABLE:
-        try:
-            socket.create_connection(key, timeout=timeout).close()
-            _REACHABLE[key] = True
-        except (OSError, ValueError):
-            _REACHABLE[key] = False
-    return _REACHABLE[key]
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, resolved as huggingface_hub resolves it (HF_HUB_CACHE,
-    HUGGINGFACE_HUB_CACHE, HF_HOME, XDG_CACHE_HOME), without importing it."""
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
-    return Path(hub).expanduser()
-
-
-def _maybe_in_hub_cache(repo_id: str) -> bool:
-    """Whether the hub cache may hold ``repo_id``: a cheap look that lets an offline
-    failure skip importing huggingface_hub; huggingface_hub has the final word."""
-    return (hub_cache_dir() / f"models--{repo_id.replace('/', '--')}").exists()
 
 
 def _folder_hash(folder: Path) -> str:
@@ -283,9 +212,9 @@ def locate(source: Any, what: str) -> Location:
                    f"(offline or HF_HUB_OFFLINE=1); run `hf download {source}` where there is internet, "
                    f"or pass {option} PATH to a folder written by save_pretrained")
     require_vlm_extra(f"{what} weights from the hub")
-    if not _maybe_in_hub_cache(source) and (hub_offline() or not hub_reachable()):
+    if not maybe_in_hub_cache(source) and (hub_offline() or not hub_reachable()):
         raise L2LError(unreachable)  # fast: neither the cache nor the network has it
-    hub = _import("huggingface_hub", f"{what} weights from the hub")
+    hub = import_optional("huggingface_hub", f"{what} weights from the hub")
     try:
         cached = hub.try_to_load_from_cache(source, "config.json")
     except Exception as e:  # huggingface_hub validates the id: a malformed one is the user's to fix
@@ -356,7 +285,7 @@ def _hub_identity(source: str, identity: str) -> str:
     """After a download, pin the identity to the snapshot's commit."""
     if not identity.startswith("hub:") or "@" in identity:
         return identity
-    hub = _import("huggingface_hub", "CLIP weights from the hub")
+    hub = import_optional("huggingface_hub", "CLIP weights from the hub")
     cached = hub.try_to_load_from_cache(source, "config.json")
     return f"{identity}@{Path(cached).parent.name}" if isinstance(cached, str) else identity
 
@@ -391,7 +320,7 @@ def load_clip(source: Any = DEFAULT_CLIP) -> Pretrained:
         check_tokenizer(tokenizer, model.config, "the (model, tokenizer) pair")
         return Pretrained(model.eval(), tokenizer, _memory_identity(model), CLIP_MEAN, CLIP_STD)
     loc = locate(source, "CLIP")
-    transformers = _import("transformers", "the CLIP backends")
+    transformers = import_optional("transformers", "the CLIP backends")
     tokenizer = _from_pretrained(transformers.AutoTokenizer, loc.where, loc.local_only, "the CLIP tokenizer")
     if loc.folder is not None:
         check_tokenizer(tokenizer, check_folder(loc.folder, "CLIP"), str(loc.folder))
@@ -408,7 +337,7 @@ def load_dino(source: Any) -> Pretrained:
     if not isinstance(source, (str, os.PathLike)):
         return Pretrained(source.eval(), None, _memory_identity(source), IMAGENET_MEAN, IMAGENET_STD)
     loc = locate(source, "DINOv2")
-    transformers = _import("transformers", "the weclip backend's --dino")
+    transformers = import_optional("transformers", "the weclip backend's --dino")
     model = _from_pretrained(transformers.AutoModel, loc.where, loc.local_only, "DINOv2 weights")
     mean, std = _norm_stats(loc.folder if loc.identity_prefix == "local" else None, (IMAGENET_MEAN, IMAGENET_STD))
     return Pretrained(model.eval(), None, _identity(loc, str(source), model.config), mean, std)

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .plotting import pyplot, save_figure, to_display
-from .records import DATASET_NAMES, PAPER_CONFIG, SETTING_KEYS, Row, by_setting, setting_label
+from ..plotting import pyplot, save_figure, to_display
+from ..config import PAPER_CONFIG
+from .records import DATASET_NAMES, SETTING_KEYS, Row, by_setting, setting_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

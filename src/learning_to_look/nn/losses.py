@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data.builders import DIGIT_THRESHOLD
-from .errors import L2LError
-from .registry import Registry
+from ..data.builders import DIGIT_THRESHOLD
+from ..errors import L2LError
+from ..registry import Registry
 
 KL_REDUCTIONS = ("batchmean", "none")
 RRR_REDUCTIONS = ("mean", "sum")

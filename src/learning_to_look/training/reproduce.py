@@ -1,6 +1,6 @@
 """`l2l reproduce`: every method on both benchmarks over several seeds, then a report.
 
-A profile is plain data in ``paper.yaml`` (what to train, on how much, with which
+A profile is plain data in ``profiles.yaml`` (what to train, on how much, with which
 seeds); the work is :func:`reproduce`, which leans on the engine's caching: a
 finished run is read back from its ``result.json`` and a killed one resumes from its
 checkpoint, so a second call with the same settings trains nothing.
@@ -8,6 +8,7 @@ checkpoint, so a second call with the same settings trains nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,18 +16,19 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import TrainConfig
-from .data import dataset_path, load_dataset
-from .errors import L2LError
-from .io import read_json
-from .methods import resolve
+from ..config import PAPER_CONFIG, TrainConfig
+from ..data import dataset_path, load_dataset
+from ..errors import L2LError
+from .resolve import Resolved, resolve_run
+from .run import CHECKPOINT_FILE, default_runs_dir, run_dir_for, run_task
 from .parallel import run_tasks, workers
-from .plotting import pyplot
-from .records import PAPER_CONFIG, RESULT_FILE, MapsInfo, Record, load_record
-from .registry import Registry
+from ..plotting import pyplot
+from ..analysis.report import report_runs
+from ..record import RESULT_FILE, Record, has_record, read_record
+from ..registry import Registry
 
 
-PAPER_FILE = Path(__file__).with_name("paper.yaml")
+PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 
 
 @dataclass
@@ -84,16 +86,11 @@ class Profile:
 
 @dataclass
 class Paper:
-    """``paper.yaml`` read into types: the benchmarks, the published numbers, the
-    VLM rows and the profiles."""
+    """``profiles.yaml`` read into types: the benchmarks, the VLM rows and the profiles."""
 
     benchmarks: tuple[str, ...]
-    published: list[dict[str, Any]]
     vlm: dict[str, str]
     profiles: Registry[Profile]
-    #: The verdict's settings: ``paper_loss`` (the methods whose loss is the paper's) and
-    #: ``notes`` (why alignment can or cannot help on a data set).
-    verdict: dict[str, Any] = field(default_factory=dict)
 
 
 def _datasets(value: str | list[str], benchmarks: tuple[str, ...]) -> tuple[str, ...]:
@@ -123,10 +120,9 @@ def _profile_cells(sets: dict[str, Any], names: str | list[str], benchmarks: tup
     return out
 
 
-def load_paper(path: Path = PAPER_FILE) -> Paper:
+def load_paper(path: Path = PROFILES_FILE) -> Paper:
     raw = yaml.safe_load(path.read_text())
     benchmarks = tuple(raw["benchmarks"])
-    published = [{**row, "source": raw["sources"][row["source"]]} for row in raw["published"]]
     profiles: Registry[Profile] = Registry("profile")
     for name, p in raw["profiles"].items():
         sens = dict(p.get("sensitivity") or {})
@@ -135,7 +131,7 @@ def load_paper(path: Path = PAPER_FILE) -> Paper:
         sensitivity = Sensitivity(**{"method": raw["sensitivity_method"], **sens})
         profiles.add(name, Profile(name, p["description"], list(p["seeds"]), dict(p["run"]), cells, sensitivity,
                                    bool(p.get("smoke", False))))
-    return Paper(benchmarks, published, dict(raw["vlm"]), profiles, dict(raw.get("verdict") or {}))
+    return Paper(benchmarks, dict(raw["vlm"]), profiles)
 
 
 PAPER = load_paper()
@@ -153,7 +149,7 @@ def vlm_cells(vlm: str) -> list[Cell]:
             for ds in PAPER.benchmarks]
 
 
-def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None) -> list[tuple[Cell, TrainConfig]]:
+def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None) -> list[tuple[Cell, Resolved]]:
     """Every (cell, resolved config) to train, seed-major so an early stop still covers every
     cell. Cells that resolve to the same run (vanilla written with two map sources, say)
     are planned once: one folder, one record, each seed counted once."""
@@ -165,11 +161,11 @@ def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = Non
     for seed in sorted(set(main_seeds) | set(sens_seeds)):
         cells = [c for c in main if seed in main_seeds] + [c for c in sens if seed in sens_seeds]
         for cell in cells:
-            cfg = resolve(cell.config(profile.run, seed))
-            run = (cfg.fingerprint(), seed)
-            if run not in planned:
-                planned.add(run)
-                jobs.append((cell, cfg))
+            run = resolve_run(cell.config(profile.run, seed))
+            key = (run.cfg.fingerprint(), seed)
+            if key not in planned:
+                planned.add(key)
+                jobs.append((cell, run))
     return jobs
 
 
@@ -187,10 +183,12 @@ def _finished_times(runs_dir: Path) -> tuple[dict[Path, list[float]], dict[tuple
     by_group: dict[Path, list[float]] = {}
     by_cost: dict[tuple, list[float]] = {}
     for f in runs_dir.glob(f"*/*/seed*/{RESULT_FILE}"):
-        result = read_json(f)
-        wall = result.get("wall_seconds", 0.0)
-        by_group.setdefault(f.parent.parent, []).append(wall)
-        by_cost.setdefault(_cost_key(result.get("config", {})), []).append(wall)
+        try:
+            record = read_record(f.parent)
+        except L2LError:
+            continue  # a damaged record times nothing; `l2l report` names it
+        by_group.setdefault(f.parent.parent, []).append(record.wall_seconds)
+        by_cost.setdefault(_cost_key(record.config), []).append(record.wall_seconds)
     return by_group, by_cost
 
 
@@ -200,18 +198,16 @@ def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | N
     then a total with the time to expect: from the finished seeds of the same
     configuration, else from finished runs of the same cost (:func:`_cost_key`) on other
     data or maps; nothing is built or trained."""
-    from .train import default_runs_dir, run_dir_for
-
     runs_dir = Path(runs_dir or default_runs_dir())
     jobs, (by_group, similar) = plan(profile, seeds, vlm), _finished_times(runs_dir)
     lines, todo, same, alike, unknown = [], 0, [], [], 0
-    for k, (cell, cfg) in enumerate(jobs, 1):
-        folder = run_dir_for(cfg, runs_dir)
-        if (folder / RESULT_FILE).exists():
+    for k, (cell, run) in enumerate(jobs, 1):
+        cfg, folder = run.cfg, run_dir_for(run.cfg, runs_dir)
+        if has_record(folder):
             status = "cached"
         else:
             todo += 1
-            status = "to resume" if (folder / "checkpoint.pt").exists() else "to train"
+            status = "to resume" if (folder / CHECKPOINT_FILE).exists() else "to train"
             seen = by_group.get(folder.parent, [])
             other = similar.get(_cost_key(cfg), [])
             if seen:
@@ -233,7 +229,7 @@ def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | N
 
 def check_vlm(vlm: str) -> dict[str, Any]:
     """Load the weights once before any training so a missing model fails in seconds."""
-    from .maps.weights import load_clip
+    from ..maps.weights import load_clip
 
     weights = load_clip(vlm)
     return {"source": str(vlm), "identity": weights.identity, "real_vlm": weights.is_real,
@@ -245,8 +241,6 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
               n_jobs: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Build the data, train every planned run (reusing what is on disk), write the report
     from the runs' records, as ``l2l report`` would from the same runs."""
-    from .train import default_runs_dir, run_dir_for
-
     t0 = time.perf_counter()
     pyplot()  # the report ends in figures: fail now, not after hours of training, if matplotlib is missing
     runs_dir = Path(runs_dir or default_runs_dir())
@@ -254,12 +248,13 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
     jobs = plan(profile, seeds, vlm)
     echo(f"profile {profile.name}: {profile.description}; {len(jobs)} runs -> {out}")
     _prepare(jobs, data_dir, vlm, echo)
-    found = [(cell, cfg) for cell, cfg in jobs if (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
-    todo = [(cell, cfg) for cell, cfg in jobs if (cell, cfg) not in found]
+    found = [(cell, run) for cell, run in jobs if has_record(run_dir_for(run.cfg, runs_dir))]
+    todo = [(cell, run) for cell, run in jobs if not has_record(run_dir_for(run.cfg, runs_dir))]
     failed = _train(found, todo, len(jobs), runs_dir, data_dir, progress, n_jobs, echo)
     trained = len(todo) - len(failed)
-    records = [load_record(run_dir_for(cfg, runs_dir)) for _, cfg in jobs
-               if (run_dir_for(cfg, runs_dir) / RESULT_FILE).exists()]
+    # The role is how this profile reads a run (a run may serve two profiles): set here, never written.
+    records = [dataclasses.replace(read_record(run_dir_for(run.cfg, runs_dir)), role=cell.role) for cell, run in jobs
+               if has_record(run_dir_for(run.cfg, runs_dir))]
     summary = report_runs(out, records, runs_dir, f"Profile **{profile.name}**: {profile.description}",
                           stamp=SMOKE_STAMP if profile.smoke else None)
     echo(f"report: {out / 'report.md'} ({trained} runs trained, {len(found)} cached, {len(failed)} failed, "
@@ -267,10 +262,10 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
     return summary | {"trained": trained, "cached": len(found), "failed": failed}
 
 
-def _prepare(jobs: list[tuple[Cell, TrainConfig]], data_dir: Path | None, vlm: str | None,
+def _prepare(jobs: list[tuple[Cell, Resolved]], data_dir: Path | None, vlm: str | None,
              echo: Callable[[str], None]) -> None:
     """Build every data set the plan needs, and say where the maps come from, before any training."""
-    for name in sorted({cfg.dataset for _, cfg in jobs}):
+    for name in sorted({run.cfg.dataset for _, run in jobs}):
         existed = dataset_path(name, data_dir).exists()
         load_dataset(name, data_dir)
         echo(f"data {name}: {'found' if existed else 'built'} in {dataset_path(name, data_dir).parent}")
@@ -282,59 +277,40 @@ def _prepare(jobs: list[tuple[Cell, TrainConfig]], data_dir: Path | None, vlm: s
         echo(NO_VLM_LINE)
 
 
-def _train(found: list[tuple[Cell, TrainConfig]], todo: list[tuple[Cell, TrainConfig]], total: int, runs_dir: Path,
+def _train(found: list[tuple[Cell, Resolved]], todo: list[tuple[Cell, Resolved]], total: int, runs_dir: Path,
            data_dir: Path | None, progress: bool, n_jobs: int | None, echo: Callable[[str], None]) -> list[str]:
     """List the cached runs, train the others in ``n_jobs`` workers; the runs that failed, one line each."""
-    from .train import run_resolved
-
     n = workers(n_jobs, len(todo))
-    for k, (cell, cfg) in enumerate(found, 1):  # reused: set the role this profile reads each run in
-        echo(_run_line(k, total, cfg, run_resolved(cfg, runs_dir=runs_dir, role=cell.role), "cached"))
+    for k, (_, run) in enumerate(found, 1):
+        echo(_run_line(k, total, read_record(run_dir_for(run.cfg, runs_dir)), "cached"))
     if todo:
         echo(f"{len(todo)} runs to train in {n} process(es) of one thread")
-    tasks = [(cfg, runs_dir, data_dir, progress and n == 1, cell.role) for cell, cfg in todo]
+    tasks = [(run, runs_dir, data_dir, progress and n == 1, cell.role) for cell, run in todo]
     failed = []
-    for k, (i, result) in enumerate(run_tasks(attempt_run, tasks, n_jobs, unit="run" if progress else None),
-                                    len(found) + 1):
-        cfg = tasks[i][0]
-        if "failed" in result:
+    for k, (i, outcome) in enumerate(run_tasks(attempt_run, tasks, n_jobs, unit="run" if progress else None),
+                                     len(found) + 1):
+        cfg = tasks[i][0].cfg
+        if isinstance(outcome, str):
             failed.append(f"{cfg.dataset} {cfg.method} {cfg.backbone} {cfg.schedule} seed {cfg.seed}")
-            echo(f"[{k}/{total}] {failed[-1]}: FAILED, {result['failed']}")
+            echo(f"[{k}/{total}] {failed[-1]}: FAILED, {outcome}")
         else:
-            echo(_run_line(k, total, cfg, result, f"{result['wall_seconds']:.0f} s"))
+            echo(_run_line(k, total, outcome, f"{outcome.wall_seconds:.0f} s"))
     return failed
 
 
-def attempt_run(cfg: TrainConfig, runs_dir: Path, data_dir: Path | None, progress: bool,
-                role: str) -> dict[str, Any]:
+def attempt_run(run: Resolved, runs_dir: Path, data_dir: Path | None, progress: bool, role: str) -> Record | str:
     """One run of a profile. A problem of this run alone, with its one-line fix (its loss
     diverged before it had a model to select, its checkpoint is corrupt or another
-    config's, another process holds its lock), comes back as ``{"failed": why}``
-    instead of stopping every other run of a job that may take days; a bug still raises."""
-    from .train import run_task
-
+    config's, another process holds its lock), comes back as that line instead of
+    stopping every other run of a job that may take days; a bug still raises."""
     try:
-        return run_task(cfg, runs_dir, data_dir, progress, role)
+        return run_task(run, runs_dir, data_dir, progress, role)
     except L2LError as err:
-        return {"failed": str(err)}
+        return str(err)
 
 
-def _run_line(k: int, n: int, cfg: TrainConfig, result: dict[str, Any], when: str) -> str:
+def _run_line(k: int, n: int, record: Record, when: str) -> str:
+    cfg = record.config
     extra = "" if cfg.input_transform == "none" else f" {cfg.input_transform}"
-    return (f"[{k}/{n}] {cfg.dataset} {cfg.method}{extra} {MapsInfo.from_result(result['maps']).label} "
-            f"{cfg.backbone} seed {cfg.seed}: test acc {result['test']['accuracy']:.2f}%  ({when})")
-
-
-def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: str,
-                stamp: str | None = None, selection: dict[str, Any] | None = None,
-                bound: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The report and figures of ``records`` beside the paper's published numbers;
-    ``stamp`` marks every figure (a smoke profile's); ``selection`` is a sweep's choice
-    and ``bound`` its optimistic bound."""
-    from . import figures, report
-
-    tables = report.build(records, runs_dir, PAPER.published, PAPER.benchmarks,
-                          PAPER.verdict.get("paper_loss", ()), PAPER.verdict.get("notes"), selection, bound)
-    summary = report.write_report(out, tables, records, runs_dir, {"title": title})
-    figures.write_figures(out, tables, PAPER.published, stamp)
-    return summary
+    return (f"[{k}/{n}] {cfg.dataset} {cfg.method}{extra} {record.maps.label} "
+            f"{cfg.backbone} seed {cfg.seed}: test acc {record.test.accuracy:.2f}%  ({when})")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from .errors import L2LError
+from ..errors import L2LError
 
 #: Threads per worker process; measured in the README's thread table.
 WORKER_THREADS = 1

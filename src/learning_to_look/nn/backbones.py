@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cd import cd_apply, cd_conv, cd_linear, cd_maxpool, cd_relu
-from .errors import L2LError
-from .registry import Registry
+from ..errors import L2LError
+from ..registry import Registry
 
 BACKBONES: Registry[type[Backbone]] = Registry("backbone")
 #: Class decorator: make a backbone buildable by its ``name``.

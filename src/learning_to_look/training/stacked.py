@@ -27,18 +27,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attribution import minmax_normalize
-from .config import TrainConfig
-from .data import DATASETS
-from .data.pipeline import as_rgb, batch_indices
-from .errors import L2LError, corrupt_file
-from .io import atomic_torch_save, torch_load
-from .losses import forward_kl, kl_per_image, reverse_kl
-from .methods import METHODS, Batch, Method
-from .models import LeNetGAP, build_backbone
-from .registry import Registry
-from .train import (FitResult, keep_if_best, no_selection, pick_device, scored, set_determinism,
-                    stopped_note, unselected)
+from ..nn.attribution import minmax_normalize
+from ..config import TrainConfig
+from ..data import DATASETS
+from ..data.pipeline import as_rgb, batch_indices
+from ..errors import L2LError, corrupt_file
+from ..io import atomic_torch_save, torch_load
+from ..nn.losses import forward_kl, kl_per_image, reverse_kl
+from ..methods import METHODS, Batch, Method
+from ..nn.backbones import LeNetGAP, build_backbone
+from ..registry import Registry
+from .engine import FitResult, set_determinism, stopped_note
+from .selection import keep_if_best, no_selection, scored, unselected
+from ..device import pick_device
 
 #: Images x models in one validation batch: about 1 GB of activations, whatever M is.
 VAL_IMAGE_MODELS = 32_000

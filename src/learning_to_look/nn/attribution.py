@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import L2LError
+from ..errors import L2LError
 
 INPUT_GRADIENT_TARGETS = ("sum-log-prob", "true-logit")
 #: "auto": CAM where the backbone ends in GAP + linear, Grad-CAM otherwise.

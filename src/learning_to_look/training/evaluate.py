@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attribution import attention, input_gradients, minmax_normalize
-from .data.builders import DIGIT_THRESHOLD
-from .data.pipeline import as_rgb, eval_batch_size, to_input
-from .data.store import Split
-from .losses import kl_per_image, outline_target
-from .maps.diagnostics import mass_share
-from .models import Backbone
+from ..nn.attribution import attention, input_gradients, minmax_normalize
+from ..data.builders import DIGIT_THRESHOLD
+from ..data.pipeline import as_rgb, eval_batch_size, to_input
+from ..data.store import Split
+from ..nn.losses import kl_per_image, outline_target
+from ..maps.diagnostics import mass_share
+from ..nn.backbones import Backbone
 
 #: Classes shown in the qualitative figure: the first test image of each of 0..N-1.
 N_EXAMPLES = 6

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import L2LError, corrupt_file
-from .models import BACKBONES, Backbone
+from ..errors import L2LError, corrupt_file
+from ..hub import hub_offline, hub_reachable, import_optional, maybe_in_hub_cache, require_vlm_extra
+from .backbones import BACKBONES, Backbone
 
 #: Prefixes that wrappers put before timm's keys (DataParallel, training scripts).
 WRAPPER_PREFIXES = ("module.", "model.")
@@ -66,9 +67,7 @@ def load_into(model: Backbone, state: dict[str, Tensor], source: str) -> list[st
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
-    from .maps.weights import _import
-
-    st = _import("safetensors.torch", "loading --pretrained weights")
+    st = import_optional("safetensors.torch", "loading --pretrained weights")
     try:
         return st.load_file(str(path))
     except Exception as e:  # noqa: BLE001  (a damaged file fails in many ways inside the reader)
@@ -79,8 +78,6 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
 def locate_weights(source: str) -> Path | str:
     """A local file (checked to exist) or a hub id (the cached file, or the id to download
     when the hub is reachable); offline and uncached is one line, in under a second."""
-    from .maps.weights import _maybe_in_hub_cache, hub_offline, hub_reachable, require_vlm_extra
-
     path = Path(source).expanduser()
     if path.suffix == ".safetensors" or path.exists() or source.startswith((".", "/", "~")):
         if not path.is_file():
@@ -88,7 +85,7 @@ def locate_weights(source: str) -> Path | str:
                            f"{EXAMPLE}")
         return path
     require_vlm_extra("--pretrained weights from the hub")
-    if not _maybe_in_hub_cache(source) and (hub_offline() or not hub_reachable()):
+    if not maybe_in_hub_cache(source) and (hub_offline() or not hub_reachable()):
         raise L2LError(f"--pretrained {source} is not in the local Hugging Face cache and the hub is unreachable "
                        f"(offline or HF_HUB_OFFLINE=1); run `hf download {source}` where there is internet, or "
                        "pass a local .safetensors file")
@@ -99,9 +96,7 @@ def read_weights(source: str) -> dict[str, Tensor]:
     where = locate_weights(source)
     if isinstance(where, Path):
         return read_safetensors(where)
-    from .maps.weights import _import
-
-    hub = _import("huggingface_hub", "--pretrained weights from the hub")
+    hub = import_optional("huggingface_hub", "--pretrained weights from the hub")
     try:
         return read_safetensors(Path(hub.hf_hub_download(where, HUB_WEIGHTS)))
     except L2LError:

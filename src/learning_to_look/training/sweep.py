@@ -2,8 +2,8 @@
 
 Each seed's grid points share one stack, its batch stream shuffled by that seed, so
 each model is the run ``l2l train`` would give for its config up to float rounding.
-Every (grid point, seed) gets an ordinary run record, in the same ``result.json``
-schema, under the sweep's own folder: ``l2l report`` reads a sweep like any runs
+Every (grid point, seed) gets an ordinary run record (``learning_to_look.record``)
+under the sweep's own folder: ``l2l report`` reads a sweep like any runs
 folder, and a sweep's records never stand in for single-engine runs. The choice of
 grid point looks at validation scores only.
 """
@@ -23,16 +23,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .config import DEFAULT_MAX_STACK, TrainConfig
-from .data import load_dataset
-from .data.pipeline import to_input
-from .errors import L2LError
-from .io import atomic_write_json, folder_lock, read_json, sha256_text, torch_load
-from .methods import resolve
+from ..config import DEFAULT_MAX_STACK, TrainConfig
+from ..data import load_dataset
+from ..data.pipeline import to_input
+from ..errors import L2LError
+from ..io import atomic_write_json, folder_lock, read_json, sha256_text, torch_load
+from ..record import has_record, read_record
+from .resolve import resolve, resolve_run
 from .parallel import run_tasks, workers
 from .stacked import (BYTES_FIXED, BYTES_PER_MODEL, PER_MODEL_FIELDS, NoModel, StackedLeNetGAP, check_stack,
                       fit_stacked)
-from .train import FitResult, default_runs_dir, pick_device, prepare, record_run, run_dir_for
+from .engine import FitResult
+from .run import default_runs_dir, prepare, record_run, run_dir_for
+from ..device import pick_device
 
 #: Fields a grid may vary: what a model of a stack may set for itself, except the seed
 #: (seeds are the sweep's other axis).
@@ -160,7 +163,7 @@ def stacks_of(cfgs: list[TrainConfig], max_stack: int) -> list[list[TrainConfig]
 def finished(cfg: TrainConfig, folder: Path) -> bool:
     """Whether a (grid point, seed) has its record, or its note that it ended with no model."""
     out = run_dir_for(cfg, folder)
-    return (out / "result.json").exists() or (out / FAILED_FILE).exists()
+    return has_record(out) or (out / FAILED_FILE).exists()
 
 
 def free_bytes(device: torch.device) -> int:
@@ -185,7 +188,7 @@ def check_memory(m: int, at_once: int, device: torch.device) -> None:
 
 def _train_stack(cfgs: list[TrainConfig], folder: Path, seed: int, data_dir: Path | None, progress: bool) -> str:
     t0 = time.perf_counter()
-    prep = prepare(cfgs[0], data_dir, progress)
+    prep = prepare(resolve_run(cfgs[0], data_dir), data_dir, progress)
     name = f"seed{seed}-{sha256_text(json.dumps([c.to_dict() for c in cfgs], sort_keys=True, default=str))[:10]}"
     checkpoint = folder / "stacks" / f"{name}.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -224,10 +227,10 @@ def choose(sweep: Sweep) -> dict[str, Any]:
         if failed:
             left_out.append({"point": point, "why": failed})
             continue
-        results = [read_json(o / "result.json", "delete the sweep folder and rerun the sweep") for o in outs]
-        val = [r["selection"]["score"] for r in results]
+        records = [read_record(o, "delete the sweep folder and rerun the sweep") for o in outs]
+        val = [r.selection["score"] for r in records]
         points.append({"point": point, "val_score_mean": float(np.mean(val)),
-                       "test_acc": [r["test"]["accuracy"] for r in results]})
+                       "test_acc": [r.test.accuracy for r in records]})
     if not points:
         raise L2LError(f"every grid point of {sweep.folder} has a seed whose loss diverged before it had a model "
                        f"(first: {left_out[0]['why'][0]}); lower --lr or the lambda0 values")
@@ -264,10 +267,9 @@ def optimistic_bound(sweep: Sweep, data_dir: Path | None = None, jobs: int | Non
 def _run_bound(out: Path, folder: Path, per_stack: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """A run's best eligible epoch on test, from the stack that made its record (a stack
     cut differently before a rerun left weights of an earlier training too)."""
-    result = out / "result.json"
-    if not result.exists():
+    if not has_record(out):
         return None  # no model (its loss diverged): nothing to bound
-    run, stack = str(out.relative_to(folder)), read_json(result).get("engine", {}).get("stack")
+    run, stack = str(out.relative_to(folder)), read_record(out).raw.get("engine", {}).get("stack")
     found = [per_stack[stack].get(run)] if stack in per_stack else [b.get(run) for b in per_stack.values()]
     return max((b for b in found if b), key=lambda b: b["acc"], default=None)
 

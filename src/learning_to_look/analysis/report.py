@@ -1,0 +1,126 @@
+"""The report of a set of runs: tables computed once from the records, then written as
+report.md, results.csv, results.json and figures.
+
+It reads run records only, so the report of ``l2l reproduce`` and that of ``l2l report
+RUNS_DIR`` on the same runs are the same. Two rules are enforced here rather than
+trusted to callers: a map source is only called a VLM when its kind is ``vlm`` *and*
+real pretrained weights made it, and published numbers always carry their source and
+the word "published".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import lru_cache
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from ..io import atomic_write_json, atomic_write_text
+from ..plotting import pyplot
+from ..record import Record
+from .records import Row, aggregate
+from .render import csv_text, render_markdown
+from .verdicts import (attach_published, bite_rows, published_rows, sensitivity_rows, shared_settings,
+                       sweep_summary, verdict_rows, verdict_summary)
+
+
+@dataclass
+class Tables:
+    """What the report and the figures show, computed once from the records."""
+
+    rows: list[Row]
+    published: list[dict[str, Any]]
+    sensitivity: list[dict[str, Any]]
+    verdict: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    shared: dict[str, Any]
+    paper_loss: tuple[str, ...] = ()
+    bites: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    sweep: dict[str, Any] | None = None
+    bound: dict[str, Any] | None = None  # a sweep's optimistic bound: shown, labelled, never in results.json
+
+
+def build(records: Sequence[Record], runs_dir: str | Path | None, published: Sequence[dict[str, Any]],
+          datasets: Sequence[str], paper_loss: Sequence[str] = (), notes: dict[str, str] | None = None,
+          selection: dict[str, Any] | None = None, bound: dict[str, Any] | None = None) -> Tables:
+    """The tables of ``records``; ``published`` numbers are set beside the matching rows;
+    ``paper_loss`` and ``notes`` as in :func:`verdict_summary`; ``selection`` is a
+    sweep's ``selection.json`` when the records are a sweep's, ``bound`` its optimistic bound."""
+    rows = aggregate(records, runs_dir)
+    attach_published(rows, published)
+    verdict = verdict_rows(rows)
+    return Tables(rows, published_rows(rows, published, datasets), sensitivity_rows(rows), verdict,
+                  verdict_summary(rows, verdict, paper_loss, notes), shared_settings(records), tuple(paper_loss),
+                  bite_rows(rows), sweep_summary(selection, published), bound)
+
+
+def write_report(out: str | Path, tables: Tables, records: Sequence[Record], runs_dir: str | Path | None,
+                 header: dict[str, Any]) -> dict[str, Any]:
+    """Write report.md, results.csv and results.json into ``out``; returns what results.json holds."""
+    out = Path(out)
+    first = records[0] if records else None
+    environment = {**(first.environment if first else {}), "device": first.device if first else None}
+    runs = [{"run_dir": _relative(r.run_dir, runs_dir), "role": r.role, "config": dataclasses.asdict(r.config),
+             "maps": dataclasses.asdict(r.maps), "selected_epoch": r.selected_epoch,
+             "test": dataclasses.asdict(r.test), "wall_seconds": r.wall_seconds} for r in records]
+    summary = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "header": header, "shared_settings": tables.shared,
+               "environment": environment, "rows": [r.summary() for r in tables.rows], "published": tables.published,
+               "sensitivity": tables.sensitivity, "shortcut_bites": tables.bites, "verdict": tables.verdict,
+               "verdict_summary": tables.summary,
+               "sweep": tables.sweep,
+               "runs": runs}
+    md = render_markdown(tables, header, environment, len(records))
+    atomic_write_text(out / "report.md", md)
+    atomic_write_text(out / "results.csv", csv_text(tables.rows, tables.published))
+    atomic_write_json(out / "results.json", summary)
+    return summary
+
+
+def _relative(path: Path, root: str | Path | None) -> str:
+    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+
+
+PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
+
+
+@dataclass(frozen=True)
+class Published:
+    """``published.yaml`` read into plain data: each published row (its ``source`` spelled
+    out), the methods whose loss is the paper's, and a note per data set for the verdict."""
+
+    rows: tuple[dict[str, Any], ...]
+    paper_loss: tuple[str, ...]
+    notes: dict[str, str]
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The data sets some published row has a number for."""
+        keys = {"label", "method", "source", "maps"}
+        return tuple(dict.fromkeys(k for row in self.rows for k in row if k not in keys))
+
+
+@lru_cache(maxsize=1)
+def published() -> Published:
+    raw = yaml.safe_load(PUBLISHED_FILE.read_text())
+    rows = tuple({**row, "source": raw["sources"][row["source"]]} for row in raw["published"])
+    verdict = raw.get("verdict") or {}
+    return Published(rows, tuple(verdict.get("paper_loss", ())), dict(verdict.get("notes") or {}))
+
+
+def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: str, stamp: str | None = None,
+                selection: dict[str, Any] | None = None, bound: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report and figures of ``records`` beside the published numbers that belong to
+    their data sets; ``stamp`` marks every figure (a smoke profile's); ``selection`` is a
+    sweep's choice and ``bound`` its optimistic bound."""
+    from . import figures
+
+    pyplot()  # before anything is written, if matplotlib is missing
+    pub = published()
+    tables = build(records, runs_dir, pub.rows, pub.datasets, pub.paper_loss, pub.notes, selection, bound)
+    summary = write_report(out, tables, records, runs_dir, {"title": title})
+    figures.write_figures(out, tables, pub.rows, stamp)
+    return summary

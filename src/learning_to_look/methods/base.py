@@ -1,0 +1,148 @@
+"""The method interface: what a training objective tells the trainer, and the batches it reads.
+
+A method says, per epoch, which loss to optimise and which epochs may be selected, and
+builds the per-image tensors its loss needs; the trainer does everything else and knows
+no method by name (in the spirit of DomainBed). Each method is one module of this
+package that registers itself with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import TrainConfig
+from ..data.pipeline import as_rgb, to_input
+from ..errors import L2LError
+from ..nn.attribution import attention, minmax_normalize
+from ..nn.backbones import Backbone
+from ..nn.losses import kl_per_image, make_target, reverse_kl
+from ..registry import Registry
+
+
+@dataclass
+class Batch:
+    """Inputs, labels and the per-image tensors a method asked for (``aux``): a whole
+    split held in memory, or one mini-batch of it taken with :meth:`take`.
+
+    A split too large to hold as float inputs keeps its uint8 images (``size`` > 0):
+    :meth:`take` then resizes and normalises each mini-batch on the way, so memory stays
+    that of the images, whatever the network's input size."""
+
+    x: Tensor  # (N, C, H, W) normalised inputs, or uint8 images when size > 0; C = 1 is widened to 3 by take()
+    y: Tensor  # (N,) labels
+    aux: dict[str, Tensor] = field(default_factory=dict)  # name -> (N, ...)
+    groups: Tensor | None = None  # (N,) group labels of spurious-correlation data, read by validation only
+    size: int = 0  # input side that take() converts uint8 images to; 0: x holds inputs already
+    transform: str = "none"  # the input transform take() applies to uint8 images
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device) -> "Batch":
+        """The whole split on ``device`` (still grey), so a GPU copies no batch from the host;
+        uint8 images stay on the host, where they are converted."""
+        return Batch(self.x if self.size else self.x.to(device), self.y.to(device),
+                     {k: v.to(device) for k, v in self.aux.items()},
+                     None if self.groups is None else self.groups.to(device), self.size, self.transform)
+
+    def take(self, idx: Tensor, device: torch.device) -> "Batch":
+        """Rows ``idx`` on ``device`` as network inputs, grey widened to RGB (kept grey in memory)."""
+        x = to_input(self.x[idx.cpu()], self.size, self.transform) if self.size else self.x[idx]  # (B,C,S,S)
+        return Batch(as_rgb(x.to(device, non_blocking=True)), self.y[idx].to(device, non_blocking=True),
+                     {k: v[idx].to(device, non_blocking=True) for k, v in self.aux.items()})
+
+
+class Method:
+    """A training objective. The trainer asks it, per epoch, for the phase, lambda,
+    whether to restart the optimiser and whether the epoch may be selected; per
+    batch, for the loss; and, once per split, which per-image tensors (``aux``) its
+    loss needs, built from the maps. It knows nothing else about the method."""
+
+    name: ClassVar[str]
+    uses_maps: ClassVar[bool] = False
+    two_phase: ClassVar[bool] = False
+    #: Default of lambda0, the weight of the method's extra term (declared once, here);
+    #: 0 for a method with no extra term, where :func:`resolve` keeps lambda0 at 0.
+    default_lambda: ClassVar[float] = 0.0
+    #: Default model-selection rule on validation data (PROTOCOL 3.6).
+    default_selection: ClassVar[str] = "val_acc"
+    #: Which map :func:`~learning_to_look.attribution.attention` gives this method.
+    attention_kind: ClassVar[str] = "auto"
+    #: Whether the stacked trainer can run it: its loss is ``loss_weights`` applied to
+    #: the cross-entropy and the CAM alignment KL, and nothing else (PROTOCOL 3.7).
+    stackable: ClassVar[bool] = True
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def check_dataset(self, spec: Any) -> None:
+        """Raise before training when this method cannot work on the data set ``spec`` describes."""
+
+    def lambda_default(self) -> float:
+        """lambda0 when the config leaves it unset."""
+        return self.default_lambda
+
+    def check_backbone(self, model: Backbone | type[Backbone]) -> None:
+        """Raise before training when this method cannot work on ``model`` (or its class)."""
+        if self.attention_kind == "cam" and not model.has_gap_classifier:
+            raise L2LError(f"method {self.name} needs CAM, which needs a global-average-pooling backbone; "
+                           f"use --method gradcam-kl with {model.name}, or --backbone lenet-gap")
+
+    def aux(self, maps: Tensor, backbone: type[Backbone]) -> dict[str, Tensor]:
+        """Per-image tensors the loss reads from each batch, built once from the maps (N, H, W)."""
+        return {}
+
+    def phase(self, epoch: int) -> str:
+        """'ce', 'attention' (alignment only) or 'joint' (CE + lambda * alignment)."""
+        return "ce"
+
+    def eligible(self, epoch: int) -> bool:
+        """Whether this epoch's weights may be selected."""
+        return True
+
+    def resets_optimizer(self, epoch: int) -> bool:
+        return False
+
+    def lam(self, epoch: int) -> float:
+        return float(self.cfg.lambda0 or 0.0)
+
+    def loss_weights(self, epoch: int) -> tuple[float, float]:
+        """(weight of the cross-entropy, weight of the attention alignment) in this epoch."""
+        return 1.0, 0.0
+
+    def target(self, maps: Tensor, backbone: type[Backbone]) -> Tensor:
+        """The attention target (N, h, w) at the feature map's resolution, summing to 1 per image."""
+        kw: dict[str, Any] = {"size": backbone.feature_size}
+        if self.cfg.target == "outline":
+            kw |= {"threshold": self.cfg.target_threshold, "upsample": backbone.input_size}
+        return make_target(self.cfg.target, maps, **kw)
+
+    def attention(self, model: Backbone, x: Tensor, y: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
+        """(logits (B,K), attention map (B,h,w) of the true class, min-max normalised to [0, 1])."""
+        logits, raw = attention(model, x, y, create_graph=create_graph, kind=self.attention_kind)
+        return logits, minmax_normalize(raw)
+
+    def loss(self, model: Backbone, batch: Batch, epoch: int) -> tuple[Tensor, dict[str, Tensor]]:
+        logits, _ = model(batch.x)  # (B,K)
+        ce = F.cross_entropy(logits, batch.y)
+        return ce, {"ce": ce.detach(), "correct": (logits.argmax(1) == batch.y).sum()}
+
+    @torch.no_grad()
+    def validate(self, model: Backbone, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """(logits, per-image metrics (B,) whose nan-mean is logged as ``val_<name>``): with a
+        target, forward and reverse KL of the attention to it, which selection may use."""
+        if "target" not in batch.aux:
+            logits, _ = model(batch.x)
+            return logits, {}
+        logits, s = self.attention(model, batch.x, batch.y, create_graph=False)
+        s, q = s.detach().float().cpu(), batch.aux["target"].float().cpu()  # (B,h,w) each
+        return logits, {"kl": kl_per_image(s, q), "rkl": reverse_kl(s, q, reduction="none")}
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+register_method = METHODS.register

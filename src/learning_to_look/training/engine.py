@@ -1,0 +1,212 @@
+"""The training loop of one run: optimise the method's loss epoch by epoch, validate,
+keep the selected epoch's weights, and checkpoint so that a killed run resumes exactly.
+
+It takes no test data at all: the test split is evaluated by :mod:`.run`, after this
+returns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import SCHEDULES, TrainConfig
+from ..data.pipeline import batch_indices, eval_batch_size
+from ..device import pick_device
+from ..errors import L2LError, corrupt_file
+from ..io import atomic_torch_save, torch_load
+from ..methods import Batch, Method
+from ..nn.backbones import Backbone, build_backbone
+from ..nn.pretrained import load_pretrained
+from .evaluate import group_accuracy
+from .resolve import Resolved
+from .selection import keep_if_best, no_selection, scored, unselected
+
+
+def set_determinism(seed: int) -> None:
+    """Same seed, same machine, same thread count -> the same numbers to the last digit."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _validate(model: Backbone, method: Method, val: Batch, device: torch.device) -> dict[str, float]:
+    """Validation metrics used for selection: accuracy and the method's own per-image
+    metrics (e.g. the attention's KL to its target), nan-averaged."""
+    model.eval()
+    correct, per_image = [], {}
+    for idx in batch_indices(len(val), eval_batch_size(model.input_size), shuffle=False):
+        b = val.take(idx, device)
+        logits, metrics = method.validate(model, b)
+        correct.append(logits.argmax(1) == b.y)  # (B,)
+        for k, v in metrics.items():
+            per_image.setdefault(k, []).append(v)
+    right = torch.cat(correct)  # (N,)
+    groups = {} if val.groups is None else group_accuracy(right, val.groups.to(right.device))
+    return ({"val_acc": 100.0 * float(right.float().mean())}
+            | {f"val_{k}": v for k, v in groups.items() if k != "group_accuracy"}
+            | {f"val_{k}": float(torch.nanmean(torch.cat(v))) for k, v in per_image.items()})
+
+
+class Diverged(L2LError):
+    """The training loss became NaN or infinite: the run cannot go on from here."""
+
+
+def stopped_note(why: str, epoch: int) -> str:
+    """What a run's record says when its loss diverged in ``epoch``: why, and which epochs it chose from."""
+    return f"{why}: stopped there, the epoch is selected from epochs 0-{epoch - 1}"
+
+
+def _optimizer(model: Backbone, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The schedule's optimiser and learning-rate scheduler, fresh (momentum buffers empty)."""
+    if SCHEDULES.get(cfg.schedule).optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+@dataclass
+class FitResult:
+    model: Backbone
+    history: list[dict[str, Any]]
+    selected_epoch: int
+    selected_score: float
+    prior_seconds: float = 0.0  # wall seconds spent by earlier processes of a resumed run
+    #: Why training ended before its last epoch (the loss diverged), None when it ran them all.
+    stopped: str | None = None
+
+
+def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim.Optimizer,
+                 shuffle: torch.Generator, epoch: int, batch_size: int, device: torch.device,
+                 progress: bool) -> dict[str, float]:
+    """One pass over ``train``; returns the epoch's mean loss terms and accuracy."""
+    model.train()
+    sums: dict[str, float] = {}
+    seen = 0
+    batches = tqdm(batch_indices(len(train), batch_size, shuffle), total=-(-len(train) // batch_size),
+                   desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True, mininterval=0.5)
+    for step, idx in enumerate(batches):
+        loss, stats = method.loss(model, train.take(idx, device), epoch)
+        if not torch.isfinite(loss):
+            raise Diverged(f"loss became {loss.item()} at epoch {epoch}; lower --lr or --lambda0")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n = len(idx)
+        seen += n
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * n
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + (float(v) if k == "correct" else float(v) * n)
+        if step % 50 == 0:
+            batches.set_postfix(loss=f"{sums['loss'] / seen:.3f}", acc=f"{100 * sums['correct'] / seen:.1f}")
+    return {"train_acc": 100.0 * sums.pop("correct") / seen} | {f"train_{k}": v / seen for k, v in sums.items()}
+
+
+def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.device,
+            shuffle: torch.Generator) -> tuple[Any, Any, list[dict[str, Any]], dict[str, Any], int, float]:
+    """The state saved after the last finished epoch, loaded into ``model`` and ``shuffle``:
+    (optimizer, scheduler, history, best, next epoch, wall seconds spent so far)."""
+    fix = f"delete {checkpoint} to restart this run from its first epoch"
+    state = torch_load(checkpoint, fix, map_location=device, weights_only=False)
+    if not isinstance(state, dict) or not {"config", "model", "optimizer", "scheduler", "shuffle"} <= set(state):
+        raise corrupt_file(checkpoint, "not a training checkpoint", fix)
+    if not isinstance(state["config"], dict) or not cfg.matches(state["config"]):
+        raise L2LError(f"checkpoint {checkpoint} belongs to another config; delete it or use another --runs-dir")
+    model.load_state_dict(state["model"])
+    opt, sched = _optimizer(model, cfg)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    # Random-number states are CPU byte tensors whatever the device; map_location moved them.
+    shuffle.set_state(state["shuffle"].cpu())
+    if "rng" in state:  # the global streams that methods draw from (eg's references, cdep's pixels)
+        torch.set_rng_state(state["rng"].cpu())
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    return opt, sched, state["history"], state["best"], state["epoch"] + 1, state.get("wall_seconds", 0.0)
+
+
+def _save(checkpoint: Path, cfg: TrainConfig, epoch: int, model: Backbone, opt: Any, sched: Any,
+          shuffle: torch.Generator, history: list[dict[str, Any]], best: dict[str, Any], wall_seconds: float) -> None:
+    """Everything :func:`_resume` needs to go on after ``epoch`` as if never stopped, written atomically."""
+    atomic_torch_save(checkpoint, {"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
+                                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                   "shuffle": shuffle.get_state(), "rng": torch.get_rng_state(),
+                                   "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                                   "history": history, "best": best, "wall_seconds": wall_seconds})
+
+
+def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Backbone:
+    """The backbone of ``cfg``, seeded, with its pretrained weights if any, on ``device``."""
+    set_determinism(cfg.seed)
+    model = build_backbone(cfg.backbone, num_classes)
+    if cfg.pretrained:
+        load_pretrained(model, cfg.pretrained)
+    return model.to(device)
+
+
+def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = None, progress: bool = True,
+        on_epoch: Callable[[int], None] | None = None, started: float | None = None) -> FitResult:
+    """Train the resolved ``run`` and select an epoch on ``val``; takes no test data at all.
+
+    With ``checkpoint`` the full state is written atomically after every epoch and a
+    run found there is resumed, ending exactly where an uninterrupted run would. The
+    checkpoint also keeps the wall seconds spent so far (since ``started`` in this
+    process, plus what earlier processes spent), so a resumed run's time counts them all.
+
+    A loss that becomes NaN ends training: the epochs before it are whole, so the
+    epoch is selected from them as usual and the result says where it stopped
+    (``stopped``). Diverging before any eligible epoch leaves no model and is an error.
+    """
+    started = time.perf_counter() if started is None else started
+    cfg, method = run.cfg, run.method
+    device = pick_device(cfg.device)
+    model = _model(cfg, run.spec.num_classes, device)
+    method.check_backbone(model)
+    train, val = train.to(device), val.to(device)
+    opt, sched = _optimizer(model, cfg)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+    best = unselected()
+    stopped = None
+    start, prior = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        opt, sched, history, best, start, prior = _resume(checkpoint, cfg, model, device, shuffle)
+
+    epochs = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"{cfg.method} seed {cfg.seed}",
+                  disable=not progress, leave=False, dynamic_ncols=True)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        if method.resets_optimizer(epoch):
+            opt, sched = _optimizer(model, cfg)
+        row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch),
+               "lr": opt.param_groups[0]["lr"]}
+        try:
+            row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg.batch_size, device, progress)
+        except Diverged as err:
+            if best["state"] is None:  # nothing to select: the run has no model
+                raise
+            stopped = stopped_note(str(err), epoch)
+            break
+        sched.step()
+        row = scored(cfg, row | _validate(model, method, val, device), method.eligible(epoch))
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        best = keep_if_best(best, row, model.state_dict())
+        epochs.set_postfix(val_acc=f"{row['val_acc']:.1f}",
+                           **({"val_kl": f"{row['val_kl']:.3f}"} if "val_kl" in row else {}))
+        if checkpoint is not None:
+            _save(checkpoint, cfg, epoch, model, opt, sched, shuffle, history, best,
+                  prior + time.perf_counter() - started)
+        if on_epoch is not None:
+            on_epoch(epoch)
+    if best["state"] is None:
+        raise L2LError(no_selection(cfg, history))
+    model.load_state_dict(best["state"])
+    return FitResult(model, history, best["epoch"], best["score"], prior, stopped)

@@ -1,0 +1,70 @@
+"""From a config to a run that can train: validated once, the method's defaults filled
+in, and the method and map source built once, here, for everything downstream."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..data import DatasetSpec
+from ..data.imported import dataset_spec
+from ..errors import L2LError
+from ..maps.base import MapGenerator
+from ..maps.options import build_map_source
+from ..methods import METHODS, Method
+from ..nn.backbones import BACKBONES
+from ..nn.losses import TARGETS
+from ..nn.pretrained import check_pretrained
+
+
+@dataclass
+class Resolved:
+    """A run ready to train: its resolved config, its one method object, the data set's
+    description and its one map generator (None without maps, or for a cached map set,
+    which is read by name)."""
+
+    cfg: TrainConfig
+    method: Method
+    spec: DatasetSpec
+    maps: MapGenerator | None = None
+
+
+def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = None) -> Resolved:
+    """Validate the whole config and fill the method's defaults into unset fields. Called
+    once, where a run enters (``l2l train``, a profile's plan, a sweep); everything
+    downstream takes what it returns as it is, so a config that cannot train is refused
+    here, before any data is loaded or folder made. An imported data set is read from
+    its file's header in ``data_dir``, so the checks below see it."""
+    cfg = dataclasses.replace(cfg).validate().with_schedule_defaults()
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise L2LError(f"device {cfg.device} requested but CUDA is not available; pass --device cpu (or auto)")
+    spec = dataset_spec(cfg.dataset, data_dir)
+    method = METHODS.get(cfg.method)(cfg)  # holds cfg itself, so it sees the defaults filled in below
+    method.check_dataset(spec)
+    if cfg.selection == "val_worst_group" and not spec.group_names:
+        raise L2LError(f"--selection val_worst_group needs group labels and {spec.name} has none; use --selection "
+                       "val_acc, or a data set with groups (shapes-bg, or an import with a group column)")
+    TARGETS.get(cfg.target)
+    method.check_backbone(BACKBONES.get(cfg.backbone))
+    check_pretrained(cfg.backbone, cfg.pretrained)
+    if method.two_phase and cfg.e_att >= cfg.epochs:
+        raise L2LError(f"E_att must lie below the number of epochs, got {cfg.e_att} with {cfg.epochs} epochs; "
+                       "pass --e-att below --epochs")
+    if cfg.lambda0 is None or not method.default_lambda:  # a λ given to vanilla weighs nothing: not recorded
+        cfg.lambda0 = method.lambda_default()
+    if cfg.selection is None:
+        cfg.selection = method.default_selection
+    if not method.uses_maps:
+        cfg.maps, cfg.map_options = "none", {}
+        return Resolved(cfg, method, spec)
+    return Resolved(cfg, method, spec, build_map_source(cfg.maps, cfg.map_options))
+
+
+def resolve(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = None) -> TrainConfig:
+    """The resolved config of :func:`resolve_run`: what names a run's folder and its record."""
+    return resolve_run(cfg, data_dir).cfg
