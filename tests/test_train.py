@@ -317,7 +317,7 @@ def test_selection_keeps_the_best_eligible_epoch_on_validation():
     NaN score never replaces what is kept, and the kept weights are a copy."""
     cfg = TrainConfig(selection="val_acc")
     weights = {"w": torch.zeros(2)}
-    best = selection.unselected()
+    best = selection.unselected("val_acc")
     rows = [selection.scored(cfg, {"epoch": 0, "val_acc": 99.0}, eligible=False),
             selection.scored(cfg, {"epoch": 1, "val_acc": 80.0}, eligible=True),
             selection.scored(cfg, {"epoch": 2, "val_acc": 70.0}, eligible=True),
@@ -326,8 +326,36 @@ def test_selection_keeps_the_best_eligible_epoch_on_validation():
     for row in rows:
         best = selection.keep_if_best(best, row, weights)
         weights["w"] += 1.0  # training goes on after the epoch was kept
-    assert best["epoch"] == 1 and best["score"] == pytest.approx(0.8)
-    assert best["state"]["w"].tolist() == [1.0, 1.0]  # epoch 1's weights, not a view of today's
+    rule, kept = selection.chosen(best)
+    assert rule == "val_acc" and kept["epoch"] == 1 and kept["score"] == pytest.approx(0.8)
+    assert kept["state"]["w"].tolist() == [1.0, 1.0]  # epoch 1's weights, not a view of today's
+
+
+def _select(cfg: TrainConfig, rows: list[dict]) -> tuple[str, int, str | None]:
+    sel = selection.unselected(cfg.selection)
+    for row in rows:
+        sel = selection.keep_if_best(sel, selection.scored(cfg, row, eligible=True), {"w": torch.zeros(1)})
+    rule, kept = selection.chosen(sel)
+    return rule, kept["epoch"], selection.selection_note(sel, cfg.selection_beta)
+
+
+def test_the_papers_rule_falls_back_where_it_would_pick_the_worst_epoch():
+    """acc * (1 - KL) with KL >= 1 is negative for every epoch, and the least accurate epoch
+    would win (seen on imported data: 41 % chosen over 96 %); the exp form is monotone."""
+    cfg = TrainConfig(selection="acc_x_1mkl")
+    rows = [{"epoch": 0, "val_acc": 41.0, "val_kl": 1.5}, {"epoch": 1, "val_acc": 96.0, "val_kl": 1.4}]
+    assert selection.selection_score("acc_x_1mkl", rows[0], 1.0) > selection.selection_score("acc_x_1mkl", rows[1],
+                                                                                               1.0)  # inverted
+    rule, epoch, note = _select(cfg, rows)
+    assert (rule, epoch) == ("acc_exp_kl", 1) and "KL 1.500 >= 1" in note and "acc_exp_kl (beta 1)" in note
+    well_defined = [{"epoch": 0, "val_acc": 90.0, "val_kl": 0.2}, {"epoch": 1, "val_acc": 95.0, "val_kl": 0.5}]
+    assert _select(cfg, well_defined) == ("acc_x_1mkl", 0, None)  # 0.72 > 0.475: the paper's rule decides
+
+
+def test_ties_and_all_zero_worst_groups_are_broken_by_validation_accuracy():
+    cfg = TrainConfig(dataset="shapes-bg", selection="val_worst_group")
+    rows = [{"epoch": e, "val_acc": acc, "val_worst_group_accuracy": 0.0} for e, acc in enumerate((30.0, 96.0, 50.0))]
+    assert _select(cfg, rows)[:2] == ("val_worst_group", 1)
 
 
 def test_the_seeds_summary_is_mean_and_sample_std():

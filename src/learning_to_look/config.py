@@ -23,7 +23,6 @@ from .data.pipeline import INPUT_TRANSFORMS
 from .nn.losses import OUTLINE_THRESHOLD
 from .registry import Registry
 
-SELECTION_RULES = ("val_acc", "acc_x_1mkl", "acc_exp_rkl", "val_worst_group")
 #: With ``train_subset = N`` validation uses the first N // 5 validation images (at
 #: least 2), about the full split's 9,600 : 50,400.
 SUBSET_VAL_DIVISOR = 5
@@ -136,9 +135,8 @@ class TrainConfig:
     lambda0: float | None = _field(None, "Weight of the alignment or penalty term (unset: the method's own default).",
                                   low=0)
     lambda_ramp: float = _field(10.0, "lambda_t = lambda0 * (1 + (t - E_att) / ramp) in phase 2.", above=0)
-    selection: str | None = _field(None, "Model-selection rule on validation data (unset: the method's own default).",
-                                  choices=SELECTION_RULES)
-    selection_beta: float = _field(1.0, "beta of the acc_exp_rkl rule: val_acc * exp(-beta * reverse KL).", low=0)
+    selection: str | None = _field(None, "Model-selection rule on validation data (unset: the method's own default).")
+    selection_beta: float = _field(1.0, "beta of the exponential rules: val_acc * exp(-beta * KL).", low=0)
     seed: int = _field(37, "Seed of initialisation and data order.", low=0, high=SEED_MAX)
     train_subset: int | None = _field(None, f"Use only the first N training images "
                                             f"(and N/{SUBSET_VAL_DIVISOR} validation images; unset: all).", low=2)

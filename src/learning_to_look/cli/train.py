@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..config import PHASE1_CHOICES, SELECTION_RULES, TrainConfig
+from ..config import PHASE1_CHOICES, TrainConfig
 from ..data import DATASETS
 from ..data.pipeline import INPUT_TRANSFORMS
 from ..errors import L2LError
@@ -21,6 +21,7 @@ from ..record import Record
 from ..training.parallel import run_tasks, workers
 from ..training.resolve import Resolved, resolve_run
 from ..training.run import run_task
+from ..training.selection import RULES
 from .app import app
 from .common import DATA_DIR, JOBS, RUNS_DIR, config_flag, parse_seeds, per_method
 from .maps import MapFlags, generator_options, with_map_flags
@@ -82,7 +83,7 @@ def train(
     phase1: Optional[str] = config_flag("phase1", " | ".join(PHASE1_CHOICES)),
     lambda0: Optional[float] = config_flag("lambda0", f"Per-method default: {per_method('default_lambda')}"),
     target: Optional[str] = config_flag("target", TARGETS.help()),
-    selection: Optional[str] = config_flag("selection", " | ".join(SELECTION_RULES)
+    selection: Optional[str] = config_flag("selection", RULES.help()
                                      + f"; per-method default: {per_method('default_selection')}"),
     input_transform: Optional[str] = config_flag("input_transform", " | ".join(INPUT_TRANSFORMS)),
     train_subset: Optional[int] = config_flag("train_subset"),
@@ -108,8 +109,9 @@ def train(
     records = []
     for _, r in run_tasks(run_task, tasks, jobs, unit=None if quiet else "run"):
         typer.echo(_seed_line(r))
-        if r.stopped:
-            typer.echo(f"seed {r.config.seed}: {r.stopped}")
+        for note in (r.stopped, r.selection.get("note")):
+            if note:
+                typer.echo(f"seed {r.config.seed}: {note}")
         records.append(r)
     typer.echo(f"runs in {records[0].group}")
     if len(records) > 1:

@@ -26,7 +26,7 @@ from ..nn.backbones import Backbone, build_backbone
 from ..nn.pretrained import load_pretrained
 from .evaluate import group_accuracy
 from .resolve import Resolved
-from .selection import keep_if_best, no_selection, scored, unselected
+from .selection import check_selection_state, chosen, keep_if_best, no_selection, scored, selection_note, unselected
 
 
 def set_determinism(seed: int) -> None:
@@ -81,6 +81,9 @@ class FitResult:
     prior_seconds: float = 0.0  # wall seconds spent by earlier processes of a resumed run
     #: Why training ended before its last epoch (the loss diverged), None when it ran them all.
     stopped: str | None = None
+    #: The selection rule that chose the epoch: the run's own, or its fallback (``selection_note`` says why).
+    rule: str | None = None
+    selection_note: str | None = None
 
 
 def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim.Optimizer,
@@ -129,6 +132,7 @@ def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.d
         torch.set_rng_state(state["rng"].cpu())
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    check_selection_state(state["best"], checkpoint)
     return opt, sched, state["history"], state["best"], state["epoch"] + 1, state.get("wall_seconds", 0.0)
 
 
@@ -173,7 +177,7 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
     opt, sched = _optimizer(model, cfg)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
-    best = unselected()
+    best = unselected(cfg.selection)
     stopped = None
     start, prior = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
@@ -190,7 +194,7 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
         try:
             row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg.batch_size, device, progress)
         except Diverged as err:
-            if best["state"] is None:  # nothing to select: the run has no model
+            if chosen(best)[1]["state"] is None:  # nothing to select: the run has no model
                 raise
             stopped = stopped_note(str(err), epoch)
             break
@@ -206,7 +210,9 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
                   prior + time.perf_counter() - started)
         if on_epoch is not None:
             on_epoch(epoch)
-    if best["state"] is None:
+    rule, kept = chosen(best)
+    if kept["state"] is None:
         raise L2LError(no_selection(cfg, history))
-    model.load_state_dict(best["state"])
-    return FitResult(model, history, best["epoch"], best["score"], prior, stopped)
+    model.load_state_dict(kept["state"])
+    return FitResult(model, history, kept["epoch"], kept["score"], prior, stopped, rule,
+                     selection_note(best, cfg.selection_beta))

@@ -312,5 +312,7 @@ def attempt_run(run: Resolved, runs_dir: Path, data_dir: Path | None, progress: 
 def _run_line(k: int, n: int, record: Record, when: str) -> str:
     cfg = record.config
     extra = "" if cfg.input_transform == "none" else f" {cfg.input_transform}"
+    used = record.selection.get("rule_used", cfg.selection)
+    fallback = f", selected by {used}: {cfg.selection} broke down" if used != cfg.selection else ""
     return (f"[{k}/{n}] {cfg.dataset} {cfg.method}{extra} {record.maps.label} "
-            f"{cfg.backbone} seed {cfg.seed}: test acc {record.test.accuracy:.2f}%  ({when})")
+            f"{cfg.backbone} seed {cfg.seed}: test acc {record.test.accuracy:.2f}%  ({when}{fallback})")

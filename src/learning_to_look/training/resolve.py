@@ -20,6 +20,7 @@ from ..methods import METHODS, Method
 from ..nn.backbones import BACKBONES
 from ..nn.losses import TARGETS
 from ..nn.pretrained import check_pretrained
+from .selection import RULES
 
 
 @dataclass
@@ -50,6 +51,8 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
         raise L2LError(f"--selection val_worst_group needs group labels and {spec.name} has none; use --selection "
                        "val_acc, or a data set with groups (shapes-bg, or an import with a group column)")
     TARGETS.get(cfg.target)
+    if cfg.selection is not None:
+        RULES.get(cfg.selection)
     method.check_backbone(BACKBONES.get(cfg.backbone))
     check_pretrained(cfg.backbone, cfg.pretrained)
     if method.two_phase and cfg.e_att >= cfg.epochs:

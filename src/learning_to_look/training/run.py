@@ -36,6 +36,7 @@ from ..record import EXAMPLES_FILE, WEIGHTS_FILE, Record, has_record, read_recor
 from .engine import FitResult, fit
 from .evaluate import evaluate_split, examples
 from .resolve import Resolved, resolve_run
+from .selection import TIE_BREAK
 
 RUNS_DIR_ENV = "L2L_RUNS_DIR"
 #: Training images on which the quality of a run's maps (IoU / AUROC to the digit) is measured.
@@ -229,7 +230,8 @@ def record_run(cfg: TrainConfig, out: Path, prep: Prepared, fitted: FitResult, r
         "dataset": {"name": dataset.name, "protocol": dataset.header.get("protocol"), "n_train": len(prep.train_split),
                     "n_val": len(prep.val_split), "n_test": len(dataset.test), "channels": spec.channels,
                     "classes": list(spec.classes), "sha256": dataset.content_hash},
-        "selection": {"rule": cfg.selection, "epoch": fitted.selected_epoch, "score": fitted.selected_score,
+        "selection": {"rule": cfg.selection, "rule_used": fitted.rule or cfg.selection, "tie_break": TIE_BREAK,
+                      "note": fitted.selection_note, "epoch": fitted.selected_epoch, "score": fitted.selected_score,
                       "val": {k: v for k, v in fitted.history[fitted.selected_epoch].items() if k.startswith("val_")}},
         "test": test, "history": fitted.history, "seconds_per_epoch": train_seconds / len(fitted.history),
         "wall_seconds": wall_seconds, "device": str(pick_device(cfg.device)), "environment": environment(),

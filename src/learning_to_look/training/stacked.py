@@ -38,7 +38,8 @@ from ..methods import METHODS, Batch, Method
 from ..nn.backbones import LeNetGAP, build_backbone
 from ..registry import Registry
 from .engine import FitResult, set_determinism, stopped_note
-from .selection import keep_if_best, no_selection, scored, unselected
+from .selection import (check_selection_state, chosen, keep_if_best, no_selection, scored, selection_note,
+                        unselected)
 from ..device import pick_device
 
 #: Images x models in one validation batch: about 1 GB of activations, whatever M is.
@@ -272,8 +273,8 @@ class _Ledger:
     stopped: list[str | None]
 
     @classmethod
-    def empty(cls, m: int) -> _Ledger:
-        return cls([[] for _ in range(m)], [unselected() for _ in range(m)], [None] * m)
+    def empty(cls, cfgs: Sequence[TrainConfig]) -> _Ledger:
+        return cls([[] for _ in cfgs], [unselected(c.selection) for c in cfgs], [None] * len(cfgs))
 
     def state(self) -> dict[str, Any]:
         return {"histories": self.histories, "best": self.best, "stopped": self.stopped}
@@ -300,7 +301,7 @@ class _Ledger:
             if ok or self.stopped[i] is not None:
                 continue
             why = f"loss became NaN in epoch {epoch}"
-            has_model = self.best[i]["state"] is not None
+            has_model = chosen(self.best[i])[1]["state"] is not None
             self.stopped[i] = stopped_note(why, epoch) if has_model else f"{why}, before any epoch it could select"
 
 
@@ -335,7 +336,7 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
     train, val = train.to(device), val.to(device)
     opt = StackedSGD(dict(stack.named_parameters()), cfgs[0].momentum, cfgs[0].weight_decay)
     shuffle = torch.Generator().manual_seed(data_seed)
-    ledger, start, prior = _Ledger.empty(len(cfgs)), 0, 0.0
+    ledger, start, prior = _Ledger.empty(cfgs), 0, 0.0
     if checkpoint is not None and checkpoint.exists():
         ledger, start, prior = _resume(checkpoint, cfgs, stack, opt, shuffle, data_seed)
     epochs = cfgs[0].epochs
@@ -392,8 +393,9 @@ def _train_epoch(stack: StackedLeNetGAP, opt: StackedSGD, train: Batch, sched: S
     return [100.0 * float(c) / len(train) for c in correct.cpu()], finite.cpu().tolist()
 
 
-def _fitted(stack: StackedLeNetGAP, best: dict[str, Any], history: list[dict[str, Any]], prior: float,
+def _fitted(stack: StackedLeNetGAP, sel: dict[str, Any], history: list[dict[str, Any]], prior: float,
             cfg: TrainConfig, stopped: str | None) -> FitResult | NoModel:
+    rule, best = chosen(sel)
     if best["state"] is None and stopped is not None:
         point = ", ".join(f"{k} {getattr(cfg, k)}" for k in PER_MODEL_FIELDS)
         return NoModel(f"the model with {point}: {stopped}; lower --lr or --lambda0 to train it", history)
@@ -401,7 +403,8 @@ def _fitted(stack: StackedLeNetGAP, best: dict[str, Any], history: list[dict[str
         raise L2LError(no_selection(cfg, history))
     model = stack.backbone(num_classes=stack.num_classes, in_channels=stack.conv1_w.shape[2])
     model.load_state_dict(best["state"])
-    return FitResult(model.to(stack.conv1_w.device), history, best["epoch"], best["score"], prior, stopped)
+    return FitResult(model.to(stack.conv1_w.device), history, best["epoch"], best["score"], prior, stopped, rule,
+                     selection_note(sel, cfg.selection_beta))
 
 
 def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGAP, opt: StackedSGD,
@@ -420,5 +423,7 @@ def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGA
     stack.load_state_dict(state["stack"])
     opt.load_state_dict(state["optimizer"])
     shuffle.set_state(state["shuffle"].cpu())  # a CPU byte tensor, wherever map_location put the rest
+    for sel in state["best"]:
+        check_selection_state(sel, checkpoint)
     ledger = _Ledger(state["histories"], state["best"], state.get("stopped", [None] * len(cfgs)))
     return ledger, state["epoch"] + 1, float(state["wall_seconds"])

@@ -28,8 +28,9 @@ from ..data import load_dataset
 from ..data.pipeline import to_input
 from ..errors import L2LError
 from ..io import atomic_write_json, folder_lock, read_json, sha256_text, torch_load
-from ..record import has_record, read_record
+from ..record import Record, has_record, read_record
 from .resolve import resolve, resolve_run
+from .selection import RULES
 from .parallel import run_tasks, workers
 from .stacked import (BYTES_FIXED, BYTES_PER_MODEL, PER_MODEL_FIELDS, NoModel, StackedLeNetGAP, check_stack,
                       fit_stacked)
@@ -214,29 +215,43 @@ def _train_stack(cfgs: list[TrainConfig], folder: Path, seed: int, data_dir: Pat
             + (f"; {lost} diverged before an epoch they could select" if lost else ""))
 
 
+def common_rule(records: list[Record]) -> str | None:
+    """The rule the grid points are compared by: the one that selected every run's epoch,
+    or, where some runs fell back (their rule broke down), the fallback for all of them,
+    so that no two scores of different rules are compared."""
+    used = {r.selection.get("rule_used", r.config.selection) for r in records}
+    return used.pop() if len(used) == 1 else RULES.get(records[0].config.selection).fallback
+
+
+def _score(record: Record, rule: str | None) -> float:
+    """A run's validation score of its selected epoch under ``rule``."""
+    row = next(h for h in record.history if h["epoch"] == record.selected_epoch)
+    return row["score"] if rule == record.config.selection else row[f"score_{rule}"]
+
+
 def choose(sweep: Sweep) -> dict[str, Any]:
     """PROTOCOL 3.8: the grid point with the best mean validation selection score over the
     seeds; its test accuracy over those seeds is the sweep's result. A point with a seed
     that ended with no model is left out, and said so. The test numbers of the other
     points are read only to report them beside the choice, after it is made."""
     per_seed = [sweep.configs(s) for s in sweep.seeds]  # [seed][point]
-    points, left_out = [], []
+    found, left_out = [], []
     for i, point in enumerate(sweep.points):
         outs = [run_dir_for(cfgs[i], sweep.folder) for cfgs in per_seed]
         failed = [read_json(o / FAILED_FILE)["failed"] for o in outs if (o / FAILED_FILE).exists()]
         if failed:
             left_out.append({"point": point, "why": failed})
             continue
-        records = [read_record(o, "delete the sweep folder and rerun the sweep") for o in outs]
-        val = [r.selection["score"] for r in records]
-        points.append({"point": point, "val_score_mean": float(np.mean(val)),
-                       "test_acc": [r.test.accuracy for r in records]})
+        found.append((point, [read_record(o, "delete the sweep folder and rerun the sweep") for o in outs]))
+    rule = common_rule([r for _, records in found for r in records])
+    points = [{"point": point, "val_score_mean": float(np.mean([_score(r, rule) for r in records])),
+               "test_acc": [r.test.accuracy for r in records]} for point, records in found]
     if not points:
         raise L2LError(f"every grid point of {sweep.folder} has a seed whose loss diverged before it had a model "
                        f"(first: {left_out[0]['why'][0]}); lower --lr or the lambda0 values")
     best = max(points, key=lambda p: p["val_score_mean"])  # validation only
     acc = np.asarray(best["test_acc"])
-    return {"dataset": sweep.base.dataset, "method": sweep.base.method, "axes": sweep.axes,
+    return {"dataset": sweep.base.dataset, "method": sweep.base.method, "axes": sweep.axes, "rule": rule,
             "chosen": best["point"], "val_score_mean": best["val_score_mean"], "seeds": sweep.seeds,
             "test_acc_mean": float(acc.mean()), "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
             "points": points, "left_out": left_out}
