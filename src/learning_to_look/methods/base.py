@@ -64,6 +64,10 @@ class Method:
     loss needs, built from the maps. It knows nothing else about the method."""
 
     name: ClassVar[str]
+    #: Where the method comes from (authors, venue, year), and its rule in one line: the
+    #: README's and the reports' method table is made from these.
+    paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
     uses_maps: ClassVar[bool] = False
     two_phase: ClassVar[bool] = False
     #: Default of lambda0, the weight of the method's extra term (declared once, here);

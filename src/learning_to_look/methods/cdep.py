@@ -31,6 +31,9 @@ class CDEP(RegionPrior):
     paper chose were not in the sources read)."""
 
     name = "cdep"
+    paper = "Rieger, Singh, Murdoch, Yu, ICML 2020"
+    summary = ("CE + λ · softmax share of the logits that contextual decomposition gives the irrelevant component "
+               "(a region, or single pixels' colour)")
     default_lambda = 100.0  # region shortcuts: from CDEP's DecoyMNIST sweep {1, 10, 100, 1000, 10000}
     COLOUR_LAMBDA = 1000.0  # colour: from CDEP's ColorMNIST sweep {0.1, 1, 500, 1000, 5000}
     PIXELS = 8  # single-pixel components per step, CDEP's ColorMNIST num_blobs

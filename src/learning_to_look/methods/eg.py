@@ -22,6 +22,8 @@ class ExpectedGradients(RegionPrior):
     0.0072 per image, so 2.2 against a cross-entropy of 2.31)."""
 
     name = "eg"
+    paper = "Erion, Janizek, Sturmfels, Lundberg, Lee, Nature Machine Intelligence 2021"
+    summary = "CE + λ · mean |Expected Gradients| on the irrelevant region (one reference, one α per image)"
     default_lambda = 300.0  # the rule of thumb, see the class docstring
 
     def penalty(self, model: Backbone, batch: Batch, x: Tensor, logits: Tensor) -> Tensor:

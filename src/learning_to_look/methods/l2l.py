@@ -19,6 +19,9 @@ class L2L(Method):
     under a growing lambda; optimiser and scheduler restart at E_att."""
 
     name = "l2l"
+    paper = "Yang, Bhusal, Rastogi, arXiv 2509.21247, 2025"
+    summary = ("CE + λ_t · KL(target ‖ softmax(CAM)), after an alignment-only phase; λ_t ramps from λ0 at E_att "
+               "(PROTOCOL 3.5)")
     uses_maps = True
     two_phase = True
     default_lambda = 160.0  # the paper's lambda0 (PROTOCOL 3.5)
@@ -69,5 +72,7 @@ class GradCAMKL(L2L):
     on networks without global average pooling."""
 
     name = "gradcam-kl"
+    paper = "the paper's loss on Grad-CAM (this project), for networks without a GAP head"
+    summary = "l2l with Grad-CAM in place of CAM"
     attention_kind = "grad-cam"
     stackable = False

@@ -47,6 +47,8 @@ class RRR(RegionPrior):
     DecoyMNIST training batches, where it was 0.01 per image)."""
 
     name = "rrr"
+    paper = "Ross, Hughes, Doshi-Velez, IJCAI 2017"
+    summary = "CE + λ · Σ ((1 − map) ⊙ ∂ Σ log p / ∂x)²: input gradients on the irrelevant region"
     default_lambda = 100.0  # Ross et al.'s rule of thumb, see the class docstring
 
     def penalty(self, model: Backbone, batch: Batch, x: Tensor, logits: Tensor) -> Tensor:

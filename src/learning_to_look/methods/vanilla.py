@@ -10,3 +10,5 @@ class Vanilla(Method):
     """Cross-entropy only: the shortcut-prone baseline."""
 
     name = "vanilla"
+    paper = "empirical risk minimisation"
+    summary = "cross-entropy alone"
