@@ -15,7 +15,7 @@ from learning_to_look import cli
 from learning_to_look.cli import main
 from learning_to_look.config import TrainConfig
 from learning_to_look.training.resolve import resolve
-from learning_to_look.training.run import run_dir_for
+from learning_to_look.training.run import run, run_dir_for
 
 FAST = ["--train-subset", "200", "--epochs", "2", "--e-att", "1", "--quiet"]
 
@@ -140,7 +140,7 @@ CHECKPOINTS = {"empty": b"", "random bytes": np.random.default_rng(0).bytes(4096
 
 
 @pytest.mark.parametrize("kind", list(CHECKPOINTS))
-def test_damaged_checkpoint_is_named_with_the_fix(kind, data_dir, tmp_path, capsys):
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_again_saying_so(kind, data_dir, tmp_path, caplog):
     cfg = resolve(TrainConfig(dataset="decoymnist", method="vanilla", train_subset=200, epochs=2, e_att=1, seed=37))
     folder = run_dir_for(cfg, tmp_path)
     folder.mkdir(parents=True)
@@ -150,8 +150,28 @@ def test_damaged_checkpoint_is_named_with_the_fix(kind, data_dir, tmp_path, caps
         (folder / "checkpoint.pt").write_bytes(CHECKPOINTS[kind])
     code = main(["train", "--dataset", "decoymnist", "--method", "vanilla", "--data-dir", str(data_dir),
                  "--runs-dir", str(tmp_path), *FAST])
-    line = one_error_line(capsys, code, "corrupt")
-    assert "checkpoint.pt" in line and "delete" in line
+    assert code == 0 and "checkpoint.pt is damaged" in caplog.text and "starts again from its first epoch" in caplog.text
+    assert (folder / "checkpoint.pt.damaged").exists() and (folder / "result.json").exists()
+
+
+def test_a_checkpoint_damaged_after_its_save_resumes_from_the_one_before(data_dir, tmp_path, caplog):
+    """Zeroed bytes inside a checkpoint fail its SHA-256; the run goes on from the previous epoch's."""
+    cfg = TrainConfig(dataset="decoymnist", method="vanilla", train_subset=200, epochs=3, seed=37)
+    whole = run(cfg, runs_dir=tmp_path / "whole", data_dir=data_dir, progress=False)
+
+    def stop(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False, on_epoch=stop)
+    ckpt = next((tmp_path / "cut").rglob("checkpoint.pt"))
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    ckpt.write_bytes(bytes(data))
+    resumed = run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False)
+    assert "resuming from checkpoint.prev.pt" in caplog.text and (ckpt.parent / "checkpoint.pt.damaged").exists()
+    assert resumed.test == whole.test  # the same numbers as a run never stopped
 
 
 def test_damaged_result_is_named_with_the_fix(data_dir, tmp_path, capsys):

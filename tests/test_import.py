@@ -36,7 +36,7 @@ def make_folder(root, n=(6, 2, 3), masks=True):
 
 def test_folder_import_keeps_classes_names_val_and_masks(tmp_path):
     src = make_folder(tmp_path / "src")
-    path, skipped = import_dataset("pets", src, tmp_path / "data", size=24, progress=False)
+    path, skipped, _ = import_dataset("pets", src, tmp_path / "data", size=24, progress=False)
     ds = load_dataset("pets", tmp_path / "data", build=False)
     assert skipped == 0 and path.name == "pets.npz"
     assert ds.train.images.shape == (16, 3, 24, 24) and ds.test.images.shape == (6, 3, 24, 24)
@@ -94,7 +94,7 @@ def test_import_refusals(tmp_path, setup, words):
 
 
 def test_a_built_name_cannot_be_taken(tmp_path):
-    with pytest.raises(L2LError, match="not the name of a built data set"):
+    with pytest.raises(L2LError, match="the name of a built data set"):
         import_dataset("mnist", make_folder(tmp_path / "src"), tmp_path / "data", progress=False)
 
 

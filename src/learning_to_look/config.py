@@ -78,7 +78,7 @@ SCHEDULES.register(Schedule("cdep-decoymnist", "adam", epochs=5, batch_size=64, 
 SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "step_size", "gamma")
 #: Fields added after runs were recorded: left out of the run hash while they hold this
 #: value, so that earlier runs keep their folders.
-HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None}
+HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -141,6 +141,8 @@ class TrainConfig:
     train_subset: int | None = _field(None, f"Use only the first N training images "
                                             f"(and N/{SUBSET_VAL_DIVISOR} validation images; unset: all).", low=2)
     device: str = _field("auto", "auto (CUDA when present) | cpu | cuda.")
+    data_hash: str | None = _field(None, "Content hash of an imported data set, filled in when the run is resolved: "
+                                         "a re-imported set trains in its own folder.")
 
     def validate(self) -> "TrainConfig":
         """Check every field's type and range, in place; a number given as an int where a

@@ -111,11 +111,23 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` through :func:`atomic_write_bytes`, with the SHA-256 of the bytes in a
+    ``<name>.sha256`` file beside it, which :func:`torch_load` checks: torch's zip reader
+    does not check its members' CRCs, so damaged weights would otherwise load."""
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    out = atomic_write_bytes(path, data)
+    atomic_write_text(checksum_path(out), hashlib.sha256(data).hexdigest() + "\n")
+    return out
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """Where :func:`atomic_torch_save` keeps a file's SHA-256."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
 
 
 def read_json(path: str | os.PathLike, fix: str = "delete it and rerun the command") -> Any:
@@ -137,15 +149,22 @@ def load_npy(path: str | os.PathLike, fix: str = "delete it and rerun the comman
 
 
 def torch_load(path: str | os.PathLike, fix: str = "delete it and rerun the command", **kw: Any) -> Any:
-    """``torch.load(path)``; an empty, truncated or random file is named as corrupt. Random
-    bytes can fail inside the unpickler in almost any way (even MemoryError, from a
-    length read out of garbage), so every ordinary exception means "unreadable"."""
+    """``torch.load(path)`` after checking its bytes against the SHA-256 saved beside it
+    (files saved before checksums were kept load unchecked); an empty, truncated, damaged
+    or random file is named as corrupt. Random bytes can fail inside the unpickler in
+    almost any way (even MemoryError, from a length read out of garbage), so every
+    ordinary exception means "unreadable"."""
     import torch
 
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.is_file():
         raise FileNotFoundError(2, "No such file", str(path))
+    data = path.read_bytes()
+    expected = checksum_path(path)
+    if expected.is_file() and hashlib.sha256(data).hexdigest() != expected.read_text().strip():
+        raise corrupt_file(path, "its SHA-256 differs from the one saved with it: the file is damaged", fix)
     try:
-        return torch.load(path, **kw)
+        return torch.load(io.BytesIO(data), **kw)
     except Exception as e:  # noqa: BLE001  (see the docstring)
         raise corrupt_file(path, f"not a PyTorch file: {type(e).__name__}", fix) from None
 
@@ -160,38 +179,74 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _owner(lock: Path) -> int | None:
+    """The pid a lock file names; None when it is gone or holds no pid (an empty lock made by
+    hand): a lock is only ever created whole (:func:`_take`), and one without an owner is
+    never judged stale."""
+    try:
+        text = lock.read_text()
+    except OSError:
+        return None
+    return int(text) if text.strip().isdigit() else None
+
+
+def _take(lock: Path) -> bool:
+    """Create ``lock`` holding this process's pid, atomically: the owner record is written to
+    a temporary file and hard-linked into place, which fails if the lock exists. No process
+    ever sees the lock without its owner."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{lock.name}.", suffix=TMP_SUFFIX, dir=lock.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.link(tmp, lock)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _clear_stale(lock: Path, pid: int) -> None:
+    """Remove ``lock`` if it still names dead process ``pid``: renamed aside first, so a
+    contender that took the lock in between never loses it."""
+    aside = lock.with_name(f"{lock.name}.stale-{pid}-{os.getpid()}")
+    try:
+        os.rename(lock, aside)
+    except OSError:
+        return
+    if _owner(aside) == pid:
+        aside.unlink(missing_ok=True)
+    else:  # someone else's live lock moved by mistake: put it back if the place is still free
+        try:
+            os.link(aside, lock)
+        except OSError:
+            pass
+        aside.unlink(missing_ok=True)
+
+
 @contextmanager
 def folder_lock(folder: str | os.PathLike, what: str, *, name: str = LOCK_NAME, wait: float = 0.0) -> Iterator[Path]:
     """Hold ``folder/name`` while working there, so that a second identical command
     stops with a clear message instead of duplicating (or corrupting) the work, or,
     with ``wait`` seconds, waits for the first to finish (parallel workers that all
-    need the same data set). A lock left by a process that no longer runs (killed with
-    -9) is taken over."""
+    need the same data set). A lock whose owner record names a process that no longer
+    runs (killed with -9) is taken over; one without a complete record is never judged
+    stale."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / name
     deadline = time.monotonic() + wait
-    for _ in range(2 + int(wait / LOCK_POLL_SECONDS)):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                if time.monotonic() < deadline:
-                    time.sleep(LOCK_POLL_SECONDS)
-                    continue
-                raise L2LError(f"another l2l process (pid {pid}) is already running {what} in {folder}; wait for it "
-                               f"to finish, or delete {lock} if that process is gone") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
+    while not _take(lock):
+        pid = _owner(lock)
+        if pid is not None and (pid == os.getpid() or not _pid_alive(pid)):  # ours: left by an aborted attempt
+            _clear_stale(lock, pid)
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
-    else:
-        raise L2LError(f"cannot take the lock {lock}; delete it if no l2l process is running there")
+        if time.monotonic() < deadline:
+            time.sleep(LOCK_POLL_SECONDS)
+            continue
+        who = f"pid {pid}" if pid is not None else "another process"
+        raise L2LError(f"another l2l process ({who}) is already running {what} in {folder}; wait for it "
+                       f"to finish, or delete {lock} if that process is gone")
     try:
         yield lock
     finally:

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..data import DATASETS, build_dataset, dataset_path, load_dataset
+from ..data.images import MAX_PIXELS
 from ..data.preview import check_out_file, preview_dataset
 from .app import app
 from .common import DATA_DIR, MNIST_DIR, one_line
@@ -92,6 +93,9 @@ def import_cmd(name: str = typer.Argument(..., help="Name of the new data set (l
                skip_bad: bool = typer.Option(False, "--skip-bad",
                                              help="Leave out unreadable files instead of failing."),
                force: bool = typer.Option(False, "--force", help="Import again over an existing data set."),
+               max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", min=1,
+                                              help="Refuse images with more pixels than this (decoding them would "
+                                                   "take too much memory)."),
                data_dir: Optional[Path] = DATA_DIR,
                quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Import your own images as a data set (verified uint8 store, class names and file names kept).
@@ -101,11 +105,15 @@ def import_cmd(name: str = typer.Argument(..., help="Name of the new data set (l
     from ..data.imported import import_dataset
 
     t0 = time.perf_counter()
-    path, skipped = import_dataset(name, source, data_dir, size=size, skip_bad=skip_bad, force=force,
-                                   progress=not quiet)
+    path, skipped, warnings = import_dataset(name, source, data_dir, size=size, skip_bad=skip_bad, force=force,
+                                             progress=not quiet, max_pixels=max_pixels)
+    for line in warnings:
+        typer.echo(f"warning: {line}", err=True)
     ds = load_dataset(name, data_dir, build=False)
     h = ds.header["imported"]
     groups = f", {len(h['groups'])} groups" if h["groups"] else ""
+    n = len(ds.train) + len(ds.test)
+    masks = "" if not h["has_masks"] else ", masks" if h.get("masked", n) == n else f", masks for {h['masked']} of {n}"
     typer.echo(f"{name}: {len(ds.train)} train{' + val' if h['has_val'] else ''} + {len(ds.test)} test images, "
-               f"{len(h['classes'])} classes{groups}{', masks' if h['has_masks'] else ''} -> {path} "
+               f"{len(h['classes'])} classes{groups}{masks} -> {path} "
                f"({time.perf_counter() - t0:.1f}s)" + (f"; skipped {skipped} bad file(s)" if skipped else ""))

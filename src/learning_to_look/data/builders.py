@@ -164,6 +164,7 @@ class DatasetSpec:
     class_names: tuple[str, ...] = ()  # what predictions call the classes; unset: "0", "1", ...
     size: int = 28  # side of the stored images
     has_objects: bool = True  # the builder keeps each image's object (``digit_*``): oracle maps and attention metrics
+    partial_masks: bool = False  # only some images have an object (``masked_*`` says which): an import's partial masks
     has_val: bool = False  # a ``val_train`` array marks the validation images (imported sets with a val/ folder)
     imported_from: str | None = None  # the folder or CSV of `l2l data import`; None for built sets
     #: What the shortcut is, for methods that penalise it as a component (``cdep``): "region"

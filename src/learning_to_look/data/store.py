@@ -53,6 +53,7 @@ class Split:
     shades: np.ndarray | None = None  # DecoyMNIST-RRR: the digit whose shade the swatch has (the label in training)
     groups: np.ndarray | None = None  # (N,) group of each image in spurious-correlation data (shapes-bg)
     files: tuple[str, ...] | None = None  # an imported set's original file names, in order
+    masked: np.ndarray | None = None  # (N,) bool: which images have an object mask; None when all (or none) do
 
     @property
     def is_test(self) -> bool:
@@ -75,7 +76,7 @@ class Split:
 
         return Split(name or self.name, self.images[idx], self.labels[idx], rows(self.digits), rows(self.corners),
                      self.decoy_size, base[idx], rows(self.shades), rows(self.groups),
-                     None if self.files is None else tuple(self.files[i] for i in idx))
+                     None if self.files is None else tuple(self.files[i] for i in idx), rows(self.masked))
 
     def decoy_masks(self) -> np.ndarray | None:
         """Boolean (N, 28, 28) decoy squares, or None for data sets without a decoy."""
@@ -94,9 +95,13 @@ class Dataset:
 
     @property
     def content_hash(self) -> str:
-        """What the data set holds, as one hash: of its arrays' SHA-256s (verified on every
-        load), so two files with the same images, labels and masks hash alike."""
-        return sha256_text(json.dumps(self.header.get("arrays", {}), sort_keys=True))
+        return content_hash(self.header)
+
+
+def content_hash(header: dict) -> str:
+    """What a data file holds, as one hash: of its arrays' SHA-256s (verified on every
+    load), so two files with the same images, labels and masks hash alike."""
+    return sha256_text(json.dumps(header.get("arrays", {}), sort_keys=True))
 
 
 def data_folder(data_dir: str | os.PathLike | None = None) -> Path:
@@ -192,6 +197,8 @@ def expected_shapes(spec: DatasetSpec) -> dict[str, tuple]:
             shapes[f"corner_{s}"] = (-1, 2)
         if spec.group_names:
             shapes[f"group_{s}"] = (-1,)
+        if spec.partial_masks:
+            shapes[f"masked_{s}"] = (-1,)
     if spec.has_val:
         shapes["val_train"] = (-1,)
     return shapes
@@ -291,7 +298,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, build:
         return Split(s, arrays[f"x_{s}"], arrays[f"y_{s}"].astype(np.int64), arrays.get(f"digit_{s}"),
                      arrays.get(f"corner_{s}"), spec.decoy_size, shades=arrays.get(f"shade_{s}"),
                      groups=None if f"group_{s}" not in arrays else arrays[f"group_{s}"].astype(np.int64),
-                     files=None if files is None else tuple(files))
+                     files=None if files is None else tuple(files),
+                     masked=None if f"masked_{s}" not in arrays else arrays[f"masked_{s}"].astype(bool))
 
     val = arrays.get("val_train")
     return Dataset(name, split("train"), split("test"), header, None if val is None else val.astype(bool))

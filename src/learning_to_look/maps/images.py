@@ -12,13 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from ..data.images import image_files, read_image
 from ..errors import L2LError
 from ..io import atomic_write_bytes
 from .base import MapGenerator, validate_maps
 from .weights import loading_progress
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
 
 @dataclass(frozen=True)
 class ImageSplit:
@@ -50,30 +48,6 @@ class ImageSplit:
         idx = np.asarray(idx)
         base = self.indices if self.indices is not None else np.arange(len(self))
         return ImageSplit(name or self.name, self.images[idx], tuple(self.names[i] for i in idx), base[idx])
-
-
-def read_image(path: Path) -> np.ndarray:
-    """uint8 (3, H, W) RGB."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()
-    except (OSError, EOFError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise L2LError(f"cannot read image {path} ({type(e).__name__}); remove it or convert it to PNG/JPEG") from None
-
-
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """Every image under ``folder``, sub-folders (such as one per class) included, sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise L2LError(f"no image folder at {folder}; pass --images DIR with PNG/JPEG files")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    if not files:
-        raise L2LError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its sub-folders; "
-                       "pass --images DIR with PNG/JPEG files")
-    return files
 
 
 def load_image_folder(folder: str | os.PathLike) -> list[ImageSplit]:

@@ -20,10 +20,10 @@ from ..config import SCHEDULES, TrainConfig
 from ..data.pipeline import batch_indices, eval_batch_size
 from ..device import pick_device
 from ..errors import L2LError, corrupt_file
-from ..io import atomic_torch_save, torch_load
 from ..methods import Batch, Method
 from ..nn.backbones import Backbone, build_backbone
 from ..nn.pretrained import load_pretrained
+from .checkpoints import load_checkpoint, save_checkpoint
 from .evaluate import group_accuracy
 from .resolve import Resolved
 from .selection import check_selection_state, chosen, keep_if_best, no_selection, scored, selection_note, unselected
@@ -112,14 +112,20 @@ def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim
     return {"train_acc": 100.0 * sums.pop("correct") / seen} | {f"train_{k}": v / seen for k, v in sums.items()}
 
 
+def _is_training_state(state: Any, path: Path) -> None:
+    if not isinstance(state, dict) or not {"config", "model", "optimizer", "scheduler", "shuffle", "best"} <= set(state):
+        raise corrupt_file(path, "not a training checkpoint")
+    check_selection_state(state["best"], path)
+
+
 def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.device,
-            shuffle: torch.Generator) -> tuple[Any, Any, list[dict[str, Any]], dict[str, Any], int, float]:
-    """The state saved after the last finished epoch, loaded into ``model`` and ``shuffle``:
-    (optimizer, scheduler, history, best, next epoch, wall seconds spent so far)."""
-    fix = f"delete {checkpoint} to restart this run from its first epoch"
-    state = torch_load(checkpoint, fix, map_location=device, weights_only=False)
-    if not isinstance(state, dict) or not {"config", "model", "optimizer", "scheduler", "shuffle"} <= set(state):
-        raise corrupt_file(checkpoint, "not a training checkpoint", fix)
+            shuffle: torch.Generator) -> tuple[Any, Any, list[dict[str, Any]], dict[str, Any], int, float] | None:
+    """The state saved after the last good epoch, loaded into ``model`` and ``shuffle``:
+    (optimizer, scheduler, history, best, next epoch, wall seconds spent so far); None
+    when there is no good checkpoint to resume from."""
+    state = load_checkpoint(checkpoint, _is_training_state, map_location=device, weights_only=False)
+    if state is None:
+        return None
     if not isinstance(state["config"], dict) or not cfg.matches(state["config"]):
         raise L2LError(f"checkpoint {checkpoint} belongs to another config; delete it or use another --runs-dir")
     model.load_state_dict(state["model"])
@@ -132,18 +138,17 @@ def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.d
         torch.set_rng_state(state["rng"].cpu())
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-    check_selection_state(state["best"], checkpoint)
     return opt, sched, state["history"], state["best"], state["epoch"] + 1, state.get("wall_seconds", 0.0)
 
 
 def _save(checkpoint: Path, cfg: TrainConfig, epoch: int, model: Backbone, opt: Any, sched: Any,
           shuffle: torch.Generator, history: list[dict[str, Any]], best: dict[str, Any], wall_seconds: float) -> None:
     """Everything :func:`_resume` needs to go on after ``epoch`` as if never stopped, written atomically."""
-    atomic_torch_save(checkpoint, {"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
-                                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                   "shuffle": shuffle.get_state(), "rng": torch.get_rng_state(),
-                                   "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                                   "history": history, "best": best, "wall_seconds": wall_seconds})
+    save_checkpoint(checkpoint, {"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
+                                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                 "shuffle": shuffle.get_state(), "rng": torch.get_rng_state(),
+                                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                                 "history": history, "best": best, "wall_seconds": wall_seconds})
 
 
 def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Backbone:
@@ -180,8 +185,8 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
     best = unselected(cfg.selection)
     stopped = None
     start, prior = 0, 0.0
-    if checkpoint is not None and checkpoint.exists():
-        opt, sched, history, best, start, prior = _resume(checkpoint, cfg, model, device, shuffle)
+    if checkpoint is not None and (resumed := _resume(checkpoint, cfg, model, device, shuffle)) is not None:
+        opt, sched, history, best, start, prior = resumed
 
     epochs = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"{cfg.method} seed {cfg.seed}",
                   disable=not progress, leave=False, dynamic_ncols=True)

@@ -13,6 +13,7 @@ import torch
 from ..config import TrainConfig
 from ..data import DatasetSpec
 from ..data.imported import dataset_spec
+from ..data.store import content_hash, dataset_path, read_header
 from ..errors import L2LError
 from ..maps.base import MapGenerator
 from ..maps.options import build_map_source
@@ -45,6 +46,7 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise L2LError(f"device {cfg.device} requested but CUDA is not available; pass --device cpu (or auto)")
     spec = dataset_spec(cfg.dataset, data_dir)
+    cfg.data_hash = imported_hash(spec, data_dir)
     method = METHODS.get(cfg.method)(cfg)  # holds cfg itself, so it sees the defaults filled in below
     method.check_dataset(spec)
     if cfg.selection == "val_worst_group" and not spec.group_names:
@@ -66,6 +68,15 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
         cfg.maps, cfg.map_options = "none", {}
         return Resolved(cfg, method, spec)
     return Resolved(cfg, method, spec, build_map_source(cfg.maps, cfg.map_options))
+
+
+def imported_hash(spec: DatasetSpec, data_dir: str | os.PathLike | Path | None) -> str | None:
+    """An imported data set's content hash (its file's header, read without the arrays):
+    part of its runs' identity, since the same name can be imported again with other
+    images. Built data sets are fixed by their protocol version: None."""
+    if spec.imported_from is None:
+        return None
+    return content_hash(read_header(dataset_path(spec.name, data_dir), spec.name))[:16]
 
 
 def resolve(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = None) -> TrainConfig:

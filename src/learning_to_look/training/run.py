@@ -33,6 +33,7 @@ from ..maps import cache_meta, map_quality, resolve_maps, validate_maps
 from ..methods import Batch, Method
 from ..nn.backbones import BACKBONES, Backbone
 from ..record import EXAMPLES_FILE, WEIGHTS_FILE, Record, has_record, read_record, write_record
+from .checkpoints import remove_checkpoints
 from .engine import FitResult, fit
 from .evaluate import evaluate_split, examples
 from .resolve import Resolved, resolve_run
@@ -210,7 +211,7 @@ def _train_and_test(run: Resolved, out: Path, data_dir: Path | None, progress: b
     fitted = fit(run, prep.train, prep.val, checkpoint=out / CHECKPOINT_FILE, progress=progress,
                  on_epoch=on_epoch, started=t0)
     record = record_run(run.cfg, out, prep, fitted, role, fitted.prior_seconds + time.perf_counter() - t0)
-    (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    remove_checkpoints(out / CHECKPOINT_FILE)
     return record
 
 

@@ -32,12 +32,13 @@ from ..config import TrainConfig
 from ..data import DATASETS
 from ..data.pipeline import as_rgb, batch_indices
 from ..errors import L2LError, corrupt_file
-from ..io import atomic_torch_save, torch_load
+from ..io import atomic_torch_save
 from ..nn.losses import forward_kl, kl_per_image, reverse_kl
 from ..methods import METHODS, Batch, Method
 from ..nn.backbones import LeNetGAP, build_backbone
 from ..registry import Registry
 from .engine import FitResult, set_determinism, stopped_note
+from .checkpoints import load_checkpoint, save_checkpoint
 from .selection import (check_selection_state, chosen, keep_if_best, no_selection, scored, selection_note,
                         unselected)
 from ..device import pick_device
@@ -337,8 +338,8 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
     opt = StackedSGD(dict(stack.named_parameters()), cfgs[0].momentum, cfgs[0].weight_decay)
     shuffle = torch.Generator().manual_seed(data_seed)
     ledger, start, prior = _Ledger.empty(cfgs), 0, 0.0
-    if checkpoint is not None and checkpoint.exists():
-        ledger, start, prior = _resume(checkpoint, cfgs, stack, opt, shuffle, data_seed)
+    if checkpoint is not None and (resumed := _resume(checkpoint, cfgs, stack, opt, shuffle, data_seed)) is not None:
+        ledger, start, prior = resumed
     epochs = cfgs[0].epochs
     bar = tqdm(total=epochs * len(cfgs), initial=start * len(cfgs), unit="model-epoch", desc=f"stack of {len(cfgs)}",
                disable=not progress, dynamic_ncols=True)
@@ -356,10 +357,10 @@ def fit_stacked(cfgs: Sequence[TrainConfig], train: Batch, val: Batch, *, data_s
                               {"stack": {k: v.detach().cpu() for k, v in stack.state_dict().items()},
                                "eligible": [s.eligible and why is None for s, why in zip(sched, ledger.stopped)]})
         if checkpoint is not None:
-            atomic_torch_save(checkpoint, {"configs": [c.to_dict() for c in cfgs], "data_seed": data_seed,
-                                           "epoch": epoch, "stack": stack.state_dict(), "optimizer": opt.state_dict(),
-                                           "shuffle": shuffle.get_state(), **ledger.state(),
-                                           "wall_seconds": prior + time.perf_counter() - started})
+            save_checkpoint(checkpoint, {"configs": [c.to_dict() for c in cfgs], "data_seed": data_seed,
+                                         "epoch": epoch, "stack": stack.state_dict(), "optimizer": opt.state_dict(),
+                                         "shuffle": shuffle.get_state(), **ledger.state(),
+                                         "wall_seconds": prior + time.perf_counter() - started})
         bar.update(len(cfgs))
         if on_epoch is not None:
             on_epoch(epoch)
@@ -407,14 +408,22 @@ def _fitted(stack: StackedLeNetGAP, sel: dict[str, Any], history: list[dict[str,
                      selection_note(sel, cfg.selection_beta))
 
 
-def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGAP, opt: StackedSGD,
-            shuffle: torch.Generator, data_seed: int) -> tuple[_Ledger, int, float]:
-    """Load the state saved after the last finished epoch; (the models' ledger, next epoch,
-    seconds spent so far)."""
-    fix = f"delete {checkpoint} to restart this stack from its first epoch"
-    state = torch_load(checkpoint, fix, map_location=next(stack.parameters()).device, weights_only=False)
+def _is_stack_state(state: Any, path: Path) -> None:
     if not isinstance(state, dict) or not {"stack", "optimizer", "shuffle", "histories", "best"} <= set(state):
-        raise corrupt_file(checkpoint, "not a stacked-training checkpoint", fix)
+        raise corrupt_file(path, "not a stacked-training checkpoint")
+    for sel in state["best"]:
+        check_selection_state(sel, path)
+
+
+def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGAP, opt: StackedSGD,
+            shuffle: torch.Generator, data_seed: int) -> tuple[_Ledger, int, float] | None:
+    """Load the state saved after the last good epoch; (the models' ledger, next epoch,
+    seconds spent so far), or None when there is no good checkpoint to resume from."""
+    fix = f"delete {checkpoint} to restart this stack from its first epoch"
+    state = load_checkpoint(checkpoint, _is_stack_state, map_location=next(stack.parameters()).device,
+                            weights_only=False)
+    if state is None:
+        return None
     saved = state.get("configs")
     if (not isinstance(saved, list) or len(saved) != len(cfgs) or not all(isinstance(d, dict) and c.matches(d)
                                                                           for c, d in zip(cfgs, saved))
@@ -423,7 +432,5 @@ def _resume(checkpoint: Path, cfgs: Sequence[TrainConfig], stack: StackedLeNetGA
     stack.load_state_dict(state["stack"])
     opt.load_state_dict(state["optimizer"])
     shuffle.set_state(state["shuffle"].cpu())  # a CPU byte tensor, wherever map_location put the rest
-    for sel in state["best"]:
-        check_selection_state(sel, checkpoint)
     ledger = _Ledger(state["histories"], state["best"], state.get("stopped", [None] * len(cfgs)))
     return ledger, state["epoch"] + 1, float(state["wall_seconds"])

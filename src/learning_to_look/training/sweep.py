@@ -31,6 +31,7 @@ from ..io import atomic_write_json, folder_lock, read_json, sha256_text, torch_l
 from ..record import Record, has_record, read_record
 from .resolve import resolve, resolve_run
 from .selection import RULES
+from .checkpoints import remove_checkpoints
 from .parallel import run_tasks, workers
 from .stacked import (BYTES_FIXED, BYTES_PER_MODEL, PER_MODEL_FIELDS, NoModel, StackedLeNetGAP, check_stack,
                       fit_stacked)
@@ -209,7 +210,7 @@ def _train_stack(cfgs: list[TrainConfig], folder: Path, seed: int, data_dir: Pat
                                                   "history": fit.history} | engine)
         else:
             record_run(cfg, out, prep, fit, SWEEP_ROLE, wall, engine)
-    checkpoint.unlink(missing_ok=True)
+    remove_checkpoints(checkpoint)
     lost = sum(isinstance(f, NoModel) for f in fitted)
     return (f"seed {seed}: {len(cfgs)} models trained as one stack in {time.perf_counter() - t0:.0f} s"
             + (f"; {lost} diverged before an epoch they could select" if lost else ""))
