@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import L2LError
-from .io import sha256_text
+from .io import read_settings, sha256_text
 from .data.pipeline import INPUT_TRANSFORMS
 from .nn.losses import OUTLINE_THRESHOLD
 from .registry import Registry
@@ -225,12 +225,7 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise L2LError(f"config file {path} does not exist; pass a YAML or JSON file")
-        try:
-            import yaml
-
-            d = yaml.safe_load(path.read_text()) or {}
-        except Exception as e:
-            raise L2LError(f"config file {path} is not valid YAML/JSON ({type(e).__name__}); fix its syntax") from None
+        d = read_settings(path) or {}
         if not isinstance(d, dict):
             raise L2LError(f"config file {path} must hold a mapping of settings, e.g. `epochs: 30`")
         return cls.from_dict(d)

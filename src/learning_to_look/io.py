@@ -138,6 +138,34 @@ def read_json(path: str | os.PathLike, fix: str = "delete it and rerun the comma
         raise corrupt_file(path, f"not valid JSON: {e}", fix) from None
 
 
+#: The largest settings file read (a config is a few hundred bytes; this keeps a wrong file out of memory).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_settings(path: str | os.PathLike, what: str = "config file") -> Any:
+    """A YAML or JSON file of settings: at most ``MAX_CONFIG_BYTES``, and without YAML
+    aliases, whose nested expansion can fill any memory from a few lines."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("aliases (*name) are not allowed in a settings file")
+            return super().compose_node(parent, index)
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise L2LError(f"{what} {path} is over {MAX_CONFIG_BYTES // 1024} KiB, too large for settings; pass the "
+                       "YAML or JSON file of a run's settings")
+    try:
+        return yaml.load(data.decode("utf-8-sig"), Loader=NoAliases)  # noqa: S506 (a SafeLoader)
+    except (yaml.YAMLError, UnicodeError) as e:
+        reason = "it uses YAML aliases" if "aliases" in str(e) else type(e).__name__
+        raise L2LError(f"{what} {path} is not valid YAML/JSON ({reason}); fix its syntax") from None
+
+
 def load_npy(path: str | os.PathLike, fix: str = "delete it and rerun the command", **kw: Any) -> Any:
     """``np.load(path)`` without pickles; an empty, truncated or foreign file is named as corrupt."""
     try:

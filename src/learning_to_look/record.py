@@ -174,6 +174,8 @@ def _test_metrics(test: dict[str, Any]) -> TestMetrics:
             _number(v, f"test {k}")
     if "accuracy" not in kept or "n" not in kept:
         raise ValueError("test has no accuracy or n")
+    if not math.isfinite(kept["accuracy"]):
+        raise ValueError(f"its test accuracy is {kept['accuracy']}")
     return TestMetrics(**kept)
 
 
@@ -195,7 +197,7 @@ def parse_record(run_dir: Path, r: Any) -> Record:
     epoch = selection.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int):
         raise ValueError(f"selection epoch is {epoch!r}, not an integer")
-    config = TrainConfig.from_dict(r["config"])
+    config = TrainConfig.from_dict(r["config"]).validate()
     classes = dataset.get("classes") if isinstance(dataset, dict) else None
     return Record(run_dir=run_dir, role=str(r.get("role", "method")), config=config,
                   maps=MapsInfo.from_result(r["maps"]), test=_test_metrics(r["test"]),
@@ -216,7 +218,9 @@ def read_record(run_dir: str | Path, fix: str | None = None) -> Record:
     fix = fix or f"delete the run folder {run_dir} to train it again"
     try:
         return parse_record(run_dir, read_json(path, fix))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, L2LError) as e:
+        if str(e).startswith(str(path)):  # already says which file and what to do
+            raise
         raise L2LError(f"{path} is not a run record ({type(e).__name__}: {e}); {fix}") from None
 
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..errors import L2LError
 from ..io import atomic_write_json, atomic_write_text
 from ..plotting import pyplot
 from ..record import Record
@@ -109,6 +110,37 @@ def published() -> Published:
     rows = tuple({**row, "source": raw["sources"][row["source"]]} for row in raw["published"])
     verdict = raw.get("verdict") or {}
     return Published(rows, tuple(verdict.get("paper_loss", ())), dict(verdict.get("notes") or {}))
+
+
+#: What a sweep's ``selection.json`` must hold for its report (``training/sweep.py::choose`` writes it).
+SELECTION_KEYS = {"dataset": str, "method": str, "axes": dict, "chosen": dict, "seeds": list, "points": list,
+                  "test_acc_mean": (int, float), "test_acc_std": (int, float)}
+
+
+def check_selection(selection: Any, where: Path) -> None:
+    """A sweep's choice is sound before anything is written from it: its fields, and a chosen
+    point that is one of its grid's points."""
+    fix = "rerun the sweep (the same `l2l sweep` command) to rewrite it"
+    if not isinstance(selection, dict):
+        raise L2LError(f"{where} is not a sweep's selection (not a mapping); {fix}")
+    bad = [k for k, kind in SELECTION_KEYS.items() if not isinstance(selection.get(k), kind)]
+    if bad:
+        raise L2LError(f"{where} is not a sweep's selection ({', '.join(bad)} missing or of the wrong type); {fix}")
+    points = [p.get("point") for p in selection["points"] if isinstance(p, dict)]
+    if selection["chosen"] not in points:
+        raise L2LError(f"{where}: its chosen point {selection['chosen']} is not one of its grid's points; {fix}")
+
+
+BOUND_KEYS = {"label": str, "bound_test_acc_mean": (int, float), "bound_point": dict, "runs_with_saved_weights": int,
+              "points": list}
+
+
+def check_bound(bound: Any, where: Path) -> None:
+    """A sweep's optimistic bound is sound before anything is written from it."""
+    bad = [k for k, kind in BOUND_KEYS.items() if not isinstance(bound, dict) or not isinstance(bound.get(k), kind)]
+    if bad:
+        raise L2LError(f"{where} is not a sweep's optimistic bound ({', '.join(bad)} missing or of the wrong type); "
+                       "rerun the sweep to rewrite it")
 
 
 def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: str, stamp: str | None = None,

@@ -21,8 +21,10 @@ def report(runs_dir: Path = typer.Argument(..., help="Folder of run folders (<da
     Example: l2l report runs --out reports/mine
     """
     from ..analysis.records import collect
-    from ..analysis.report import report_runs
+    from ..analysis.report import check_bound, check_selection, report_runs
+    from ..training.sweep import BOUND_FILE, SELECTION_FILE
     from ..io import read_json
+    from ..record import RESULT_FILE
     from ..plotting import pyplot
 
     if not runs_dir.is_dir():
@@ -30,11 +32,15 @@ def report(runs_dir: Path = typer.Argument(..., help="Folder of run folders (<da
     pyplot()  # before anything is written, if matplotlib is missing
     records = collect(runs_dir)
     if not records:
-        raise L2LError(f"no finished runs under {runs_dir} (looked for */*/seed*/result.json); train some first")
-    selection_file = runs_dir / "selection.json"  # written by `l2l sweep`
+        raise L2LError(f"no finished runs under {runs_dir} (looked for */*/seed*/{RESULT_FILE}); train some first")
+    selection_file = runs_dir / SELECTION_FILE  # written by `l2l sweep`
     selection = read_json(selection_file, "rerun the sweep to rewrite it") if selection_file.exists() else None
-    bound_file = runs_dir / "optimistic_bound.json"  # written by `l2l sweep` after selection.json
+    if selection is not None:
+        check_selection(selection, selection_file)
+    bound_file = runs_dir / BOUND_FILE  # written by `l2l sweep` after its selection
     bound = read_json(bound_file, "rerun the sweep to rewrite it") if selection and bound_file.exists() else None
+    if bound is not None:
+        check_bound(bound, bound_file)
     report_runs(out, records, runs_dir, f"All {len(records)} finished runs in `{runs_dir}`", selection=selection,
                 bound=bound)
     typer.echo(f"report: {out / 'report.md'} ({len(records)} runs)")

@@ -128,7 +128,7 @@ def check_name(name: str) -> None:
     """A name an imported data set may take: lower case, safe in a file name, neither
     reserved nor a built data set's."""
     built = [n for n, d in DATASETS.items() if d.imported_from is None]
-    if not NAME.match(name) or name in RESERVED or name in built:
+    if not NAME.fullmatch(name) or name in RESERVED or name in built:
         raise L2LError(f"cannot import as {name!r}: use lower-case letters, digits, '-', '_' or '.', starting with "
                        f"a letter or digit, and not {', '.join(RESERVED)} or the name of a built data set "
                        f"({', '.join(built)})")

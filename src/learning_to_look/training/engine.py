@@ -7,6 +7,7 @@ returns.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import CUDA_STARTED_FIRST
 from ..config import SCHEDULES, TrainConfig
 from ..data.pipeline import batch_indices, eval_batch_size
 from ..device import pick_device
@@ -28,12 +30,17 @@ from .evaluate import group_accuracy
 from .resolve import Resolved
 from .selection import check_selection_state, chosen, keep_if_best, no_selection, scored, selection_note, unselected
 
+log = logging.getLogger(__name__)
+
 
 def set_determinism(seed: int) -> None:
     """Same seed, same machine, same thread count -> the same numbers to the last digit."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if CUDA_STARTED_FIRST and torch.cuda.is_available():
+        log.warning("CUDA started before learning_to_look was imported, so CUBLAS_WORKSPACE_CONFIG could not take "
+                    "effect: GPU results may differ in the last digits between runs; import learning_to_look first")
 
 
 def _validate(model: Backbone, method: Method, val: Batch, device: torch.device) -> dict[str, float]:
@@ -113,7 +120,8 @@ def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim
 
 
 def _is_training_state(state: Any, path: Path) -> None:
-    if not isinstance(state, dict) or not {"config", "model", "optimizer", "scheduler", "shuffle", "best"} <= set(state):
+    keys = {"config", "model", "optimizer", "scheduler", "shuffle", "best"}
+    if not isinstance(state, dict) or not keys <= set(state):
         raise corrupt_file(path, "not a training checkpoint")
     check_selection_state(state["best"], path)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -68,6 +69,9 @@ def parse_grid(text: str) -> tuple[str, list[Any]]:
     kind = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[name]
     cast = int if "int" in str(kind) else float if "float" in str(kind) else str
     span = re.fullmatch(r"\s*([-+.\deE]+)\s*:\s*([-+.\deE]+)\s*:\s*([-+.\deE]+)\s*", spec)
+    if span and cast is str:
+        raise L2LError(f"malformed --grid {text!r}: {name} takes values, not a range; give them as "
+                       f"{name}=V1,V2 (e.g. phase1=attention,ce)")
     try:
         if span:
             start, stop, step = (cast(v) for v in span.groups())
@@ -85,11 +89,12 @@ def parse_grid(text: str) -> tuple[str, list[Any]]:
 
 
 def grid_points(axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """The cartesian product of the axes, in order, one dict per point."""
-    points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-    if len(points) > MAX_POINTS:
-        raise L2LError(f"the grid has {len(points):,} points, more than {MAX_POINTS:,}; use fewer values")
-    return points
+    """The cartesian product of the axes, in order, one dict per point; its size is checked
+    before a single point is built."""
+    size = math.prod(len(v) for v in axes.values())
+    if size > MAX_POINTS:
+        raise L2LError(f"the grid has {size:,} points, more than {MAX_POINTS:,}; use fewer values")
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
 
 
 @dataclass
@@ -118,7 +123,12 @@ def plan_sweep(base: TrainConfig, axes: dict[str, list[Any]], seeds: Sequence[in
     key = json.dumps({"base": base.to_dict() | {"seed": None}, "axes": axes}, sort_keys=True, default=str)
     folder = Path(runs_dir or default_runs_dir()) / "sweeps" / f"{base.dataset}-{base.method}-{sha256_text(key)[:10]}"
     sweep = Sweep(base, dict(axes), list(seeds), folder)
-    check_stack(sweep.configs(sweep.seeds[0]))
+    cfgs = sweep.configs(sweep.seeds[0])
+    check_stack(cfgs)
+    if len({c.fingerprint() for c in cfgs}) < len(cfgs):  # e.g. a lambda0 grid for a method without a lambda
+        idle = [k for k in axes if len({getattr(c, k) for c in cfgs}) < len(axes[k])]
+        raise L2LError(f"grid points of {', '.join(idle) or 'this grid'} resolve to the same run for method "
+                       f"{base.method} (it takes no such setting); drop that --grid")
     return sweep
 
 
