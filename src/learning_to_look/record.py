@@ -132,6 +132,15 @@ class Record:
         return next((row.get("val_acc") for row in self.history if row.get("epoch") == self.selected_epoch), None)
 
     @property
+    def selection_inverted(self) -> bool:
+        """The paper's rule chose this run's epoch where it inverts (some eligible epoch had
+        KL >= 1, where the least accurate epoch wins): a record of an earlier version, made
+        before selection fell back there (docs/protocol.md §3.6)."""
+        if self.config.selection != "acc_x_1mkl" or "rule_used" in self.selection:
+            return False
+        return any(h.get("eligible") and h.get("val_kl", 0.0) >= 1.0 for h in self.history)
+
+    @property
     def group(self) -> Path:
         """The folder of all seeds of this configuration."""
         return self.run_dir.parent

@@ -7,13 +7,15 @@ map source, so any folder of runs can be re-reported on its own, as DomainBed's
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config import PAPER_CONFIG
+from ..config import PAPER_CONFIG, SCHEDULE_FIELDS, SCHEDULES
 from ..errors import L2LError
 from ..record import RESULT_FILE, MapsInfo, Record, read_record
 from .stats import mean_or_none, mean_std
@@ -100,6 +102,9 @@ class Row:
     members: list[Record] = field(repr=False)
     published_acc: float | None = None
     published_source: str | None = None
+    #: The config fields in which this row differs from others of the same table, beyond those
+    #: every table shows (data set, method, backbone, maps, schedule): what tells two rows apart.
+    varying: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_seeds(self) -> int:
@@ -201,7 +206,33 @@ def aggregate(records: Sequence[Record], runs_dir: str | Path | None = None) -> 
         inside = runs_dir is not None and group.is_relative_to(runs_dir)
         name = str(group.relative_to(runs_dir)) if inside else str(group)
         rows.append(_row(name, members))
+    mark_varying(rows)
     return sorted(rows, key=Row.sort_key)
+
+
+#: Fields every table names already, or that never tell two configurations apart.
+SHOWN_FIELDS = ("dataset", "method", "backbone", "maps", "map_options", "schedule", "seed", "device", "data_hash")
+
+
+def mark_varying(rows: Sequence[Row]) -> None:
+    """Set each row's ``varying``: the config fields whose values differ between ``rows``
+    (target, selection, epochs, train subset, lambda0, ...), so no two rows read alike."""
+    configs = [_beyond_schedule(dataclasses.asdict(r.members[0].config)) for r in rows]
+    keys = [k for k in (configs[0] if configs else {}) if k not in SHOWN_FIELDS
+            and len({json.dumps(c[k], sort_keys=True, default=str) for c in configs}) > 1]
+    for r, c in zip(rows, configs):
+        r.varying = {k: c[k] for k in keys}
+
+
+def _beyond_schedule(c: dict[str, Any]) -> dict[str, Any]:
+    """A config with the optimiser fields its schedule sets blanked: the schedule names them."""
+    schedule = SCHEDULES.get(c["schedule"]) if c.get("schedule") in SCHEDULES else None
+    return c | {f: None for f in SCHEDULE_FIELDS if schedule is not None and c.get(f) == getattr(schedule, f)}
+
+
+def varying_label(r: Row) -> str:
+    """``r.varying`` as text, e.g. "lambda0 180, e_att 17, target filled"."""
+    return point_label({k: v for k, v in r.varying.items() if v is not None})
 
 
 def paper_match(rows: Sequence[Row], method: str | None, dataset: str, maps: str | None = None) -> Row | None:

@@ -10,7 +10,7 @@ import math
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ..config import PAPER_CONFIG
-from .records import DATASET_NAMES, WORST_GROUP, Row, point_label, setting_label
+from .records import DATASET_NAMES, SETTING_KEYS, WORST_GROUP, Row, point_label, setting_label, varying_label
 from .verdicts import BITE_POINTS, COLLAPSE_SHARE, MIN_VERDICT_SEEDS
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def _results_table(rows: Sequence[Row]) -> str:
     """Every row; the worst-group column appears when some data set has group labels."""
     groups = any(r.worst_group_mean is not None for r in rows)
     body = [[DATASET_NAMES.get(r.dataset, r.dataset),
-             r.method + _grid_point(r) + (f" ({r.input_transform} input)" if r.input_transform != "none" else "")
+             r.method + _grid_point(r) + (f" ({varying_label(r)})" if varying_label(r) and r.role != "sweep" else "")
              + (f", {r.schedule} schedule" if r.schedule != PAPER_CONFIG.schedule else "")
              + (", worst-group selection" if r.select_on == WORST_GROUP else ""), r.backbone,
              r.maps.label, r.role, str(r.n_seeds) + (f" ({r.n_stopped} diverged)" if r.n_stopped else ""),
@@ -329,3 +329,55 @@ def csv_text(rows: Sequence[Row], published: Sequence[dict[str, Any]]) -> str:
         w.writerow({"origin": "published", "dataset": p["dataset"], "method": p["method"],
                     "published_acc": p["published_acc"], "published_source": p["published_source"]})
     return buf.getvalue()
+
+
+def _seeds_table(rows: Sequence[Row]) -> str:
+    """Each configuration's test accuracy over seeds, every seed's value beside the mean:
+    what a reader checks first when a spread looks large."""
+    body = [[setting_label(dict(zip(SETTING_KEYS, r.setting))), r.method + (f" ({varying_label(r)})"
+             if varying_label(r) else ""), r.maps.label, r.role, str(r.n_seeds),
+             _acc(r.test_acc_mean, r.test_acc_std, r.n_seeds),
+             ", ".join(f"{m.test.accuracy:.2f}" for m in r.members), _num(r.val_acc_mean),
+             _selection_text(r)] for r in rows if r.role != "sensitivity"]
+    return _table(["setting (data set, schedule, backbone)", "method", "maps (kind)", "role", "n", "test acc %",
+                   "per seed", "validation acc %", "selected by"], body)
+
+
+def _selection_text(r: Row) -> str:
+    """Which rule chose the seeds' epochs; said plainly where the paper's rule inverted."""
+    used = sorted({m.selection.get("rule_used", m.config.selection) for m in r.members})
+    inverted = sum(m.selection_inverted for m in r.members)
+    return ", ".join(used) + (f" (inverted in {inverted} of {r.n_seeds}: KL >= 1)" if inverted else "")
+
+
+def _sweep_table(tables: Tables) -> str:
+    """A sweep's answer in one row: the point validation chose, its test accuracy, how many
+    runs reach the published number, and the test-peeking bound beside it, labelled."""
+    sw, bound = tables.sweep, tables.bound
+    if sw is None:
+        return "(no sweep here: no selection.json)"
+    members = [m for r in tables.rows for m in r.members]
+    inverted = sum(m.selection_inverted for m in members)
+    reach = ("—" if sw["published_acc"] is None
+             else f"{sw['reach_published']} of {sw['n_runs']} ({sw['published_acc']:g})")
+    body = [[f"{DATASET_NAMES.get(sw['dataset'], sw['dataset'])}, {sw['method']}",
+             "; ".join(f"{k} {len(v)} values" for k, v in sw["axes"].items()), ", ".join(map(str, sw["seeds"])),
+             point_label(sw["chosen"]), _acc(sw["test_acc_mean"], sw["test_acc_std"], len(sw["seeds"])), reach,
+             f"{inverted} of {len(members)}",
+             "—" if bound is None else f"{bound['bound_test_acc_mean']:.2f} at {point_label(bound['bound_point'])}"]]
+    return _table(["sweep", "grid", "seeds", "chosen on validation", "its test acc %", "runs reaching the published %",
+                   "runs selected where the paper's rule inverts", "optimistic bound, test-peeking (not a result)"],
+                  body)
+
+
+#: The tables ``l2l report --table KIND`` prints alone, e.g. for the docs (each rebuilt from records).
+TABLES = {
+    "seeds": lambda t: _seeds_table(t.rows),
+    "results": lambda t: _results_table(t.rows),
+    "verdict": lambda t: _verdict_table(t.verdict),
+    "summary": lambda t: _summary_table(t.summary),
+    "bites": lambda t: _bite_table(t.bites),
+    "published": lambda t: _published_table(t.published),
+    "sensitivity": lambda t: _sensitivity_table(t.sensitivity),
+    "sweep": _sweep_table,
+}

@@ -24,7 +24,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..plotting import pyplot
 from ..record import Record
 from .records import Row, aggregate
-from .render import csv_text, render_markdown
+from .render import TABLES, csv_text, render_markdown
 from .verdicts import (attach_published, bite_rows, published_rows, sensitivity_rows, shared_settings,
                        sweep_summary, verdict_rows, verdict_summary)
 
@@ -141,6 +141,27 @@ def check_bound(bound: Any, where: Path) -> None:
     if bad:
         raise L2LError(f"{where} is not a sweep's optimistic bound ({', '.join(bad)} missing or of the wrong type); "
                        "rerun the sweep to rewrite it")
+
+
+def filtered(records: Sequence[Record], where: dict[str, str]) -> list[Record]:
+    """The records whose config field (or ``role``) has each given value, compared as text."""
+    fields = set(dataclasses.asdict(records[0].config)) | {"role"} if records else {"role"}
+    unknown = sorted(set(where) - fields)
+    if unknown:
+        raise L2LError(f"--where names no config field: {', '.join(unknown)}; use e.g. --where dataset=decoymnist")
+    def value(r: Record, key: str) -> str:
+        return r.role if key == "role" else str(getattr(r.config, key))
+    return [r for r in records if all(value(r, k) == v for k, v in where.items())]
+
+
+def table_text(records: Sequence[Record], runs_dir: Path | None, kind: str, selection: dict[str, Any] | None = None,
+               bound: dict[str, Any] | None = None) -> str:
+    """One table of the report of ``records``, as markdown: what the docs show, rebuilt from records."""
+    if kind not in TABLES:
+        raise L2LError(f"unknown table {kind!r}; choose one of: {', '.join(TABLES)}")
+    pub = published()
+    tables = build(records, runs_dir, pub.rows, pub.datasets, pub.paper_loss, pub.notes, selection, bound)
+    return TABLES[kind](tables)
 
 
 def report_runs(out: Path, records: list[Record], runs_dir: Path | None, title: str, stamp: str | None = None,
