@@ -2,7 +2,9 @@
 ``records/`` and checked byte for byte: a number edited by hand, or one whose record is
 missing, fails the check.
 
-A table is a block between two markers naming the `l2l report` arguments that make it:
+The README's method table is rebuilt the same way from the methods' own declarations
+(``<!-- methods -->`` ... ``<!-- /methods -->``). A table of measurements is a block
+between two markers naming the `l2l report` arguments that make it:
 
     <!-- table: records --table seeds --where dataset=decoymnist -->
     ...generated: the table, then the command that rebuilds it...
@@ -25,6 +27,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- table: (?P<args>[^\n]*?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+METHODS = re.compile(r"(<!-- methods -->\n)(?P<body>.*?)(<!-- /methods -->)", re.S)
+
+
+def methods_table() -> str:
+    """Every registered method with its paper and its rule, as the methods declare them."""
+    from learning_to_look.methods import METHODS as registry
+
+    rows = [f"| `{name}` | {cls.paper} | {cls.summary} |" for name, cls in registry.items()]
+    return "\n".join(["| method | paper | rule |", "|---|---|---|", *rows]) + "\n"
 
 
 def documents(root: Path = ROOT) -> list[Path]:
@@ -48,6 +59,7 @@ def generate(args: str, root: Path = ROOT) -> str:
 
 
 def rebuilt(text: str, root: Path = ROOT) -> str:
+    text = METHODS.sub(lambda m: m.group(1) + methods_table() + m.group(3), text)
     return BLOCK.sub(lambda m: m.group(1) + generate(m.group("args"), root) + m.group(4), text)
 
 
@@ -58,8 +70,11 @@ def stale(root: Path = ROOT) -> list[str]:
         if not doc.exists():
             continue
         text = doc.read_text()
+        problems += [f"{doc.relative_to(root)}: the method table (run --write)" for m in METHODS.finditer(text)
+                     if m.group("body") != methods_table()]
         for m in BLOCK.finditer(text):
-            if m.group("body") != generate(m.group("args"), root):
+            body = generate(m.group("args"), root)
+            if m.group("body") != body or body.startswith("ERROR"):
                 line = text[:m.start()].count("\n") + 1
                 problems.append(f"{doc.relative_to(root)}:{line}: `l2l report {m.group('args')}`")
     return problems

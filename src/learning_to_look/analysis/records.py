@@ -215,13 +215,18 @@ SHOWN_FIELDS = ("dataset", "method", "backbone", "maps", "map_options", "schedul
 
 
 def mark_varying(rows: Sequence[Row]) -> None:
-    """Set each row's ``varying``: the config fields whose values differ between ``rows``
-    (target, selection, epochs, train subset, lambda0, ...), so no two rows read alike."""
-    configs = [_beyond_schedule(dataclasses.asdict(r.members[0].config)) for r in rows]
-    keys = [k for k in (configs[0] if configs else {}) if k not in SHOWN_FIELDS
-            and len({json.dumps(c[k], sort_keys=True, default=str) for c in configs}) > 1]
-    for r, c in zip(rows, configs):
-        r.varying = {k: c[k] for k in keys}
+    """Set each row's ``varying``: among rows that would otherwise read alike (same data set,
+    method, network, maps and schedule), the config fields whose values differ (target,
+    selection, epochs, train subset, lambda0, ...), so no two rows look the same."""
+    alike: dict[tuple, list[Row]] = defaultdict(list)
+    for r in rows:
+        alike[(r.dataset, r.method, r.backbone, r.maps.label, r.schedule)].append(r)
+    for group in alike.values():
+        configs = [_beyond_schedule(dataclasses.asdict(r.members[0].config)) for r in group]
+        keys = [k for k in configs[0] if k not in SHOWN_FIELDS
+                and len({json.dumps(c[k], sort_keys=True, default=str) for c in configs}) > 1]
+        for r, c in zip(group, configs):
+            r.varying = {k: c[k] for k in keys}
 
 
 def _beyond_schedule(c: dict[str, Any]) -> dict[str, Any]:

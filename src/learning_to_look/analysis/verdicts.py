@@ -190,8 +190,17 @@ def verdict_summary(rows: Sequence[Row], verdict: Sequence[dict[str, Any]], pape
                     "bound_acc_mean": bound.test_acc_mean if bound else None,
                     "bound_acc_std": bound.test_acc_std if bound else None, "bound_n": bound.n_seeds if bound else 0,
                     "best": best, "l2l_oracle": oracle, "effect": effect,
-                    "note": (notes or {}).get(setting[0], "")})
+                    "note": (notes or {}).get(setting[0]) or _no_bite_note(best, bound)})
     return out
+
+
+def _no_bite_note(best: dict[str, Any], bound: Row | None) -> str:
+    """Why alignment cannot help where vanilla is not fooled: it is near its clean bound."""
+    if bound is None or bound.test_acc_mean - best["baseline_acc_mean"] >= BITE_POINTS:
+        return ""
+    gap = bound.test_acc_mean - best["baseline_acc_mean"]
+    return (f"vanilla is {gap:.1f} points from the clean bound here, so the shortcut is not learned and alignment "
+            "has nothing to fix; it can only cost accuracy")
 
 
 def sweep_summary(selection: dict[str, Any] | None, published: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
