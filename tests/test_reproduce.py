@@ -467,7 +467,8 @@ def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, mo
     assert {"upper-bound", "control", "sensitivity"} <= {r["role"] for r in measured}
     assert all(float(r["test_acc_mean"]) >= 0 and r["n_seeds"] == "1" for r in measured)
     assert [s["degradation"] for s in results["sensitivity"]] == ["none", "drop", "shift"]
-    assert results["shared_settings"] == {"train_subset": 500, "epochs": 2, "e_att": 1}
+    assert results["shared_settings"] == {"shared": {"train_subset": 500, "epochs": 2, "e_att": 1},
+                                          "varying": ["input_transform"]}  # the colour-invariant bound
     assert {b["dataset"] for b in results["shortcut_bites"]} == {"colormnist", "decoymnist"}
     assert "## Where does the shortcut bite?" in md and "## Verdict: does alignment help?" in md
     for name in FIGURES:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .nn.attribution import attention, minmax_normalize
 from .config import TrainConfig
 from .data import DATASETS, as_rgb, to_input
+from .data.images import fit_array, read_fitted, read_image
 from .data.pipeline import eval_batch_size
 from .errors import L2LError
 from .training.evaluate import to_image
@@ -44,19 +45,28 @@ class TrainedRun:
     record: Record
     class_names: tuple[str, ...]
     channels: int  # of the data set's images: 1 means new images are made grey first
+    size: int | None  # side of the data set's stored images, to which new images are prepared; None: unknown
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def inputs(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> (N, 3, S, S) network input, as the run's data was prepared."""
+    def prepare(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, C, H, W) images of any size as the run's data set holds its images: the
+        shorter side resized to the stored size and the centre cropped, exactly as ``l2l data
+        import`` prepared the files (``data/images.py``), grey where the data set is grey."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
             raise L2LError(f"images must be uint8 (N, 1 or 3, H, W), got {images.dtype} {images.shape}")
+        if self.size is not None:
+            images = fit_array(images, self.size)  # (N,C,size,size)
         if self.channels == 1 and images.shape[1] == 3:
             images = np.round(images.mean(axis=1, keepdims=True)).astype(np.uint8)  # the run saw grey images
-        x = to_input(images, self.model.input_size, self.config.input_transform)  # (N,C,S,S)
+        return images
+
+    def inputs(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> (N, 3, S, S) network input, as the run's data was prepared."""
+        x = to_input(self.prepare(images), self.model.input_size, self.config.input_transform)  # (N,C,S,S)
         return as_rgb(x).to(self.device)
 
     @torch.no_grad()
@@ -68,9 +78,9 @@ class TrainedRun:
         return torch.cat(out).numpy() if out else np.zeros((0, self.model.num_classes), np.float32)
 
     def explain(self, images: np.ndarray, classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities (N, K), maps (N, H, W) in [0, 1] at the images' size): the CAM
-        (Grad-CAM where the network has no GAP head) of ``classes``, by default of each
-        image's predicted class, min-max normalised per image."""
+        """(probabilities (N, K), maps (N, S, S) in [0, 1] at the prepared images' size,
+        :meth:`prepare`): the CAM (Grad-CAM where the network has no GAP head) of
+        ``classes``, by default of each image's predicted class, min-max normalised per image."""
         self.model.eval()
         probs, maps, bs = [], [], eval_batch_size(self.model.input_size)
         for i in range(0, len(images), bs):
@@ -79,7 +89,7 @@ class TrainedRun:
                 p = F.softmax(self.model(x)[0], dim=1)  # (B,K)
             y = p.argmax(1) if classes is None else torch.as_tensor(classes[i:i + bs], device=self.device)
             _, att = attention(self.model, x, y, create_graph=False)  # (B,h,w)
-            att = to_image(minmax_normalize(att.detach()), tuple(images.shape[-2:]))  # (B,H,W)
+            att = to_image(minmax_normalize(att.detach()), x.shape[-2:] if self.size is None else (self.size,) * 2)
             probs.append(p.cpu())
             maps.append(att.clamp(0, 1).cpu())
         return torch.cat(probs).numpy(), torch.cat(maps).numpy()
@@ -96,11 +106,13 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
     fix = f"delete the run folder {path} and train it again"
     record = read_record(path, fix)
     cfg = record.config.validate()
+    spec = DATASETS[cfg.dataset] if cfg.dataset in DATASETS else None
     if record.classes:  # also for a data set imported elsewhere
         names, channels = record.classes, record.dataset.get("channels", 3)
     else:  # a run recorded before records named their classes
         spec = DATASETS.get(cfg.dataset)
         names, channels = spec.classes, spec.channels
+    size = record.dataset.get("size") or (spec.size if spec else None)
     weights = path / WEIGHTS_FILE
     if record.weights_sha256 is not None and weights.is_file() and sha256_file(weights) != record.weights_sha256:
         raise L2LError(f"{weights} is damaged: its SHA-256 differs from the one its run recorded; {fix}")
@@ -112,7 +124,47 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
         raise L2LError(f"{weights} does not fit a {cfg.backbone} for {cfg.dataset} "
                        f"({str(e).splitlines()[0]}); {fix}") from None
     return TrainedRun(path, model.to(pick_device(device)).eval(), cfg, record.raw.get("maps", {}), record, names,
-                      channels)
+                      channels, size)
+
+
+def read_images(trained: TrainedRun, files: Sequence[Path]) -> np.ndarray:
+    """The files prepared as the run's data set was imported (``data.images.read_fitted``),
+    uint8 (N, C, S, S): the same pixels the run's test accuracy was measured on."""
+    prepared = []
+    for f in files:
+        a = read_image(f) if trained.size is None else read_fitted(f, trained.size)
+        if isinstance(a, str):
+            raise L2LError(f"cannot read image {f}: {a}; remove it or convert it to PNG/JPEG")
+        prepared.append(a)
+    if len({a.shape for a in prepared}) > 1:  # no stored size known (an old record): one size per batch
+        raise L2LError("the images differ in size and this run's record does not say its data set's size; "
+                       "resize them to one size first")
+    return trained.prepare(np.stack(prepared))
+
+
+def labels_from_folders(names: Sequence[str], classes: Sequence[str]) -> np.ndarray | None:
+    """Each image's class from its sub-folder (``dog/001.png``), when every image sits in a
+    folder named after a class of the run; else None."""
+    folders = [Path(n).parts[0] if len(Path(n).parts) > 1 else None for n in names]
+    if not names or any(f not in classes for f in folders):
+        return None
+    return np.array([list(classes).index(f) for f in folders])
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
+    """(K, K) counts: row = true class, column = predicted class."""
+    return np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+
+
+def scores_text(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Accuracy, per-class accuracy and the confusion matrix, as lines to print."""
+    m = confusion(labels, probs.argmax(1), len(classes))
+    per_class = [f"{c} {100 * m[i, i] / m[i].sum():.2f}" for i, c in enumerate(classes) if m[i].sum()]
+    width = max(len(c) for c in classes)
+    rows = [" " * width + " " + " ".join(f"{c[:8]:>8}" for c in classes)]
+    rows += [f"{c:>{width}} " + " ".join(f"{v:>8d}" for v in m[i]) for i, c in enumerate(classes)]
+    return [f"accuracy {100 * np.trace(m) / m.sum():.2f} % on {int(m.sum())} images from class folders",
+            f"per class: {', '.join(per_class)}", "confusion (rows: true class, columns: predicted):", *rows]
 
 
 def predictions_csv(names: Sequence[str], probs: np.ndarray, class_names: Sequence[str]) -> bytes:
@@ -132,17 +184,21 @@ def write_predictions(out: str | os.PathLike, names: Sequence[str], probs: np.nd
 
 
 def write_overlay(out: str | os.PathLike, image: np.ndarray, cam: np.ndarray, title: str) -> Path:
-    """The image beside the image with its CAM in a heat colour map and a colour bar, as one PNG."""
+    """Three panels as one PNG: the image as the network saw it, the CAM over a grey copy
+    (so no colour of the image reads as a CAM value) and the CAM alone, with a colour bar."""
     from .plotting import pyplot, save_figure, to_display
 
     plt = pyplot()
     shown = to_display(np.asarray(image)[None])[0]  # (H,W,3)
-    fig, axes = plt.subplots(1, 2, figsize=(5.4, 2.6), dpi=120)
+    grey = shown.mean(axis=2)  # (H,W)
+    fig, axes = plt.subplots(1, 3, figsize=(7.6, 2.6), dpi=120)
     axes[0].imshow(shown, interpolation="nearest")
-    axes[1].imshow(shown, interpolation="nearest")
-    heat = axes[1].imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-    for ax in axes:
+    axes[1].imshow(grey, cmap="gray", interpolation="nearest")
+    axes[1].imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+    heat = axes[2].imshow(cam, cmap="jet", vmin=0, vmax=1, interpolation="bilinear")
+    for ax, label in zip(axes, ("image", "CAM over grey", "CAM")):
         ax.set_axis_off()
-    fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04, label="CAM (min-max per image)")
+        ax.set_title(label, fontsize=7)
+    fig.colorbar(heat, ax=axes[2], fraction=0.046, pad=0.04, label="CAM (min-max per image)")
     fig.suptitle(title, fontsize=8)
     return save_figure(fig, out)

@@ -132,6 +132,16 @@ class Record:
         return next((row.get("val_acc") for row in self.history if row.get("epoch") == self.selected_epoch), None)
 
     @property
+    def words(self) -> tuple[str, str]:
+        """What the data set calls its object and its shortcut (the digit and the decoy on
+        the MNIST sets); records before schema 2 take the registry's words."""
+        words = self.dataset.get("words") or {}
+        if words:
+            return words.get("object", "object"), words.get("shortcut", "shortcut")
+        spec = DATASETS[self.config.dataset] if self.config.dataset in DATASETS else None
+        return (spec.object_word, spec.shortcut_word) if spec else ("object", "shortcut")
+
+    @property
     def selection_inverted(self) -> bool:
         """The paper's rule chose this run's epoch where it inverts (some eligible epoch had
         KL >= 1, where the least accurate epoch wins): a record of an earlier version, made

@@ -72,6 +72,7 @@ def qualitative(rows: Sequence[Row]) -> Figure | None:
     for b, (ds, pairs) in enumerate(blocks):
         first = pairs[0][1]
         images, labels = to_display(first["test_images"][:n]), first["test_labels"][:n]
+        name = class_namer(pairs[0][0])
         panels = [("input", None, None)] + [(f"{row.method} CAM\n{row.maps.label if row.uses_maps else '(no maps)'}",
                                              e["test_predictions"], e["test_cams"]) for row, e in pairs]
         for p, (title, pred, cams) in enumerate(panels):
@@ -80,15 +81,22 @@ def qualitative(rows: Sequence[Row]) -> Figure | None:
                 ax.imshow(images[c], interpolation="nearest")
                 if cams is not None:
                     ax.imshow(cams[c], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-                    ax.set_title(f"pred {pred[c]}", fontsize=7, color="green" if pred[c] == labels[c] else "red", pad=2)
+                    ax.set_title(f"pred {name(pred[c])}", fontsize=7, color="green" if pred[c] == labels[c] else "red",
+                                 pad=2)
                 else:
-                    ax.set_title(f"label {labels[c]}", fontsize=7, pad=2)
+                    ax.set_title(name(labels[c]), fontsize=7, pad=2)
                 ax.set_xticks([])
                 ax.set_yticks([])
             axes[3 * b + p, 0].set_ylabel(f"{_name(ds)}\n{title}" if p == 0 else title, fontsize=7)
     fig.suptitle("Where the models look on the shifted test set (first seed; CAM of the true class)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def class_namer(row: Row):
+    """Class index -> the name the data set gives it (its record's), else the index."""
+    classes = row.members[0].classes
+    return lambda k: classes[int(k)] if int(k) < len(classes) else str(k)
 
 
 def _map_rows(rows: Sequence[Row], dataset: str) -> list[Row]:
@@ -122,10 +130,10 @@ def guidance_maps(rows: Sequence[Row]) -> dict[str, Figure]:
         plt = pyplot()
         fig, axes = plt.subplots(1 + len(saved), n, dpi=110, squeeze=False,
                                  figsize=(n * 1.2 + 1.6, (1 + len(saved)) * 1.25 + 0.5))
-        shown = to_display(first["train_images"][:n])
+        shown, name = to_display(first["train_images"][:n]), class_namer(saved[0][0])
         for c in range(n):
             axes[0, c].imshow(shown[c], interpolation="nearest")
-            axes[0, c].set_title(f"label {first['train_labels'][c]}", fontsize=7, pad=2)
+            axes[0, c].set_title(name(first["train_labels"][c]), fontsize=7, pad=2)
         axes[0, 0].set_ylabel("training\nimage", fontsize=7)
         for i, (row, e) in enumerate(saved, 1):
             for c in range(n):
@@ -204,7 +212,8 @@ def _published_markers(ax, mine: Sequence[Row], ds: str, published: Sequence[dic
     extra = [p for p in published if p["method"] is None and ds in p]
     px += list(range(len(mine), len(mine) + len(extra)))
     py += [p[ds] for p in extra]
-    ax.scatter(px, py, marker="D", color="tab:red", zorder=3, clip_on=False, label="published (other papers)")
+    if px:  # no legend entry with nothing behind it
+        ax.scatter(px, py, marker="D", color="tab:red", zorder=3, clip_on=False, label="published (other papers)")
     for x, y in zip(px, py):
         ax.annotate(f"{y}", (x, y), textcoords="offset points", xytext=(6, -3), fontsize=7, color="tab:red")
     return [f"{p['label']}\n(published only)" for p in extra]
@@ -233,6 +242,8 @@ def accuracy_bars(rows: Sequence[Row], published: Sequence[dict[str, Any]]) -> F
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
         for b in bounds:
             ax.axhline(b.test_acc_mean, color="tab:green", ls="--", lw=1, label=f"upper bound: {_name(b.dataset)}")
+        if mine and mine[0].chance is not None:
+            ax.axhline(mine[0].chance, color="black", ls=":", lw=1, label="chance (a uniform guess)")
         ax.set_ylim(0, 109)
         ax.set_ylabel("test accuracy % (shifted test set)")
         ax.set_title(_name(ds), fontsize=10)

@@ -107,6 +107,11 @@ class Row:
     varying: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def words(self) -> tuple[str, str]:
+        """What the data set calls its object and its shortcut (e.g. digit and decoy)."""
+        return self.members[0].words
+
+    @property
     def n_seeds(self) -> int:
         return len(self.seeds)
 

@@ -41,6 +41,21 @@ def _table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def words(rows: Sequence[Row]) -> tuple[str, str]:
+    """The object and shortcut words of the rows' data sets when they agree, else generic ones."""
+    found = {r.words for r in rows}
+    return found.pop() if len(found) == 1 else ("object", "shortcut")
+
+
+def _data_text(rows: Sequence[Row]) -> list[str]:
+    """Per data set, its classes by name and the accuracy of a uniform guess."""
+    seen: dict[str, Row] = {}
+    for r in rows:
+        seen.setdefault(r.dataset, r)
+    return [f"- {DATASET_NAMES.get(ds, ds)}: classes {', '.join(r.members[0].classes) or 'unnamed'}"
+            + (f" (chance {r.chance:.0f} %)" if r.chance else "") for ds, r in seen.items()]
+
+
 def _seeds(rows: Sequence[Row]) -> str:
     return ", ".join(map(str, sorted({s for r in rows for s in r.seeds}))) or "none"
 
@@ -59,15 +74,24 @@ def _schedule_text(rows: Sequence[Row]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def _settings_text(rows: Sequence[Row], shared: dict[str, Any]) -> str:
-    d = PAPER_CONFIG
-    over = ", ".join(f"{k} = {v}" for k, v in shared.items()) or "none (the paper's settings throughout)"
-    return (f"Settings shared by every run that differ from the paper's: {over}. Otherwise the paper's "
-            "(docs/protocol.md §3.5): "
-            f"{d.epochs} epochs, batch {d.batch_size}, SGD lr {d.lr:g}, momentum {d.momentum}, weight decay "
-            f"{d.weight_decay:g}, StepLR({d.step_size}, {d.gamma}), {d.target} target. Per method: "
-            f"{_schedule_text(rows) or 'no extra term'}. A validation subset of a fifth of the training subset is "
-            "used when `train_subset` is set.")
+#: The paper's settings a report names when the runs keep them (docs/protocol.md §3.5).
+PAPER_SETTINGS = ("schedule", "epochs", "batch_size", "lr", "momentum", "weight_decay", "step_size", "gamma", "target",
+                  "input_transform", "train_subset", "e_att", "phase1")
+
+
+def _settings_text(rows: Sequence[Row], settings: dict[str, Any]) -> str:
+    """Which settings differ from the paper's, for all runs or between them, and the paper's
+    values of all the others: never a paper value for a setting the runs changed."""
+    shared, varying = settings["shared"], settings["varying"]
+    kept = [k for k in PAPER_SETTINGS if k not in shared and k not in varying]
+    paper = ", ".join(f"{k} {'all' if getattr(PAPER_CONFIG, k) is None else getattr(PAPER_CONFIG, k)}"
+                      for k in kept) or "none"
+    return (f"Settings every run shares that differ from the paper's: "
+            f"{', '.join(f'{k} {v}' for k, v in shared.items()) or 'none'}. "
+            f"Settings that differ between runs (each row names its own): {', '.join(varying) or 'none'}. "
+            f"The paper's (docs/protocol.md §3.5) kept by every run: {paper}. Per method: "
+            f"{_schedule_text(rows) or 'no extra term'}. With `train_subset`, validation uses a fifth as many "
+            "images.")
 
 
 #: What a map of each kind is, for records that do not say what their source is made from.
@@ -101,6 +125,7 @@ def _map_sources_text(rows: Sequence[Row]) -> list[str]:
 def _results_table(rows: Sequence[Row]) -> str:
     """Every row; the worst-group column appears when some data set has group labels."""
     groups = any(r.worst_group_mean is not None for r in rows)
+    obj, cue = words(rows)
     body = [[DATASET_NAMES.get(r.dataset, r.dataset),
              r.method + _grid_point(r) + (f" ({varying_label(r)})" if varying_label(r) and r.role != "sweep" else "")
              + (f", {r.schedule} schedule" if r.schedule != PAPER_CONFIG.schedule else "")
@@ -114,7 +139,7 @@ def _results_table(rows: Sequence[Row]) -> str:
              "—" if r.published_acc is None else f"{r.published_acc} (published)"]
             for r in rows if r.role != "sensitivity"]
     return _table(["data set", "method", "backbone", "maps (kind)", "role", "n", "test acc %",
-                   *(["worst-group acc %"] if groups else []), "CAM on digit", "CAM on decoy", "map IoU / AUROC",
+                   *(["worst-group acc %"] if groups else []), f"CAM on {obj}", f"CAM on {cue}", "map IoU / AUROC",
                    "s / run", "published %"], body)
 
 
@@ -134,6 +159,12 @@ def _published_table(published: Sequence[dict[str, Any]]) -> str:
     return _table(["method (published)", "data set", "published test acc %", "measured here", "source"], body)
 
 
+def _published_section(published: Sequence[dict[str, Any]]) -> list[str]:
+    return ["## Published numbers (not measured here)", "",
+            "Copied from the papers named; their networks and maps differ from ours where noted. The measured column "
+            "is the matching row above.", "", _published_table(published), ""]
+
+
 def _sensitivity_table(sens: Sequence[dict[str, Any]]) -> str:
     body = [[setting_label(s), s["method"], s["degradation"], f"{s['strength']:g}", _num(s["map_iou"]),
              _num(s["map_auroc"]), _acc(s["test_acc_mean"], s["test_acc_std"], s["n_seeds"]), str(s["n_seeds"])]
@@ -147,11 +178,11 @@ def _bite_table(bites: Sequence[dict[str, Any]]) -> str:
              f"(n {b['baseline_n']})", f"{_acc(b['bound_acc_mean'], b['bound_acc_std'], b['bound_n'])} "
              f"(n {b['bound_n']})", f"{b['gap']:+.2f} {_interval(b)}", b["bites"]]
             for b in bites]
-    return _table(["setting (data set, schedule, backbone)", "vanilla test acc %", "clean-MNIST bound %",
+    return _table(["setting (data set, schedule, backbone)", "vanilla test acc %", "clean bound %",
                    "bound minus vanilla, points [95 % interval]", "bites"], body)
 
 
-def _verdict_table(verdict: Sequence[dict[str, Any]]) -> str:
+def _verdict_table(verdict: Sequence[dict[str, Any]], obj: str = "digit", cue: str = "decoy") -> str:
     body = [[setting_label(v),
              f"{_acc(v['baseline_acc_mean'], v['baseline_acc_std'], v['baseline_n'])} ({v['baseline']})",
              v["label"], _acc(v["acc_mean"], v["acc_std"], v["n"]), str(v["n"]),
@@ -161,8 +192,8 @@ def _verdict_table(verdict: Sequence[dict[str, Any]]) -> str:
             for v in verdict]
     return _table(["setting (data set, schedule, backbone)", "baseline test acc %", "guided method, maps",
                    "test acc %", "n", "difference, points [95 % interval]", "verdict",
-                   "CAM share on digit / decoy (baseline's on decoy)",
-                   "gradient share on digit / decoy (baseline's on decoy)"], body)
+                   f"CAM share on {obj} / {cue} (baseline's on {cue})",
+                   f"gradient share on {obj} / {cue} (baseline's on {cue})"], body)
 
 
 def _interval(v: dict[str, Any]) -> str:
@@ -186,7 +217,7 @@ def _summary_table(summary: Sequence[dict[str, Any]]) -> str:
              else "not run", _vs(s["best"]), _vs(s["l2l_oracle"]),
              s["effect"] + (f": {s['note']}" if s["note"] else "")]
             for s in summary]
-    return _table(["setting (data set, schedule, backbone)", "vanilla test acc %", "clean-MNIST bound %",
+    return _table(["setting (data set, schedule, backbone)", "vanilla test acc %", "clean bound %",
                    "best guided: test acc %; difference [95 % interval]",
                    "paper's loss, oracle maps: test acc %; difference [95 % interval]", "verdict"], body)
 
@@ -247,7 +278,8 @@ def _verdict_section(tables: Tables) -> list[str]:
             "paper's loss on oracle maps, the comparison fixed in advance; where it did not run, the best guided "
             "run's, marked as the best of the runs compared, since the best of many can help by chance. "
             f"The paper's loss: {' or '.join(tables.paper_loss) or 'not named'}.", "",
-            _summary_table(tables.summary), "", "Every guided run:", "", _verdict_table(tables.verdict), ""]
+            _summary_table(tables.summary), "", "Every guided run:", "",
+            _verdict_table(tables.verdict, *words(tables.rows)), ""]
 
 
 def _sensitivity_section(sens: Sequence[dict[str, Any]]) -> list[str]:
@@ -284,6 +316,7 @@ def _environment_section(environment: dict[str, Any]) -> list[str]:
 
 def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[str, Any], n_runs: int) -> str:
     rows, sens = tables.rows, tables.sensitivity
+    obj, cue = words(rows)
     methods = sorted({f"{r.method} ({r.backbone})" for r in rows if r.compared})
     main = [r for r in rows if r.role != "sensitivity"]
     parts = [
@@ -294,21 +327,19 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
         + (f" (sensitivity seeds: {_seeds([r for r in rows if r.role == 'sensitivity'])})." if sens else "."),
         f"- Methods: {', '.join(methods) or 'none'}; roles: " + ", ".join(sorted({r.role for r in rows})) + ".",
         f"- {_settings_text(rows, tables.shared)}",
-        "- Model selection used the in-distribution validation split only (docs/protocol.md §3.6). The shifted test "
-        "split was "
-        "read once per run, after selection, for the test metrics below; nothing was chosen with it. Map quality "
-        "(IoU of the map above the digit threshold, AUROC to the clean digit) is measured on training images.",
-        "- CAM on digit / decoy: share of the positive class-activation (Grad-CAM where the network has no GAP head) "
-        "mass on the clean digit (dilated 3x3) / on the decoy square, on the test split.", "",
+        "- Model selection used the in-distribution validation split only (docs/protocol.md §3.6). The test "
+        "split was read once per run, after selection, for the test metrics below; nothing was chosen with it. Map "
+        f"quality (IoU of the map above the {obj} threshold, AUROC to the {obj}'s mask) is measured on training "
+        "images.",
+        f"- CAM on {obj} / {cue}: share of the positive class-activation (Grad-CAM where the network has no GAP "
+        f"head) mass on the {obj} (dilated 3x3) / on the {cue}, on the test split, where the data set knows them.",
+        *_data_text(main), "",
         "Map sources:", "", *_map_sources_text(rows), "",
         "## Results (measured here)", "",
         "Test accuracy in %, mean ± sample std over seeds; n = seeds. The published column is the number another "
         "paper reports for that method (source in the next table), not measured here.", "",
         _results_table(main), "",
-        "## Published numbers (not measured here)", "",
-        "Copied from the papers named; their networks and maps differ from ours where noted. The measured column "
-        "is the matching row above.", "",
-        _published_table(tables.published), "",
+        *(_published_section(tables.published) if tables.published else []),
         *(_bites_section(tables.bites) if tables.bites else []),
         *(_verdict_section(tables) if tables.verdict else []),
         *(_sweep_text(tables.sweep) if tables.sweep else []),
@@ -374,7 +405,7 @@ def _sweep_table(tables: Tables) -> str:
 TABLES = {
     "seeds": lambda t: _seeds_table(t.rows),
     "results": lambda t: _results_table(t.rows),
-    "verdict": lambda t: _verdict_table(t.verdict),
+    "verdict": lambda t: _verdict_table(t.verdict, *words(t.rows)),
     "summary": lambda t: _summary_table(t.summary),
     "bites": lambda t: _bite_table(t.bites),
     "published": lambda t: _published_table(t.published),

@@ -5,6 +5,7 @@ of runs shares. Plain data out, for the markdown, the CSV and the figures alike.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Sequence
 
 from ..record import Record
@@ -13,8 +14,8 @@ from .records import SETTING_KEYS, Row, by_setting, paper_match
 from .stats import welch_diff
 
 #: Config fields that tell runs apart, as opposed to settings shared by a whole report.
-IDENTITY_FIELDS = ("dataset", "method", "backbone", "maps", "map_options", "input_transform", "lambda0", "selection",
-                   "seed", "device", "schedule")
+IDENTITY_FIELDS = ("dataset", "method", "backbone", "maps", "map_options", "lambda0", "selection", "seed", "device",
+                   "data_hash")
 
 
 def attach_published(rows: Sequence[Row], published: Sequence[dict[str, Any]]) -> None:
@@ -28,10 +29,12 @@ def attach_published(rows: Sequence[Row], published: Sequence[dict[str, Any]]) -
 
 def published_rows(rows: Sequence[Row], published: Sequence[dict[str, Any]],
                    datasets: Sequence[str]) -> list[dict[str, Any]]:
-    """Each published number with the measured row set beside it (if any)."""
+    """Each published number of a data set the rows measured, with the measured row set
+    beside it (if any): an own data set's report carries no benchmark's published numbers."""
     out = []
+    present = {r.dataset for r in rows}
     for pub in published:
-        for ds in datasets:
+        for ds in (d for d in datasets if d in present):
             m = paper_match(rows, pub["method"], ds, pub.get("maps"))
             out.append({"origin": "published", "dataset": ds, "method": pub["label"], "published_acc": pub[ds],
                         "published_source": pub["source"],
@@ -217,10 +220,14 @@ def sweep_summary(selection: dict[str, Any] | None, published: Sequence[dict[str
 
 
 def shared_settings(records: Sequence[Record]) -> dict[str, Any]:
-    """Settings every run shares and that differ from the paper's: what a profile changed."""
+    """How the runs' settings stand to the paper's (beyond what each row names: data set,
+    method, network, maps, the method's own λ and rule): ``shared``, the settings every run
+    shares that differ from the paper's, and ``varying``, those that differ between runs."""
     if not records:
-        return {}
+        return {"shared": {}, "varying": []}
     configs = [dataclasses.asdict(r.config) for r in records]
     paper = dataclasses.asdict(PAPER_CONFIG)
-    return {k: v for k, v in configs[0].items()
-            if k not in IDENTITY_FIELDS and all(c[k] == v for c in configs) and v != paper[k]}
+    keys = [k for k in configs[0] if k not in IDENTITY_FIELDS]
+    varying = [k for k in keys if len({json.dumps(c[k], sort_keys=True, default=str) for c in configs}) > 1]
+    return {"shared": {k: configs[0][k] for k in keys if k not in varying and configs[0][k] != paper[k]},
+            "varying": varying}

@@ -96,6 +96,10 @@ def import_cmd(name: str = typer.Argument(..., help="Name of the new data set (l
                max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", min=1,
                                               help="Refuse images with more pixels than this (decoding them would "
                                                    "take too much memory)."),
+               object_word: str = typer.Option("object", "--object", help="What reports call the thing to look at "
+                                               "(e.g. bird)."),
+               shortcut_word: str = typer.Option("background", "--shortcut", help="What reports call the "
+                                                 "spurious cue (e.g. water)."),
                data_dir: Optional[Path] = DATA_DIR,
                quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Import your own images as a data set (verified uint8 store, class names and file names kept).
@@ -106,7 +110,9 @@ def import_cmd(name: str = typer.Argument(..., help="Name of the new data set (l
 
     t0 = time.perf_counter()
     path, skipped, warnings = import_dataset(name, source, data_dir, size=size, skip_bad=skip_bad, force=force,
-                                             progress=not quiet, max_pixels=max_pixels)
+                                             progress=not quiet, max_pixels=max_pixels,
+                                             words=(object_word.strip() or "object",
+                                                    shortcut_word.strip() or "background"))
     for line in warnings:
         typer.echo(f"warning: {line}", err=True)
     ds = load_dataset(name, data_dir, build=False)

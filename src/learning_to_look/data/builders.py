@@ -171,6 +171,10 @@ class DatasetSpec:
     #: (where the maps' complement lies: a decoy, a background), "colour" (single pixels,
     #: which carry colour but not shape) or "none" (a clean data set: nothing to penalise).
     shortcut: str = "region"
+    #: What reports call the object a network should look at, and the shortcut it should not
+    #: (the MNIST sets': the digit and the decoy; an import's: its own words, or object and background).
+    object_word: str = "digit"
+    shortcut_word: str = "decoy"
 
     @property
     def classes(self) -> tuple[str, ...]:

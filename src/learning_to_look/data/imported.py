@@ -149,7 +149,8 @@ def _items(source: Path) -> tuple[list[Item], list[str]]:
 
 def import_dataset(name: str, source: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
                    size: int = DEFAULT_SIZE, skip_bad: bool = False, force: bool = False, progress: bool = True,
-                   max_pixels: int = MAX_PIXELS) -> tuple[Path, int, list[str]]:
+                   max_pixels: int = MAX_PIXELS, words: tuple[str, str] = ("object", "background")
+                   ) -> tuple[Path, int, list[str]]:
     """Import ``source`` (a folder or a CSV) as data set ``name``; returns (its file, images
     skipped, warnings). The data set's lock is held from the first look to the last write,
     so two imports of one name never both write."""
@@ -178,7 +179,8 @@ def import_dataset(name: str, source: str | os.PathLike, data_dir: str | os.Path
             "mnist_source": None,
             "imported": {"from": str(source.resolve()), "size": size, "classes": classes, "groups": groups,
                          "has_masks": objects is not None, "masked": int(masked.sum()) if objects is not None else 0,
-                         "has_val": has_val, "skipped": [n for n, _ in bad]},
+                         "has_val": has_val, "skipped": [n for n, _ in bad], "object_word": words[0],
+                         "shortcut_word": words[1]},
             "files": files,
             "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": sha256_array(v)}
                        for k, v in arrays.items()},
@@ -196,7 +198,9 @@ def spec_from_header(header: dict) -> DatasetSpec:
                        version=IMPORT_VERSION, num_classes=len(meta["classes"]), group_names=tuple(meta["groups"]),
                        uses_mnist=False, class_names=tuple(meta["classes"]), size=meta["size"],
                        has_objects=meta["has_masks"], has_val=meta["has_val"], imported_from=meta["from"],
-                       partial_masks=meta["has_masks"] and meta.get("masked", 0) < _n_images(header))
+                       partial_masks=meta["has_masks"] and meta.get("masked", 0) < _n_images(header),
+                       object_word=meta.get("object_word", "object"), shortcut_word=meta.get("shortcut_word",
+                                                                                             "background"))
 
 
 def _n_images(header: dict) -> int:

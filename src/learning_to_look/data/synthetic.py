@@ -91,4 +91,5 @@ def build_shapes_bg(_mnist: None = None) -> dict[str, np.ndarray]:
 register(DatasetSpec("shapes-bg", build_shapes_bg, "shapes-bg, spurious texture background (synthetic)",
                      f"{len(SHAPES)} shapes on {N_TEXTURES} textures; training texture = the shape's own for "
                      f"{MAJORITY:.0%} of images, test balanced over the {len(GROUP_NAMES)} groups", channels=3,
-                     num_classes=len(SHAPES), group_names=GROUP_NAMES, uses_mnist=False, class_names=SHAPES))
+                     num_classes=len(SHAPES), group_names=GROUP_NAMES, uses_mnist=False, class_names=SHAPES,
+                     object_word="shape", shortcut_word="texture"))

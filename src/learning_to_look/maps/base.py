@@ -265,6 +265,8 @@ class MapGenerator(ABC):
     summary: ClassVar[str] = ""
     #: Worth a disk cache: False for sources cheaper to recompute than to load.
     cacheable: ClassVar[bool] = True
+    #: Made from the object masks a data set keeps: an image without a mask has no map then.
+    reads_objects: ClassVar[bool] = False
     #: Counts from the last :meth:`generate` call (e.g. artefact patches), summed over
     #: chunks into the cache sidecar. Read-only and empty until a generator assigns its
     #: own dict, so no instance can write into a default that all of them share.
@@ -340,6 +342,7 @@ class OracleMaps(MapGenerator):
 
     name: ClassVar[str] = "oracle"
     kind: ClassVar[str] = "annotation"
+    reads_objects: ClassVar[bool] = True
     summary: ClassVar[str] = ("the object's own pixels (the digit, or an imported mask), known from how the data set "
                               "was built: an upper bound standing in for a perfect VLM; not a VLM")
     cacheable: ClassVar[bool] = False

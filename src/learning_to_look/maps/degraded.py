@@ -92,6 +92,7 @@ class DegradedOracleMaps(MapGenerator):
 
     name: ClassVar[str] = "degraded-oracle"
     kind: ClassVar[str] = "annotation"
+    reads_objects: ClassVar[bool] = True
     summary: ClassVar[str] = ("the oracle mask degraded on purpose (blur, shift, dropped part, decoy added, pixel "
                               "noise) for the sensitivity study; not a VLM")
     cacheable: ClassVar[bool] = False

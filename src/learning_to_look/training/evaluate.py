@@ -9,6 +9,7 @@ normalised map to the oracle outline target.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -48,11 +49,15 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
                    device: torch.device | str = "cpu") -> dict[str, Any]:
     """Accuracy, group accuracy and, where the split knows its objects and decoys, the
     attention metrics of ``model`` on ``split`` (one pass, converting the uint8 images
-    batch by batch)."""
+    batch by batch). Where only some images have an object mask, the object metrics are
+    measured on those alone, and ``masked_images`` says how many."""
     model.eval()
     size, hw = model.input_size, tuple(split.images.shape[-2:])
     batch_size = batch_size or eval_batch_size(size)
     y_all = torch.as_tensor(split.labels)
+    known = None if split.masked is None else torch.as_tensor(split.masked)  # (N,) bool
+    if known is not None and not bool(known.any()):
+        split = dataclasses.replace(split, digits=None)  # no image of this split has a mask: accuracy only
     regions = {} if split.digits is None else {"digit": digit_masks(split.digits)}  # name -> (N,H,W)
     decoy = split.decoy_masks()  # (N,H,W) bool or None
     if decoy is not None:
@@ -81,7 +86,14 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
             sums.setdefault("kl_to_oracle", []).append(kl_per_image(minmax_normalize(att.detach().cpu()), q))
     correct = torch.cat(sums.pop("correct"))  # (N,)
     out: dict[str, Any] = {"accuracy": float(correct.float().mean()) * 100, "n": int(len(y_all))}
-    out |= {k: float(torch.nanmean(torch.cat(v))) for k, v in sums.items()}
+    unmasked = {k for k in sums if "digit" in k or k == "kl_to_oracle"}  # measured against the object mask
+    for k, v in sums.items():
+        values = torch.cat(v)  # (N,)
+        if known is not None and k in unmasked:
+            values = torch.where(known, values, torch.full_like(values, float("nan")))
+        out[k] = float(torch.nanmean(values))
+    if known is not None:
+        out["masked_images"] = int(known.sum()) if split.digits is not None else 0
     if split.groups is not None:
         out |= group_accuracy(correct, torch.as_tensor(split.groups))
     return out

@@ -52,11 +52,16 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get(RUNS_DIR_ENV) or "runs")
 
 
-def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: Method) -> Batch:
-    """A whole split ready for the network, with the per-image tensors ``method`` asks for."""
+def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: Method,
+               known: np.ndarray | None = None) -> Batch:
+    """A whole split ready for the network, with the per-image tensors ``method`` asks for;
+    an image whose map is not ``known`` (no mask) gets all-zero tensors: no guidance term."""
     backbone = BACKBONES.get(cfg.backbone)
     y = torch.as_tensor(split.labels, dtype=torch.long)  # (N,)
     aux = {} if maps is None else method.aux(torch.as_tensor(maps), backbone)
+    if known is not None:
+        has = torch.as_tensor(known)  # (N,) bool
+        aux = {k: v * has.view(-1, *[1] * (v.ndim - 1)).to(v.dtype) for k, v in aux.items()}
     groups = None if split.groups is None else torch.as_tensor(split.groups)  # (N,)
     if preconverts(len(split), split.images.shape[1], backbone.input_size):
         x = to_input(split.images, backbone.input_size, cfg.input_transform)  # (N,C,S,S)
@@ -135,12 +140,15 @@ def prepare(run: Resolved, data_dir: Path | None = None, progress: bool = True) 
     train_split, val_split = dataset.train.subset(tr, "train"), dataset.train.subset(va, "val")
     maps_info: dict[str, Any] = {"name": "none", "kind": "none"}
     maps_train = maps_val = None
+    partial = run.maps is not None and run.maps.reads_objects and train_split.masked is not None
+    known_train, known_val = (train_split.masked, val_split.masked) if partial else (None, None)
     if method.uses_maps:
         mapped = _maps_split(run, dataset, np.concatenate([tr, va]))
         maps, maps_info = training_maps(run, mapped, progress)  # (N_mapped, H, W)
         maps_train, maps_val = (maps[tr], maps[va]) if mapped is dataset.train else (maps[:len(tr)], maps[len(tr):])
-    return Prepared(dataset, train_split, val_split, make_batch(train_split, maps_train, cfg, method),
-                    make_batch(val_split, maps_val, cfg, method), maps_info, maps_train)
+        maps_info["images_with_maps"] = int(known_train.sum()) if partial else len(train_split)
+    return Prepared(dataset, train_split, val_split, make_batch(train_split, maps_train, cfg, method, known_train),
+                    make_batch(val_split, maps_val, cfg, method, known_val), maps_info, maps_train)
 
 
 def quality_of(prep: Prepared) -> dict[str, Any] | None:
@@ -230,7 +238,8 @@ def record_run(cfg: TrainConfig, out: Path, prep: Prepared, fitted: FitResult, r
         "config": cfg.to_dict(), "role": role or DEFAULT_ROLE, "maps": prep.maps_info | {"quality": quality_of(prep)},
         "dataset": {"name": dataset.name, "protocol": dataset.header.get("protocol"), "n_train": len(prep.train_split),
                     "n_val": len(prep.val_split), "n_test": len(dataset.test), "channels": spec.channels,
-                    "classes": list(spec.classes), "sha256": dataset.content_hash},
+                    "classes": list(spec.classes), "size": spec.size, "sha256": dataset.content_hash,
+                    "words": {"object": spec.object_word, "shortcut": spec.shortcut_word}},
         "selection": {"rule": cfg.selection, "rule_used": fitted.rule or cfg.selection, "tie_break": TIE_BREAK,
                       "note": fitted.selection_note, "epoch": fitted.selected_epoch, "score": fitted.selected_score,
                       "val": {k: v for k, v in fitted.history[fitted.selected_epoch].items() if k.startswith("val_")}},
