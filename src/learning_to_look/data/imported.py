@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import L2LError
 from ..io import atomic_save_npz, folder_lock, sha256_array
+from ..progress import bar
 from .builders import DATASETS, DatasetSpec
 from .images import MAX_PIXELS, fit, open_image
 from .items import SPLIT_NAMES, Item, classes_and_groups, clean, csv_items, folder_items, shown
@@ -74,13 +75,11 @@ def _read_all(items: list[Item], size: int, masks: Path | None, skip_bad: bool, 
     """(good items, their images (N,3,S,S), their objects (N,S,S) or None when no image has
     a mask, which of them have one (N,), bad files): read into arrays made once, so the
     peak memory is about one copy of the data set."""
-    from tqdm.auto import tqdm
-
     images = np.empty((len(items), 3, size, size), np.uint8)
     objects = np.zeros((len(items), size, size), np.uint8) if masks is not None else None
     masked = np.zeros(len(items), bool)
     kept, bad = [], []
-    for item in tqdm(items, desc="import", unit="img", disable=not progress, dynamic_ncols=True):
+    for item in bar(items, desc="import", unit="img", show=progress):
         got = _read_one(item, size, masks, max_pixels)
         if isinstance(got, str):
             bad.append((item.name, got))

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import L2LError, corrupt_file
 from ..io import (LOCK_NAME, atomic_write_bytes, atomic_write_json, clean_stale_tmp, folder_lock, folder_option,
                   read_json, sha256_array)
+from ..progress import bar as progress_bar
 from .base import MAP_SOURCES, ImageSet, MapGenerator, validate_maps
 from .weights import loading_progress
 
@@ -302,16 +303,14 @@ def _fill(generator: MapGenerator, split: ImageSet, folder: Path, expected: dict
 
 def _generate_chunks(generator: MapGenerator, split: ImageSet, folder: Path, meta: dict, todo: list[int],
                      done: dict, progress: bool) -> None:
-    from tqdm import tqdm
-
     images = np.asarray(split.images)
     n, hw, size = len(images), tuple(images.shape[-2:]), meta["chunk_size"]
     meta["complete"] = False
     folder.mkdir(parents=True, exist_ok=True)
     generator.prepare(split, folder / "work")
     remaining = sum(min(size, n - i * size) for i in todo)
-    bar = tqdm(total=remaining, desc=f"maps {generator.name} {meta['dataset']}/{split.name}", unit="img",
-               disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=remaining, desc=f"maps {generator.name} {meta['dataset']}/{split.name}", unit="img",
+                       show=progress)
     for i in todo:
         t0 = time.perf_counter()
         idx = np.arange(i * size, min(n, (i + 1) * size))
