@@ -30,7 +30,7 @@ LAYERS = {
 ANALYSIS_READS = {"record", "config", "io", "plotting", "errors", "registry"}
 #: Literals equal to a method's name that do not name the method, with the reason.
 NOT_A_METHOD = {("cli", "l2l"): "the program's name", ("cli.app", "l2l"): "the program's name",
-                ("maps.clip", "vanilla"): "a CLIP attention variant",
+                ("maps.clip_rules", "vanilla"): "a CLIP attention variant",
                 ("config", "l2l"): "the paper's method as TrainConfig's default, declared once"}
 
 

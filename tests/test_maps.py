@@ -16,8 +16,8 @@ from learning_to_look.maps import (ClipMaps, ImageSet, MapGenerator, Precomputed
                                    cached_maps, folder_maps, get_map_source, load_clip, load_map_set, map_quality,
                                    map_report)
 from learning_to_look.maps.cache import cache_folder
-from learning_to_look.maps.clip import (VARIANTS, artefact_mask, foreground_probability, gaussian_window,
-                                        neighbour_median, self_similarity, to_image_size, variant_mix)
+from learning_to_look.maps.clip import artefact_mask, foreground_probability, neighbour_median, to_image_size
+from learning_to_look.maps.clip_rules import VARIANTS, attention_weights, gaussian_window, self_similarity
 from learning_to_look.maps.diagnostics import auroc, mass_share, pointing_game
 from learning_to_look.maps.refine import pamr
 from learning_to_look.maps.weclip import affinity_refine, pseudo_labels
@@ -54,20 +54,23 @@ def test_foreground_probability_matches_hand_computation():
     assert torch.allclose(got, torch.tensor([p, 1 - p]), atol=1e-6)
 
 
-def test_self_similarity_and_variant_rules():
-    a = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]])  # B=1, heads=1, P=2, d=2
+def test_self_similarity_and_attention_rules():
+    a = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]])  # B=1, heads=1, T=2, d=2
     w = self_similarity(a, scale=1.0)
     row0 = torch.softmax(torch.tensor([1.0, 0.0]), 0)
     row1 = torch.softmax(torch.tensor([0.0, 4.0]), 0)
     assert torch.allclose(w[0, 0], torch.stack([row0, row1]))
-    q, k, v = a, a.flip(-1), torch.tensor([[[[1.0], [3.0]]]])
-    sclip = variant_mix("sclip", q, k, v, 1.0, (1, 2))
-    assert torch.allclose(sclip, self_similarity(q, 1.0) @ v + self_similarity(k, 1.0) @ v)
-    assert torch.equal(variant_mix("maskclip", q, k, v, 1.0, (1, 2)), v)
+    q, k = a, a.flip(-1)
+    sclip = attention_weights("qq+kk", q, k, 1.0, (1, 1))
+    assert torch.allclose(sclip, self_similarity(q, 1.0) + self_similarity(k, 1.0))
+    assert attention_weights("none", q, k, 1.0, (1, 1)) is None
     g = gaussian_window(1, 2, sigma=1.0)
     assert torch.allclose(g, torch.tensor([[1.0, math.exp(-0.5)], [math.exp(-0.5), 1.0]]))
-    naclip = variant_mix("naclip", q, k, v, 1.0, (1, 2), sigma=1.0)
-    assert torch.allclose(naclip, (k @ k.transpose(-1, -2) + g).softmax(-1) @ v)
+    q3 = torch.tensor([[[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]]])  # the class token and a 1x2 grid
+    naclip = attention_weights("kk+gauss", q3, q3, 1.0, (1, 2), sigma=1.0)
+    bias = torch.zeros(3, 3)
+    bias[1:, 1:] = g  # the class token's row and column get no Gaussian
+    assert torch.allclose(naclip, (q3 @ q3.transpose(-1, -2) + bias).softmax(-1))
 
 
 def test_artefact_guard_replaces_outlier_by_neighbour_median():
@@ -82,13 +85,13 @@ def test_artefact_guard_replaces_outlier_by_neighbour_median():
     assert not artefact_mask(tokens.norm(dim=-1), z=0).any()
 
 
-def test_pamr_on_flat_image_is_a_box_filter():
+def test_pamr_on_flat_image_averages_the_8_neighbours():
     image = torch.full((1, 3, 5, 5), 0.5)
     m = torch.zeros(1, 5, 5)
     m[0, 2, 2] = 1.0
     out = pamr(image, m, iterations=1, dilations=(1,))
-    assert out[0, 2, 2].item() == pytest.approx(1 / 9)
-    assert out[0, 1, 1].item() == pytest.approx(1 / 9)
+    assert out[0, 2, 2].item() == 0.0  # a pixel is not its own neighbour
+    assert out[0, 1, 1].item() == pytest.approx(1 / 8)
     assert out[0, 0, 0].item() == pytest.approx(0.0)
     assert out.sum().item() == pytest.approx(1.0)
 

@@ -28,7 +28,7 @@ from ..registry import Registry
 #: What a map is made from. Only ``vlm`` maps may be called VLM maps.
 KINDS = ("vlm", "annotation", "image-statistic", "external")
 
-MAP_CODE_VERSION = 1
+MAP_CODE_VERSION = 2
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: bool = True, cli: type = str,
@@ -230,28 +230,38 @@ def _template(t: str) -> str:
 @dataclass(frozen=True)
 class PromptSpec:
     """What the VLM is asked: positive prompts (the concept), negative (background)
-    prompts, templates they are put into, and the softmax temperature across prompts."""
+    prompts, templates they are put into, and the softmax temperature across prompts.
+    Templates and temperature left None are the map source's own (a method's official
+    ones), filled in by the source."""
 
     positive: tuple[str, ...] = option(("a handwritten digit",), "Positive prompt (repeatable).", name="prompt",
                                        multiple=True)
     negative: tuple[str, ...] = option(("background", "black", "dark"), "Comma-separated background prompts.",
                                        name="negatives", split=",")
-    templates: tuple[str, ...] = option(("a photo of {}.", "a clean origami {}."),
-                                        "';'-separated templates with {} where the prompt goes.", split=";")
-    temperature: float = option(40.0, "Softmax temperature across prompts.", cli=float)
+    templates: tuple[str, ...] | None = option(None, "';'-separated templates with {} where the prompt goes "
+                                                     "[default: the method's own].", split=";")
+    temperature: float | None = option(None, "Softmax temperature across prompts [default: the method's own].",
+                                       cli=float)
 
     def __post_init__(self) -> None:
         positive = _texts("positive", self.positive, '--prompt "a handwritten digit"')
         if not positive:
             raise L2LError("the prompt needs at least one positive text; pass --prompt \"a handwritten digit\"")
         negative = _texts("negative", self.negative, '--negatives "background,black,dark"')
-        templates = tuple(_template(t) for t in _texts("templates", self.templates, '--templates "a photo of {}."'))
-        if isinstance(self.temperature, (bool, np.bool_)) or not isinstance(self.temperature, numbers.Real) \
-                or not math.isfinite(self.temperature) or self.temperature <= 0:
+        templates = self.templates if self.templates is None else tuple(
+            _template(t) for t in _texts("templates", self.templates, '--templates "a photo of {}."'))
+        if self.temperature is not None and (
+                isinstance(self.temperature, (bool, np.bool_)) or not isinstance(self.temperature, numbers.Real)
+                or not math.isfinite(self.temperature) or self.temperature <= 0):
             raise L2LError(f"--temperature must be a finite number > 0, got {self.temperature!r}; "
                            "pass e.g. --temperature 40")
         for name, value in (("positive", positive), ("negative", negative), ("templates", templates)):
             object.__setattr__(self, name, value)
+
+    def completed(self, templates: tuple[str, ...], temperature: float) -> PromptSpec:
+        """This spec with the source's own ``templates`` and ``temperature`` where it has none."""
+        return dataclasses.replace(self, templates=templates if self.templates is None else self.templates,
+                                   temperature=temperature if self.temperature is None else self.temperature)
 
 
 class MapGenerator(ABC):

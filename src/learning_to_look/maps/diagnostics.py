@@ -129,6 +129,8 @@ def map_report(maps: np.ndarray, split: ImageSet, stats: dict | None = None, lim
         _decoy_checks(report, maps[:limit], decoys[:limit])
     if stats and stats.get("patches"):
         report["artefact_fraction"] = stats["artefact_patches"] / stats["patches"]
+    if stats and stats.get("images"):
+        report["empty_fraction"] = stats["empty_maps"] / stats["images"]
     if report["mean_map"] is not None and (report["mean_map"] < 1e-3 or report["mean_map"] > 1 - 1e-3):
         report["warnings"].append(f"map is nearly constant (mean {report['mean_map']:.4f}); it gives no guidance")
     return report
@@ -139,7 +141,8 @@ def format_report(report: dict) -> list[str]:
     parts = [f"images {report['n']}", f"mean map {report['mean_map']:.3f}" if report["mean_map"] is not None else None]
     for key, label, fmt in (("auroc", "AUROC vs digit", "{:.3f}"), ("pointing_game", "pointing game", "{:.1%}"),
                             ("decoy_mass", "mass on decoy", "{:.1%}"),
-                            ("artefact_fraction", "artefact patches", "{:.2%}")):
+                            ("artefact_fraction", "artefact patches", "{:.2%}"),
+                            ("empty_fraction", "all-zero maps", "{:.1%}")):
         if report.get(key) is not None:
             parts.append(f"{label} {fmt.format(report[key])}")
     return ["  ".join(p for p in parts if p)] + [f"warning: {w}" for w in report["warnings"]]

@@ -1,7 +1,10 @@
-"""Maps made elsewhere: a folder of PNGs, an ``.npy`` array or an ``.npz`` archive.
+"""Maps made elsewhere: a folder of PNGs, an ``.npy`` array, an ``.npz`` archive, or a
+folder of the ``.pth`` files GALS's ``extract_attention.py`` writes.
 
 This is how the reference pipeline's WeCLIP+ masks come in: its ``prediction_cmap``
 PNGs are colour-mapped hard masks on black, so any non-black pixel is foreground.
+GALS files hold one attention map per prompt at the patch grid; they are brought to the
+image size and combined as GALS's training code combines them (``maps/gals.py``).
 Keys are image indices (digits at the end of a file stem, e.g. ``train_00017.png``)
 or, for image folders, file stems. Every mismatch is an error naming the first few
 offenders, since a silently shifted or partial map set would train the wrong thing.
@@ -23,6 +26,7 @@ import numpy as np
 from ..errors import L2LError, corrupt_file
 from ..io import load_npy
 from .base import ImageSet, MapGenerator, check_choice, option, register_map_source
+from .gals import read_gals_file
 
 PNG_MODES = ("nonblack", "grey")
 KEYS = ("index", "name")
@@ -85,7 +89,7 @@ class PrecomputedMaps(MapGenerator):
     name: ClassVar[str] = "precomputed"
     kind: ClassVar[str] = "external"
     summary: ClassVar[str] = "maps made elsewhere and read from files; what made them is not known here"
-    path: str = option("", "Folder of PNGs, or an .npy/.npz file, with one map per image.")
+    path: str = option("", "Folder of PNGs or of GALS .pth files, or an .npy/.npz file, with one map per image.")
     key: str = option("index", f"How files are matched to images: {' | '.join(KEYS)}.")
     png_mode: str = option("nonblack", f"How a PNG reads as a map: {' | '.join(PNG_MODES)} (nonblack reads WeCLIP+ "
                                        "prediction_cmap).")
@@ -99,7 +103,8 @@ class PrecomputedMaps(MapGenerator):
         check_choice("png_mode", self.png_mode, PNG_MODES)
         if not Path(self.path).exists():
             raise L2LError(f"no precomputed maps at {self.path}; pass --path to a folder of PNGs or an .npy/.npz file")
-        self.kind_of_source = "png" if Path(self.path).is_dir() else Path(self.path).suffix.lower().lstrip(".")
+        self.kind_of_source = _folder_kind(Path(self.path)) if Path(self.path).is_dir() else \
+            Path(self.path).suffix.lower().lstrip(".")
         if self.kind_of_source not in ("png", "npy", "npz"):
             raise L2LError(f"precomputed maps must be a folder of PNGs or an .npy/.npz file, got {self.path}")
         self._check_array_file()
@@ -137,7 +142,7 @@ class PrecomputedMaps(MapGenerator):
     def _content_hash(self) -> str:
         p = Path(self.path)
         h = hashlib.sha256()
-        files = sorted(p.glob("*.png")) if p.is_dir() else [p]
+        files = sorted(p.rglob("*.pth") if self.kind_of_source == "gals" else p.glob("*.png")) if p.is_dir() else [p]
         for f in files:
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -167,7 +172,21 @@ class PrecomputedMaps(MapGenerator):
                 return {str(i): (lambda i=i: arr[i]) for i in range(len(arr))}
         return {_file_key(Path(f).stem, self.key) or f: (lambda f=f: z[f]) for f in z.files}
 
+    def _gals_index(self) -> dict[str, Path]:
+        """key -> GALS file, found in sub-folders too (GALS mirrors the image folders)."""
+        index: dict[str, Path] = {}
+        for f in sorted(Path(self.path).rglob("*.pth")):
+            k = _file_key(f.stem, self.key)
+            if k in index:
+                raise L2LError(f"GALS maps {index[k]} and {f} have the same key {k}; keep one map per image "
+                               "under --path")
+            if k is not None:
+                index[k] = f
+        return index
+
     def _index(self) -> dict[str, Any]:
+        if self.kind_of_source == "gals":
+            return self._gals_index()
         return self._png_index() if self.kind_of_source == "png" else self._array_index()
 
     def prepare(self, split: ImageSet, workdir: Path | None = None) -> None:
@@ -197,7 +216,7 @@ class PrecomputedMaps(MapGenerator):
         out, unreadable, wrong = np.zeros((len(keys), *hw), np.float32), [], []  # out: (N, H, W)
         for j, k in enumerate(keys):
             try:
-                m = self._read(have[k])
+                m = self._read(have[k], hw)
             except (*_ARRAY_ERRORS, SyntaxError):
                 unreadable.append(k)
                 continue
@@ -213,11 +232,21 @@ class PrecomputedMaps(MapGenerator):
                            "resize them to the image size")
         return out
 
-    def _read(self, entry: Any) -> np.ndarray:
-        """(H, W) float map in [0, 1] from an index entry: a PNG path or an array loader."""
+    def _read(self, entry: Any, hw: tuple[int, int]) -> np.ndarray:
+        """(H, W) float map in [0, 1] from an index entry: a PNG path, a GALS file (made ``hw``
+        here, as GALS resizes its maps to the image) or an array loader."""
+        if self.kind_of_source == "gals":
+            return _to_unit(read_gals_file(entry, hw), str(entry))
         if self.kind_of_source == "png":
             return read_png_map(entry, self.png_mode)
         return _to_unit(np.asarray(entry()), self.path)
+
+
+def _folder_kind(folder: Path) -> str:
+    """``gals`` for a folder of GALS ``.pth`` files (and no PNGs), else ``png``."""
+    if not any(folder.glob("*.png")) and any(folder.rglob("*.pth")):
+        return "gals"
+    return "png"
 
 
 def _npz_member_shape(path: str, member: str, fix: str) -> tuple[int, ...]:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from ..errors import L2LError
 from ..io import atomic_torch_save, torch_load
 from .base import ImageSet, PromptSpec, check_bool, check_int, check_number, option, register_map_source
-from .clip import ClipBackedMaps, self_similarity, split_heads, to_image_size, to_pixels
+from .clip import ClipBackedMaps, artefact_counts, to_image_size, to_pixels
+from .clip_rules import self_similarity, split_heads
 from ..device import autocast
 from .weights import DEFAULT_CLIP, Pretrained, check_source, check_source_type, load_dino
 
@@ -112,7 +113,8 @@ class WeCLIPMaps(ClipBackedMaps):
     bg_threshold: float = option(0.35, "Pseudo-label background threshold.", flag=False, cli=float)
     refine: str = option("pamr", "Refinement of the maps: none | pamr.")
     hard: bool = option(False, "Reference-style binary mask instead of soft maps.", cli=bool)
-    guard_z: float = option(6.0, "Artefact guard threshold in robust z units; 0 disables.", cli=float)
+    guard_z: float = option(6.0, "Artefact token threshold in robust z units (flagged tokens are replaced by "
+                                 "their neighbours' median; 0 flags none).", cli=float)
     seed: int = option(0, "Seed of the decoder's initialisation and sampling.", flag=False, cli=int)
     device: str | None = option(None, "auto | cpu | cuda | cuda:N (auto: CUDA when available).")
 
@@ -268,12 +270,12 @@ class WeCLIPMaps(ClipBackedMaps):
             self.prepare(split)
         return super().generate(split)
 
-    def _batch_maps(self, batch: np.ndarray, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch_maps(self, batch: np.ndarray, hw: tuple[int, int]) -> tuple[torch.Tensor, dict[str, int]]:
         tokens, extra, _, artefacts = self.features(batch)
         with torch.no_grad(), autocast(self.torch_device):
             probs = self.decoder(tokens, extra).float().sigmoid().cpu()  # (B, h, w)
         maps = self._refined(batch, to_image_size(probs, self.input_size, hw))  # (B, H, W)
-        return ((maps > 0.5).float() if self.hard else maps), artefacts
+        return ((maps > 0.5).float() if self.hard else maps), artefact_counts([artefacts])
 
 
 register_map_source(WeCLIPMaps)
