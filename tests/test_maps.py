@@ -16,7 +16,8 @@ from learning_to_look.maps import (ClipMaps, ImageSet, MapGenerator, Precomputed
                                    cached_maps, folder_maps, get_map_source, load_clip, load_map_set, map_quality,
                                    map_report)
 from learning_to_look.maps.cache import cache_folder
-from learning_to_look.maps.clip import artefact_mask, foreground_probability, neighbour_median, to_image_size
+from learning_to_look.maps.clip import artefact_mask, foreground_probability, neighbour_median
+from learning_to_look.maps.geometry import to_image_size
 from learning_to_look.maps.clip_rules import VARIANTS, attention_weights, gaussian_window, self_similarity
 from learning_to_look.maps.diagnostics import auroc, mass_share, pointing_game
 from learning_to_look.maps.refine import pamr
@@ -389,6 +390,15 @@ FIELD_CASES = [
     ("clip", {"prompts": {"temperature": "hot"}}, "--temperature must be a finite number > 0"),
     ("clip", {"prompts": {"positive": [""]}}, "--prompt must be non-empty text"),
     ("clip", {"prompts": {"negative": [3]}}, "must be a list of texts"),
+    ("clip", {"window": -1}, "--window must be an integer in [0, 4096]"),
+    ("clip", {"window": 32, "stride": 0}, "--stride must be an integer in [1, 32]"),
+    ("maskclip", {"stride": 16}, "--stride 16 needs a sliding window"),
+    ("clip", {"input_size": 48, "window": 20}, "--window 20 is not a multiple of the patch size 8"),
+    ("clip", {"repair": 1}, "--repair must be true or false"),
+    ("sclip", {"prompts": {"temperature": 0}}, "--temperature must be a finite number > 0"),
+    ("gals", {"method": "attention"}, "unknown --method 'attention'"),
+    ("gals", {"texts": ()}, "--prompt must be one or more non-empty texts"),
+    ("gals", {"input_size": 20}, "--input-size 20 is not a multiple of the patch size 8"),
     ("naclip", {"input_size": -1}, "--input-size must be an integer"),
     ("weclip", {"iterations": 0}, "--iterations must be an integer >= 1"),
     ("weclip", {"iterations": 2.5}, "--iterations must be an integer >= 1"),
@@ -416,7 +426,7 @@ FIELD_CASES = [
 @pytest.mark.parametrize("source,options,needle", FIELD_CASES,
                          ids=[f"{s}-{'-'.join(map(str, o))}" for s, o, _ in FIELD_CASES])
 def test_generators_check_their_own_fields(source, options, needle, clip_pair):
-    if source in ("clip", "naclip", "weclip") and "vlm" not in options:
+    if source in ("clip", "maskclip", "sclip", "naclip", "weclip", "gals") and "vlm" not in options:
         options = {"vlm": clip_pair, **options}
     with pytest.raises(L2LError) as e:
         get_map_source(source, **options).check_ready()  # fields at construction, the weights' patch size here

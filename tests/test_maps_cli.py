@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from learning_to_look.cli import main
+from learning_to_look.maps import VARIANTS
 from tiny_models import save_tiny_clip
 
 
@@ -51,6 +52,34 @@ def test_generate_check_show_list(data_dir, vlm, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["maps", "list"]) == 0
     assert "random-init test model" in capsys.readouterr().out
+
+
+VLM_RUNS = [*((v, ()) for v in VARIANTS[1:]), ("clip", ("--variant", "vanilla")),
+            ("naclip", ("--input-size", "48", "--window", "32", "--stride", "16")),
+            ("gals", ()), ("gals", ("--method", "gradcam", "--prompt", "an image of a digit"))]
+
+
+@pytest.mark.parametrize("backend,extra", VLM_RUNS, ids=[f"{b}{'-'.join(e)}" for b, e in VLM_RUNS])
+def test_generate_and_check_every_vlm_backend(data_dir, vlm, backend, extra, capsys):
+    opts = ["--backend", backend, "--dataset", "decoymnist", "--data-dir", str(data_dir), "--limit", "12", "--vlm",
+            vlm, "--input-size", "32", *extra]
+    assert main(["maps", "generate", *opts, "--quiet"]) == 0, capsys.readouterr().err
+    assert main(["maps", "check", *opts]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"maps {backend} (vlm, NOT a real VLM" in out and "AUROC vs digit" in out
+    assert ("all-zero maps" if backend == "gals" else "artefact patches") in out
+
+
+def test_vlm_flags_are_checked(data_dir, vlm, capsys):
+    opts = ["maps", "generate", "--dataset", "decoymnist", "--data-dir", str(data_dir), "--limit", "4", "--vlm", vlm]
+    for extra, needle in ((["--backend", "maskclip", "--stride", "8"], "--stride 8 needs a sliding window"),
+                          (["--input-size", "48", "--window", "20"], "--window 20 is not a multiple of the patch size"),
+                          (["--backend", "gals", "--negatives", "sky"],
+                           "--negatives does not apply to map source gals"),
+                          (["--window", "32", "--stride", "40"], "--stride must be an integer in [1, 32]")):
+        assert main([*opts, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
 
 
 def test_flags_that_do_not_apply_are_errors(data_dir, capsys):
@@ -249,6 +278,7 @@ def test_without_the_vlm_extra_maps_import_and_cheap_sources_work(data_dir, tmp_
 import sys
 import numpy as np
 from learning_to_look.cli import main
+from learning_to_look.maps import VARIANTS
 from learning_to_look.data import load_dataset
 from learning_to_look.maps import get_map_source
 data = {str(data_dir)!r}

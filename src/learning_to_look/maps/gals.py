@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from ..errors import L2LError
 from ..io import torch_load
 from .base import check_choice, option, register_map_source
-from .clip import ClipBackedMaps, to_hw, upsample
+from .clip import ClipBackedMaps
+from .geometry import to_hw, upsample
 from .clip_rules import block
 from .weights import DEFAULT_CLIP
 

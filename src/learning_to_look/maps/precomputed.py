@@ -105,7 +105,7 @@ class PrecomputedMaps(MapGenerator):
             raise L2LError(f"no precomputed maps at {self.path}; pass --path to a folder of PNGs or an .npy/.npz file")
         self.kind_of_source = _folder_kind(Path(self.path)) if Path(self.path).is_dir() else \
             Path(self.path).suffix.lower().lstrip(".")
-        if self.kind_of_source not in ("png", "npy", "npz"):
+        if self.kind_of_source not in ("png", "gals", "npy", "npz"):
             raise L2LError(f"precomputed maps must be a folder of PNGs or an .npy/.npz file, got {self.path}")
         self._check_array_file()
 

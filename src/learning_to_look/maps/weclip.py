@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from ..errors import L2LError
 from ..io import atomic_torch_save, torch_load
 from .base import ImageSet, PromptSpec, check_bool, check_int, check_number, option, register_map_source
-from .clip import ClipBackedMaps, artefact_counts, to_image_size, to_pixels
+from .clip import ClipBackedMaps, artefact_counts
+from .geometry import to_image_size, to_pixels
 from .clip_rules import self_similarity, split_heads
 from ..device import autocast
 from .weights import DEFAULT_CLIP, Pretrained, check_source, check_source_type, load_dino
