@@ -33,19 +33,14 @@ import torch.nn.functional as F
 
 from .templates import IMAGENET_TEMPLATES, MASKCLIP_TEMPLATES
 
-#: Position embeddings for another grid: ``scaled`` is the SCLIP/ClearCLIP/NACLIP codes'
-#: bicubic resize by the factor ``(n + 0.1) / n0``; ``size`` resizes to ``n`` exactly
-#: (MaskCLIP's mmseg backbone, and Hugging Face's ``interpolate_pos_encoding``).
-POSITION_MODES = ("scaled", "size")
-
-
 @dataclass(frozen=True)
 class Rule:
     """One method's last block and the pipeline around it, as its official code runs it.
 
     ``attention`` names the token mixing (``qk``, ``none``, ``qq+kk``, ``qq``, ``kk+gauss``);
     ``residual`` keeps ``x +`` and the FFN; ``window``/``stride`` (pixels) slide a window
-    over larger inputs (0: one pass over the whole image)."""
+    over larger inputs (0: one pass over the whole image); ``positions`` is how position
+    embeddings are resized (:func:`interpolate_positions`)."""
 
     attention: str
     residual: bool
@@ -54,21 +49,21 @@ class Rule:
     window: int
     stride: int
     positions: str
-    source: str
 
 
 #: Settings read from the official repositories: SCLIP (wangf3014/SCLIP) and NACLIP
 #: (sinahmr/NACLIP) slide 224-px windows by 112 with logit scale 40; ClearCLIP
-#: (mc-lan/ClearCLIP) slides 448 by 224 with logit scale 50; MaskCLIP (chongzhou96/MaskCLIP)
-#: runs the whole image, 85 templates, and reads its logits at CLIP's own scale 100.
+#: (mc-lan/ClearCLIP) slides 448 by 224 with logit scale 50, and so do its "w/o residual"
+#: ablations; MaskCLIP (chongzhou96/MaskCLIP) runs the whole image, 85 templates, and reads
+#: its logits at CLIP's own scale 100; vanilla is SCLIP's and NACLIP's CLIP baseline.
 RULES: dict[str, Rule] = {
-    "vanilla": Rule("qk", True, IMAGENET_TEMPLATES, 40.0, 224, 112, "scaled", "CLIP, as SCLIP's and NACLIP's baseline"),
-    "maskclip": Rule("none", True, MASKCLIP_TEMPLATES, 100.0, 0, 0, "size", "chongzhou96/MaskCLIP"),
-    "sclip": Rule("qq+kk", True, IMAGENET_TEMPLATES, 40.0, 224, 112, "scaled", "wangf3014/SCLIP"),
-    "clearclip": Rule("qq", False, IMAGENET_TEMPLATES, 50.0, 448, 224, "scaled", "mc-lan/ClearCLIP"),
-    "naclip": Rule("kk+gauss", False, IMAGENET_TEMPLATES, 40.0, 224, 112, "scaled", "sinahmr/NACLIP"),
-    "maskclip-nores": Rule("none", False, IMAGENET_TEMPLATES, 50.0, 448, 224, "scaled", "mc-lan/ClearCLIP ablation"),
-    "sclip-nores": Rule("qq+kk", False, IMAGENET_TEMPLATES, 50.0, 448, 224, "scaled", "mc-lan/ClearCLIP ablation"),
+    "vanilla": Rule("qk", True, IMAGENET_TEMPLATES, 40.0, 224, 112, "scaled"),
+    "maskclip": Rule("none", True, MASKCLIP_TEMPLATES, 100.0, 0, 0, "size"),
+    "sclip": Rule("qq+kk", True, IMAGENET_TEMPLATES, 40.0, 224, 112, "scaled"),
+    "clearclip": Rule("qq", False, IMAGENET_TEMPLATES, 50.0, 448, 224, "scaled"),
+    "naclip": Rule("kk+gauss", False, IMAGENET_TEMPLATES, 40.0, 224, 112, "scaled"),
+    "maskclip-nores": Rule("none", False, IMAGENET_TEMPLATES, 50.0, 448, 224, "scaled"),
+    "sclip-nores": Rule("qq+kk", False, IMAGENET_TEMPLATES, 50.0, 448, 224, "scaled"),
 }
 VARIANTS = tuple(RULES)
 
@@ -153,8 +148,10 @@ def block(layer: Any, x: torch.Tensor, variant: str = "vanilla", grid: tuple[int
 
 
 def interpolate_positions(pos: torch.Tensor, grid: tuple[int, int], mode: str) -> torch.Tensor:
-    """(1+N, D) position embeddings of a square training grid -> (1+h*w, D) for ``grid``,
-    bicubic, the class token's kept; unchanged on the training grid itself."""
+    """(1+N, D) position embeddings of a square n0 x n0 training grid -> (1+h*w, D) for ``grid``,
+    bicubic, the class token's kept; unchanged on the training grid itself. ``scaled`` resizes
+    by the factor ``(n + 0.1) / n0``, as the SCLIP, ClearCLIP and NACLIP codes do; ``size``
+    to ``n`` exactly, as MaskCLIP's mmseg backbone and Hugging Face's ``interpolate_pos_encoding``."""
     n0 = math.isqrt(pos.shape[0] - 1)
     if tuple(grid) == (n0, n0):
         return pos
