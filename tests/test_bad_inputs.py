@@ -212,7 +212,7 @@ REPORT_CASES = [
     (lambda t: ["report", str(t / "nowhere"), "--out", str(t / "r")], "does not exist"),
     (lambda t: ["report", str(t / "empty"), "--out", str(t / "r")], "no finished runs"),
     (lambda t: ["report", str(t / "afile"), "--out", str(t / "r")], "does not exist"),
-    (lambda t: ["report", str(t / "empty")], "missing option"),
+    (lambda t: ["report", str(t / "empty")], "pass --out FOLDER for the whole report, or --table KIND"),
     (lambda t: ["reproduce", "--quick", "--full"], "exclude each other"),
     (lambda t: ["reproduce", "--quick", "--seeds", "1,1"], "malformed --seeds"),
     (lambda t: ["reproduce", "--quick", "--seeds", ""], "malformed --seeds"),
