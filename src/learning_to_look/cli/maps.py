@@ -27,7 +27,7 @@ from .common import DATA_DIR, one_line
 
 maps_app = typer.Typer(help="Generate, check and show attention maps.\n\n"
                             "Example: l2l maps generate --dataset decoymnist --backend clip "
-                            "--prompt \"a handwritten digit\"",
+                            "--prompt \"handwritten digit\"",
                        no_args_is_help=True)
 app.add_typer(maps_app, name="maps")
 
@@ -180,7 +180,7 @@ def generate(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT,
     """Generate maps once (resumable, cached) and print their diagnostics.
 
     Example: l2l maps generate --dataset decoymnist --backend clip --vlm openai/clip-vit-base-patch16
-    --prompt "a handwritten digit" --negatives "background,black,dark"
+    --prompt "handwritten digit" --negatives "background,black,dark"
     """
     if out is not None and images is None:
         raise L2LError("--out applies only with --images (one PNG map per image); drop it, or pass --images DIR")

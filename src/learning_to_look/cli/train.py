@@ -97,7 +97,7 @@ def train(
     Example: l2l train --dataset colormnist --method l2l --maps oracle --seeds 0,1,2
 
     Map sources take their options as flags (--vlm, --prompt, --negatives, --variant, ...), e.g.
-    l2l train --dataset decoymnist --method l2l --maps clip --prompt "a handwritten digit"
+    l2l train --dataset decoymnist --method l2l --maps clip --prompt "handwritten digit"
     """
     base = TrainConfig.from_file(config) if config else TrainConfig()
     flags = {k: v for k, v in locals().items() if k in TRAIN_FIELDS and v is not None}

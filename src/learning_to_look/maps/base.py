@@ -234,7 +234,7 @@ class PromptSpec:
     Templates and temperature left None are the map source's own (a method's official
     ones), filled in by the source."""
 
-    positive: tuple[str, ...] = option(("a handwritten digit",), "Positive prompt (repeatable).", name="prompt",
+    positive: tuple[str, ...] = option(("handwritten digit",), "Positive prompt (repeatable).", name="prompt",
                                        multiple=True)
     negative: tuple[str, ...] = option(("background", "black", "dark"), "Comma-separated background prompts.",
                                        name="negatives", split=",")
@@ -244,9 +244,9 @@ class PromptSpec:
                                        cli=float)
 
     def __post_init__(self) -> None:
-        positive = _texts("positive", self.positive, '--prompt "a handwritten digit"')
+        positive = _texts("positive", self.positive, '--prompt "handwritten digit"')
         if not positive:
-            raise L2LError("the prompt needs at least one positive text; pass --prompt \"a handwritten digit\"")
+            raise L2LError("the prompt needs at least one positive text; pass --prompt \"handwritten digit\"")
         negative = _texts("negative", self.negative, '--negatives "background,black,dark"')
         templates = self.templates if self.templates is None else tuple(
             _template(t) for t in _texts("templates", self.templates, '--templates "a photo of {}."'))
