@@ -27,7 +27,7 @@ def vlm(tmp_path_factory):
 
 def _opts(data_dir, vlm):
     return ["--dataset", "decoymnist", "--data-dir", str(data_dir), "--limit", "40", "--vlm", vlm, "--input-size", "32",
-            "--prompt", "a handwritten digit", "--negatives", "background,black,dark"]
+            "--prompt", "handwritten digit", "--negatives", "background,black,dark"]
 
 
 def test_missing_model_is_one_line_exit_2(data_dir, capsys):
