@@ -21,7 +21,7 @@ PACKAGE = "learning_to_look"
 #: or its own package. The public shims (``records``, ``train``) sit on top with the CLI.
 LAYERS = {
     "errors": 0,
-    "registry": 1, "io": 1, "device": 1, "hub": 1, "progress": 1, "plotting": 2,
+    "registry": 1, "io": 1, "device": 1, "hub": 1, "progress": 1, "scalars": 1, "plotting": 2,
     "data": 3, "maps": 4, "nn": 5, "config": 6, "methods": 7, "record": 8,
     "analysis": 9, "training": 10, "inference": 11,
     "cli": 12, "records": 12, "train": 12, "(package)": 13,

@@ -19,7 +19,9 @@ from typing import Any
 
 from .errors import L2LError
 from .io import read_settings, sha256_text
+from .data.augment import parse_augment
 from .data.pipeline import INPUT_TRANSFORMS
+from .scalars import LOGGERS
 from .nn.losses import OUTLINE_THRESHOLD
 from .registry import Registry
 
@@ -78,7 +80,7 @@ SCHEDULES.register(Schedule("cdep-decoymnist", "adam", epochs=5, batch_size=64, 
 SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "step_size", "gamma")
 #: Fields added after runs were recorded: left out of the run hash while they hold this
 #: value, so that earlier runs keep their folders.
-HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None}
+HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None, "input_size": None, "augment": "none"}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -117,6 +119,13 @@ class TrainConfig:
     target: str = _field("outline", "Attention target built from the maps: the reference's outline, or the filled map.")
     target_threshold: float = _field(OUTLINE_THRESHOLD, "Map value above which a pixel counts for the outline target.",
                                     low=0, high=1)
+    input_size: int | None = _field(None, "Network input side in pixels (unset: an imported set's own image size "
+                                          "where the backbone takes any size, else the backbone's own, e.g. "
+                                          "LeNet-GAP's 32 px for the 28 px MNIST sets, as in the paper).", low=8,
+                                    high=1024)
+    augment: str = _field("none", "Training augmentation of imported sets: none, or a comma list of flip, crop "
+                                  "(random-resized, area 0.25-1) and jitter (brightness/contrast/saturation "
+                                  "±0.4); maps move with the image.")
     input_transform: str = _field("none", "Input transform; colour-invariant is the ColorMNIST upper bound.",
                                   choices=INPUT_TRANSFORMS)
     schedule: str = _field("paper", "Training schedule: the paper's SGD + StepLR, Adam for 20 epochs, or "
@@ -141,6 +150,8 @@ class TrainConfig:
     train_subset: int | None = _field(None, f"Use only the first N training images "
                                             f"(and N/{SUBSET_VAL_DIVISOR} validation images; unset: all).", low=2)
     device: str = _field("auto", "auto (CUDA when present) | cpu | cuda.")
+    log: str = _field("none", "Also write the per-epoch scalars to: none | tensorboard (the run folder's tensorboard/, "
+                              "needs the `log` extra).", choices=LOGGERS)
     data_hash: str | None = _field(None, "Content hash of an imported data set, filled in when the run is resolved: "
                                          "a re-imported set trains in its own folder.")
 
@@ -162,6 +173,10 @@ class TrainConfig:
         if not DEVICE_PATTERN.match(self.device):
             raise L2LError(f"unknown device {self.device!r}; choose auto, cpu, cuda or cuda:N")
         SCHEDULES.get(self.schedule)
+        try:
+            parse_augment(self.augment)
+        except ValueError as err:
+            raise L2LError(f"{err}, e.g. --augment flip,crop") from None
         return self
 
     def with_schedule_defaults(self) -> "TrainConfig":
@@ -195,7 +210,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, exclude: tuple[str, ...] = ("seed", "device")) -> str:
+    def fingerprint(self, exclude: tuple[str, ...] = ("seed", "device", "log")) -> str:
         """Hash of everything that changes the outcome except the seed, naming a
         folder in which each seed is one run."""
         d = {k: v for k, v in self.to_dict().items()
@@ -216,7 +231,7 @@ class TrainConfig:
         since it was saved counts at its default, as it does in the run's folder name
         (``HASH_SKIP_DEFAULTS``), so an older checkpoint still resumes."""
         try:
-            return TrainConfig.from_dict(saved).to_dict() == self.to_dict()
+            return TrainConfig.from_dict(saved | {"log": self.log}).to_dict() == self.to_dict()
         except (L2LError, TypeError, ValueError):
             return False
 

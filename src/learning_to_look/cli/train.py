@@ -86,6 +86,8 @@ def train(
     selection: Optional[str] = config_flag("selection", RULES.help()
                                      + f"; per-method default: {per_method('default_selection')}"),
     input_transform: Optional[str] = config_flag("input_transform", " | ".join(INPUT_TRANSFORMS)),
+    input_size: Optional[int] = config_flag("input_size"), augment: Optional[str] = config_flag("augment"),
+    log: Optional[str] = config_flag("log"),
     train_subset: Optional[int] = config_flag("train_subset"),
     device: Optional[str] = config_flag("device"),
     jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,

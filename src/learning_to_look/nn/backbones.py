@@ -7,6 +7,7 @@ hooks. A registry (as in DomainBed) lets configs and the CLI name them.
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import torch
@@ -22,8 +23,14 @@ BACKBONES: Registry[type[Backbone]] = Registry("backbone")
 register_backbone = BACKBONES.register
 
 
-def build_backbone(name: str, num_classes: int = 10, in_channels: int = 3) -> Backbone:
-    return BACKBONES.get(name)(num_classes=num_classes, in_channels=in_channels)
+def backbone_class(name: str, size: int | None = None) -> type[Backbone]:
+    """The registered backbone ``name``, at input side ``size`` (None: its own)."""
+    cls = BACKBONES.get(name)
+    return cls if size is None or size == cls.input_size else cls.at_size(size)
+
+
+def build_backbone(name: str, num_classes: int = 10, in_channels: int = 3, size: int | None = None) -> Backbone:
+    return backbone_class(name, size)(num_classes=num_classes, in_channels=in_channels)
 
 
 class Backbone(nn.Module):
@@ -38,6 +45,9 @@ class Backbone(nn.Module):
     has_gap_classifier: ClassVar[bool]
     #: Whether ImageNet weights can be loaded (``--pretrained``).
     pretrainable: ClassVar[bool] = False
+    #: Whether the network takes any input side (convolutions then global pooling); a
+    #: flatten + MLP head fixes it to ``input_size``.
+    any_size: ClassVar[bool] = False
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
@@ -47,6 +57,30 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(logits (B,K), features (B,C,h,w))``."""
         raise NotImplementedError
+
+    @classmethod
+    def feature_side(cls, size: int) -> int:
+        """The feature map's side for input side ``size``."""
+        raise NotImplementedError
+
+    @classmethod
+    @functools.cache
+    def at_size(cls, size: int) -> type[Backbone]:
+        """This backbone taking ``size`` x ``size`` inputs, so images keep their own size and
+        the CAM's resolution follows them; the weights are the same, only the declared sides
+        change. One class per size (cached), registered under the same name."""
+        if not cls.any_size:
+            raise L2LError(f"backbone {cls.name!r} takes {cls.input_size} px inputs only (its head is a flattened "
+                           "MLP); leave --input-size unset, or use --backbone lenet-gap or a ResNet (any size)")
+        feature = cls.feature_side(size)
+        if feature < 1:
+            raise L2LError(f"backbone {cls.name!r} needs inputs of at least {cls.smallest_size()} px, got {size}; "
+                           f"pass --input-size {cls.smallest_size()} or more")
+        return type(cls.__name__, (cls,), {"input_size": size, "feature_size": feature, "__module__": cls.__module__})
+
+    @classmethod
+    def smallest_size(cls) -> int:
+        return next(s for s in range(1, 4096) if cls.feature_side(s) >= 1)
 
     @property
     def classifier_weight(self) -> Tensor:
@@ -78,6 +112,12 @@ class LeNetGAP(Backbone):
     input_size = 32
     feature_size = 10  # 32 -conv5-> 28 -pool2-> 14 -conv5-> 10
     has_gap_classifier = True
+    any_size = True
+
+    @classmethod
+    def feature_side(cls, size: int) -> int:
+        side = (size - 4) // 2 - 4  # conv5, pool2, conv5
+        return side if side >= 2 else 0  # the head's 2x2 max pool needs a side of 2 or more
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__(num_classes, in_channels)
@@ -201,6 +241,13 @@ class ResNetGAP(Backbone):
     feature_size = 7  # 224 / 32
     has_gap_classifier = True
     pretrainable = True
+    any_size = True
+
+    @classmethod
+    def feature_side(cls, size: int) -> int:
+        for _ in range(5):  # the stem's conv and pool, then layers 2-4: each halves, rounding up
+            size = (size + 1) // 2
+        return size
     block: ClassVar[type[BasicBlock] | type[Bottleneck]]
     depths: ClassVar[tuple[int, int, int, int]]
 
@@ -225,9 +272,9 @@ class ResNetGAP(Backbone):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._check_input(x)
-        x = ((x + 1) / 2 - self.mean) / self.std  # (B,3,224,224): [-1, 1] -> ImageNet statistics
-        h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)  # (B,64,56,56)
-        features = self.layer4(self.layer3(self.layer2(self.layer1(h))))  # (B,C,7,7)
+        x = ((x + 1) / 2 - self.mean) / self.std  # (B,3,S,S): [-1, 1] -> ImageNet statistics
+        h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)  # (B,64,S/4,S/4)
+        features = self.layer4(self.layer3(self.layer2(self.layer1(h))))  # (B,C,S/32,S/32), 7x7 at 224
         return self.fc(features.mean(dim=(2, 3))), features
 
     @property

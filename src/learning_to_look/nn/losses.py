@@ -58,11 +58,15 @@ def outline_target(
     upsample: int = 32,
     gain: float = OUTLINE_GAIN,
     size: int = 10,
+    pool: bool = False,
 ) -> Tensor:
     """The reference's outline target (PROTOCOL 3.3) from masks (N,H,W) in [0,1].
 
     The outline of the dilated digit, not the digit itself: it pulls attention onto
     the region around the strokes. Kernels must be odd so that the result is centred.
+    The reference samples the outline onto the feature grid by nearest neighbour (32 to
+    10 px); ``pool`` takes each cell's maximum instead, so that a thin outline on a
+    larger image cannot fall between the samples.
     """
     _check_maps(masks, "masks")
     if dilate % 2 == 0 or gradient % 2 == 0:
@@ -72,7 +76,7 @@ def outline_target(
     x = _dilate(x, gradient) - _erode(x, gradient)
     x = F.interpolate(x, size=(upsample, upsample), mode="bilinear", align_corners=False)
     x = (x * gain).clamp(0.0, 1.0)
-    x = F.interpolate(x, size=(size, size), mode="nearest")
+    x = F.adaptive_max_pool2d(x, size) if pool else F.interpolate(x, size=(size, size), mode="nearest")
     return _normalize_sum(x.squeeze(1))
 
 

@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import CUDA_STARTED_FIRST
 from ..config import SCHEDULES, TrainConfig
@@ -23,8 +22,10 @@ from ..data.pipeline import batch_indices, eval_batch_size
 from ..device import pick_device
 from ..errors import L2LError, corrupt_file
 from ..methods import Batch, Method
+from ..data.augment import augment, parse_augment
 from ..nn.backbones import Backbone, build_backbone
 from ..nn.pretrained import load_pretrained
+from ..progress import bar
 from .checkpoints import load_checkpoint, save_checkpoint
 from .evaluate import group_accuracy
 from .resolve import Resolved
@@ -95,15 +96,20 @@ class FitResult:
 
 def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim.Optimizer,
                  shuffle: torch.Generator, epoch: int, batch_size: int, device: torch.device,
-                 progress: bool) -> dict[str, float]:
-    """One pass over ``train``; returns the epoch's mean loss terms and accuracy."""
+                 progress: bool, augmentation: tuple[str, ...] = ()) -> dict[str, float]:
+    """One pass over ``train``; returns the epoch's mean loss terms and accuracy. The
+    augmentations draw from ``shuffle``, whose state a checkpoint keeps, so a resumed
+    run sees the same batches."""
     model.train()
     sums: dict[str, float] = {}
     seen = 0
-    batches = tqdm(batch_indices(len(train), batch_size, shuffle), total=-(-len(train) // batch_size),
-                   desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True, mininterval=0.5)
+    batches = bar(batch_indices(len(train), batch_size, shuffle), show=progress, total=-(-len(train) // batch_size),
+                  desc=f"epoch {epoch}", leave=False)
     for step, idx in enumerate(batches):
-        loss, stats = method.loss(model, train.take(idx, device), epoch)
+        batch = train.take(idx, device)
+        if augmentation:
+            batch.x, batch.aux = augment(batch.x, batch.aux, augmentation, shuffle)
+        loss, stats = method.loss(model, batch, epoch)
         if not torch.isfinite(loss):
             raise Diverged(f"loss became {loss.item()} at epoch {epoch}; lower --lr or --lambda0")
         opt.zero_grad(set_to_none=True)
@@ -162,14 +168,14 @@ def _save(checkpoint: Path, cfg: TrainConfig, epoch: int, model: Backbone, opt: 
 def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Backbone:
     """The backbone of ``cfg``, seeded, with its pretrained weights if any, on ``device``."""
     set_determinism(cfg.seed)
-    model = build_backbone(cfg.backbone, num_classes)
+    model = build_backbone(cfg.backbone, num_classes, size=cfg.input_size)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     return model.to(device)
 
 
 def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = None, progress: bool = True,
-        on_epoch: Callable[[int], None] | None = None, started: float | None = None) -> FitResult:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, started: float | None = None) -> FitResult:
     """Train the resolved ``run`` and select an epoch on ``val``; takes no test data at all.
 
     With ``checkpoint`` the full state is written atomically after every epoch and a
@@ -196,8 +202,8 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
     if checkpoint is not None and (resumed := _resume(checkpoint, cfg, model, device, shuffle)) is not None:
         opt, sched, history, best, start, prior = resumed
 
-    epochs = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, desc=f"{cfg.method} seed {cfg.seed}",
-                  disable=not progress, leave=False, dynamic_ncols=True)
+    epochs = bar(range(start, cfg.epochs), show=progress, initial=start, total=cfg.epochs,
+                 desc=f"{cfg.method} seed {cfg.seed}", leave=False)
     for epoch in epochs:
         t0 = time.perf_counter()
         if method.resets_optimizer(epoch):
@@ -205,7 +211,8 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
         row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch),
                "lr": opt.param_groups[0]["lr"]}
         try:
-            row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg.batch_size, device, progress)
+            row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg.batch_size, device, progress,
+                                parse_augment(cfg.augment))
         except Diverged as err:
             if chosen(best)[1]["state"] is None:  # nothing to select: the run has no model
                 raise
@@ -222,7 +229,7 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
             _save(checkpoint, cfg, epoch, model, opt, sched, shuffle, history, best,
                   prior + time.perf_counter() - started)
         if on_epoch is not None:
-            on_epoch(epoch)
+            on_epoch(row)
     rule, kept = chosen(best)
     if kept["state"] is None:
         raise L2LError(no_selection(cfg, history))

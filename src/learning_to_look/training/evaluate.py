@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..progress import bar
 from ..nn.attribution import attention, input_gradients, minmax_normalize
 from ..data.builders import DIGIT_THRESHOLD
 from ..data.pipeline import as_rgb, eval_batch_size, to_input
@@ -46,7 +47,7 @@ def group_accuracy(correct: torch.Tensor, groups: torch.Tensor) -> dict[str, Any
 
 
 def evaluate_split(model: Backbone, split: Split, input_transform: str = "none", batch_size: int | None = None,
-                   device: torch.device | str = "cpu") -> dict[str, Any]:
+                   device: torch.device | str = "cpu", progress: bool = False) -> dict[str, Any]:
     """Accuracy, group accuracy and, where the split knows its objects and decoys, the
     attention metrics of ``model`` on ``split`` (one pass, converting the uint8 images
     batch by batch). Where only some images have an object mask, the object metrics are
@@ -64,7 +65,8 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
         regions["decoy"] = torch.as_tensor(decoy, dtype=torch.float32)
     oracle = None if split.digits is None else torch.as_tensor(split.digits > DIGIT_THRESHOLD, dtype=torch.float32)
     sums: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, len(y_all), batch_size):
+    for i in bar(range(0, len(y_all), batch_size), show=progress, desc=f"evaluating {split.name}", unit="batch",
+                 leave=False):
         sl = slice(i, i + batch_size)
         x = as_rgb(to_input(split.images[sl], size, input_transform)).to(device)  # (B,3,S,S)
         y = y_all[sl].to(device)

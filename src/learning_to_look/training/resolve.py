@@ -18,9 +18,10 @@ from ..errors import L2LError
 from ..maps.base import MapGenerator
 from ..maps.options import build_map_source
 from ..methods import METHODS, Method
-from ..nn.backbones import BACKBONES
+from ..nn.backbones import BACKBONES, backbone_class
 from ..nn.losses import TARGETS
 from ..nn.pretrained import check_pretrained
+from ..scalars import check_logger
 from .selection import RULES
 
 
@@ -55,8 +56,14 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
     TARGETS.get(cfg.target)
     if cfg.selection is not None:
         RULES.get(cfg.selection)
-    method.check_backbone(BACKBONES.get(cfg.backbone))
+    if cfg.augment != "none" and spec.imported_from is None:
+        raise L2LError(f"--augment is for imported data sets; {spec.name} is built in and trains as its protocol says, "
+                       "without augmentation: drop --augment")
+    if cfg.input_size is None and spec.imported_from is not None and BACKBONES.get(cfg.backbone).any_size:
+        cfg.input_size = spec.size  # the images keep their size: no second resize after import
+    method.check_backbone(backbone_class(cfg.backbone, cfg.input_size))
     check_pretrained(cfg.backbone, cfg.pretrained)
+    check_logger(cfg.log)
     if method.two_phase and cfg.e_att >= cfg.epochs:
         raise L2LError(f"E_att must lie below the number of epochs, got {cfg.e_att} with {cfg.epochs} epochs; "
                        "pass --e-att below --epochs")

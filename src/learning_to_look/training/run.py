@@ -9,6 +9,7 @@ and only then, the test split is evaluated once.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
@@ -31,13 +32,16 @@ from ..data.imported import dataset_spec
 from ..io import atomic_save_npz, atomic_torch_save, atomic_write_json, clean_stale_tmp, folder_lock, sha256_file
 from ..maps import cache_meta, map_quality, resolve_maps, validate_maps
 from ..methods import Batch, Method
-from ..nn.backbones import BACKBONES, Backbone
+from ..nn.backbones import Backbone, backbone_class
+from ..scalars import scalar_log
 from ..record import EXAMPLES_FILE, WEIGHTS_FILE, Record, has_record, read_record, write_record
 from .checkpoints import remove_checkpoints
 from .engine import FitResult, fit
 from .evaluate import evaluate_split, examples
 from .resolve import Resolved, resolve_run
 from .selection import TIE_BREAK
+
+log = logging.getLogger(__name__)
 
 RUNS_DIR_ENV = "L2L_RUNS_DIR"
 #: Training images on which the quality of a run's maps (IoU / AUROC to the digit) is measured.
@@ -56,7 +60,7 @@ def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: 
                known: np.ndarray | None = None) -> Batch:
     """A whole split ready for the network, with the per-image tensors ``method`` asks for;
     an image whose map is not ``known`` (no mask) gets all-zero tensors: no guidance term."""
-    backbone = BACKBONES.get(cfg.backbone)
+    backbone = backbone_class(cfg.backbone, cfg.input_size)
     y = torch.as_tensor(split.labels, dtype=torch.long)  # (N,)
     aux = {} if maps is None else method.aux(torch.as_tensor(maps), backbone)
     if known is not None:
@@ -67,6 +71,16 @@ def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: 
         x = to_input(split.images, backbone.input_size, cfg.input_transform)  # (N,C,S,S)
         return Batch(x, y, aux, groups)
     return Batch(torch.as_tensor(split.images), y, aux, groups, backbone.input_size, cfg.input_transform)
+
+
+def resize_note(cfg: TrainConfig, split: Split) -> str | None:
+    """One line when the network's input side differs from the images' (a resize on the
+    way in, which the record also keeps), None when the images go in at their own size."""
+    image, network = split.images.shape[-1], backbone_class(cfg.backbone, cfg.input_size).input_size
+    if image == network:
+        return None
+    why = "its own input side" if cfg.input_size is None else "--input-size"
+    return f"images are {image} px and {cfg.backbone} takes {network} px ({why}): each is resized on the way in"
 
 
 def training_maps(run: Resolved, split: Split, progress: bool = True) -> tuple[np.ndarray, dict]:
@@ -175,7 +189,7 @@ def write_examples(path: Path, model: Backbone, prep: Prepared, cfg: TrainConfig
 
 
 def run(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True,
-        on_epoch: Callable[[int], None] | None = None, role: str | None = None) -> Record:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, role: str | None = None) -> Record:
     """Train, select on validation, then evaluate the test split once; returns (and
     writes) the run's record. A finished run found on disk is returned as it is. ``role``
     says how a report reads the run (``method``, ``upper-bound``, ``control``, ...)."""
@@ -184,7 +198,7 @@ def run(cfg: TrainConfig, *, runs_dir: Path | None = None, data_dir: Path | None
 
 
 def run_resolved(run: Resolved, *, runs_dir: Path | None = None, data_dir: Path | None = None,
-                 progress: bool = True, on_epoch: Callable[[int], None] | None = None,
+                 progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None,
                  role: str | None = None) -> Record:
     """:func:`run` for a run already passed through :func:`~.resolve.resolve_run`."""
     out = run_dir_for(run.cfg, runs_dir)
@@ -207,7 +221,7 @@ def run_task(run: Resolved, runs_dir: Path | None, data_dir: Path | None, progre
 
 
 def _train_and_test(run: Resolved, out: Path, data_dir: Path | None, progress: bool,
-                    on_epoch: Callable[[int], None] | None, role: str | None) -> Record:
+                    on_epoch: Callable[[dict[str, Any]], None] | None, role: str | None) -> Record:
     """The body of a run, inside its folder's lock (so no other writer is there: the
     temporary files of a killed earlier attempt can all go)."""
     clean_stale_tmp(out, older_than=0)
@@ -215,22 +229,39 @@ def _train_and_test(run: Resolved, out: Path, data_dir: Path | None, progress: b
         return read_record(out)
     t0 = time.perf_counter()
     prep = prepare(run, data_dir, progress)
+    if (note := resize_note(run.cfg, prep.train_split)) is not None:
+        log.info(note)
     atomic_write_json(out / "config.json", run.cfg.to_dict())
-    fitted = fit(run, prep.train, prep.val, checkpoint=out / CHECKPOINT_FILE, progress=progress,
-                 on_epoch=on_epoch, started=t0)
-    record = record_run(run.cfg, out, prep, fitted, role, fitted.prior_seconds + time.perf_counter() - t0)
+    with scalar_log(run.cfg.log, out) as log_row:
+        fitted = fit(run, prep.train, prep.val, checkpoint=out / CHECKPOINT_FILE, progress=progress,
+                     on_epoch=_both(on_epoch, log_row), started=t0)
+    record = record_run(run.cfg, out, prep, fitted, role, fitted.prior_seconds + time.perf_counter() - t0,
+                        progress=progress)
     remove_checkpoints(out / CHECKPOINT_FILE)
     return record
 
 
+def _both(*hooks: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None] | None:
+    """One per-epoch hook calling each of ``hooks`` that is set."""
+    live = [h for h in hooks if h is not None]
+    if not live:
+        return None
+
+    def each(row: dict[str, Any]) -> None:
+        for hook in live:
+            hook(row)
+    return each
+
+
 def record_run(cfg: TrainConfig, out: Path, prep: Prepared, fitted: FitResult, role: str | None,
-               wall_seconds: float, extra: dict[str, Any] | None = None) -> Record:
+               wall_seconds: float, extra: dict[str, Any] | None = None, progress: bool = False) -> Record:
     """Save the selected model, evaluate it on the test split, write its examples and its
     record (plus ``extra`` keys): the end of every run, whichever engine trained it."""
     atomic_write_json(out / "config.json", cfg.to_dict())
     atomic_torch_save(out / WEIGHTS_FILE, fitted.model.state_dict())
     # The test split is read here for the first and only time, after selection.
-    test = evaluate_split(fitted.model, prep.dataset.test, cfg.input_transform, device=pick_device(cfg.device))
+    test = evaluate_split(fitted.model, prep.dataset.test, cfg.input_transform, device=pick_device(cfg.device),
+                          progress=progress)
     write_examples(out / EXAMPLES_FILE, fitted.model, prep, cfg)
     train_seconds = sum(r["seconds"] for r in fitted.history)
     dataset, spec = prep.dataset, dataset_spec(cfg.dataset)
@@ -239,6 +270,8 @@ def record_run(cfg: TrainConfig, out: Path, prep: Prepared, fitted: FitResult, r
         "dataset": {"name": dataset.name, "protocol": dataset.header.get("protocol"), "n_train": len(prep.train_split),
                     "n_val": len(prep.val_split), "n_test": len(dataset.test), "channels": spec.channels,
                     "classes": list(spec.classes), "size": spec.size, "sha256": dataset.content_hash,
+                    "network_size": backbone_class(cfg.backbone, cfg.input_size).input_size,
+                    "resize": resize_note(cfg, prep.train_split),
                     "words": {"object": spec.object_word, "shortcut": spec.shortcut_word}},
         "selection": {"rule": cfg.selection, "rule_used": fitted.rule or cfg.selection, "tie_break": TIE_BREAK,
                       "note": fitted.selection_note, "epoch": fitted.selected_epoch, "score": fitted.selected_score,

@@ -202,6 +202,10 @@ def check_stack(cfgs: Sequence[TrainConfig]) -> None:
     if first.momentum is None or first.step_size is None:
         raise L2LError(f"stacked training follows the SGD + StepLR schedule; got --schedule {first.schedule}, "
                        "use --schedule paper")
+    own = STACKED.get(first.backbone).backbone.input_size
+    if first.input_size not in (None, own):
+        raise L2LError(f"stacked training takes {first.backbone}'s own {own} px inputs, not --input-size "
+                       f"{first.input_size}; train it with l2l train")
     if first.selection == "val_worst_group":
         raise L2LError("stacked training validates accuracy and attention only, not per group; train with "
                        "l2l train for --selection val_worst_group, or select on val_acc")
