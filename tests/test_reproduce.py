@@ -291,6 +291,7 @@ def test_a_setting_bites_when_vanilla_falls_15_points_below_the_clean_bound_of_i
     records += [fake_record("rrr", s, 98.0, method="rrr", maps={"name": "not-decoy", "kind": "annotation"})
                 for s in range(3)]
     records += [fake_record("cnn", s, 40.0, backbone="cdep-cnn") for s in range(3)]  # no bound of its network
+    records += [fake_record("shapes", s, 50.0, dataset="shapes-bg") for s in range(3)]  # not digits: no MNIST bound
     bites = {b["dataset"]: b for b in bite_rows(aggregate(records))}
     assert set(bites) == {"decoymnist", "decoymnist-rrr", "colormnist"}
     assert all(b["backbone"] == "lenet-gap" and b["baseline"] == "vanilla" for b in bites.values())
@@ -417,7 +418,7 @@ def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, mo
     class Killed(Exception):
         pass
 
-    def kill(epoch):
+    def kill(row):
         raise Killed
 
     def killed_in_second_run(cfg, **kw):

@@ -143,15 +143,16 @@ def check_bound(bound: Any, where: Path) -> None:
                        "rerun the sweep to rewrite it")
 
 
-def filtered(records: Sequence[Record], where: dict[str, str]) -> list[Record]:
-    """The records whose config field (or ``role``) has each given value, compared as text."""
+def filtered(records: Sequence[Record], where: dict[str, list[str]]) -> list[Record]:
+    """The records whose config field (or ``role``) has, for each field, one of its given
+    values, compared as text (an unset field is ``None``)."""
     fields = set(dataclasses.asdict(records[0].config)) | {"role"} if records else {"role"}
     unknown = sorted(set(where) - fields)
     if unknown:
         raise L2LError(f"--where names no config field: {', '.join(unknown)}; use e.g. --where dataset=decoymnist")
     def value(r: Record, key: str) -> str:
         return r.role if key == "role" else str(getattr(r.config, key))
-    return [r for r in records if all(value(r, k) == v for k, v in where.items())]
+    return [r for r in records if all(value(r, k) in v for k, v in where.items())]
 
 
 def table_text(records: Sequence[Record], runs_dir: Path | None, kind: str, selection: dict[str, Any] | None = None,

@@ -136,9 +136,11 @@ BITE_POINTS = 15.0
 
 
 def clean_bound(rows: Sequence[Row], setting: tuple[Any, ...]) -> Row | None:
-    """The upper-bound row on clean MNIST that shares everything of ``setting`` but the data set."""
+    """The upper-bound row on clean MNIST that shares everything of ``setting`` but the data
+    set, for a data set of the same objects (the digits): shapes or an import have none."""
+    objects = next((r.words[0] for r in rows if r.dataset == setting[0]), None)
     return next((r for r in rows if r.role == "upper-bound" and r.dataset == BOUND_DATASET
-                 and r.setting[1:] == setting[1:]), None)
+                 and r.setting[1:] == setting[1:] and r.words[0] == objects), None)
 
 
 def bite_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:

@@ -12,14 +12,15 @@ from ..errors import L2LError
 from .app import app
 
 
-def parse_where(items: list[str]) -> dict[str, str]:
-    """``["dataset=decoymnist", ...]`` -> {field: value}; anything else is one line."""
-    where = {}
+def parse_where(items: list[str]) -> dict[str, list[str]]:
+    """``["dataset=decoymnist", ...]`` -> {field: [values]}: a field given twice takes
+    either value; anything else is one line."""
+    where: dict[str, list[str]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise L2LError(f"malformed --where {item!r}; give FIELD=VALUE, e.g. --where dataset=decoymnist")
-        where[key.strip()] = value.strip()
+        where.setdefault(key.strip(), []).append(value.strip())
     return where
 
 
@@ -31,7 +32,9 @@ def report(runs_dir: Path = typer.Argument(..., help="Folder of run folders (<da
                                                "instead (seeds | results | verdict | summary | bites | published | "
                                                "sensitivity | sweep): how the docs' tables are rebuilt from records."),
            where: Optional[List[str]] = typer.Option(None, "--where", help="Only runs whose config field has this "
-                                                     "value, e.g. --where dataset=decoymnist (repeatable).")) -> None:
+                                                     "value, e.g. --where dataset=decoymnist (repeatable: each "
+                                                     "field must match, a field given twice takes either "
+                                                     "value).")) -> None:
     """Collect every finished run under RUNS_DIR and write its report and figures,
     beside the papers' published numbers. Reads run records only.
 
