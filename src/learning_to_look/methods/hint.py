@@ -26,7 +26,7 @@ class HINT(Method):
     uses_maps = True
     stackable = False
     attention_kind = "grad-cam"
-    default_lambda = 1.0  # Ross et al.'s rule of thumb, see docs/methods.md
+    default_lambda = 20.0  # Ross et al.'s rule of thumb, see docs/methods.md
     epoch_cost = 2.0  # measured, see docs/methods.md
 
     def aux(self, maps: Tensor, backbone: type[Backbone]) -> dict[str, Tensor]:
