@@ -85,7 +85,7 @@ class Method:
     options: ClassVar[dict[str, Any]] = {}
     #: Seconds per training epoch relative to vanilla's on the same network and data,
     #: which ``l2l reproduce --plan`` uses to cost a run nothing has timed yet. Measured
-    #: on DecoyMNIST with the CDEP CNN, one thread (docs/methods.md says how).
+    #: on DecoyMNIST with the CDEP CNN, one thread, by scripts/epoch_cost.py.
     epoch_cost: ClassVar[float] = 1.0
 
     def __init__(self, cfg: TrainConfig):

@@ -31,7 +31,11 @@ class Energy(Method):
     stackable = False
     default_lambda = 0.05  # Ross et al.'s rule of thumb, see docs/methods.md
     options = {"attribution": "grad-cam"}  # runs on every backbone, as their GradCam attributor does
-    epoch_cost = 2.0  # measured, see docs/methods.md
+    epoch_cost = 1.0  # CAM or Grad-CAM, measured (scripts/epoch_cost.py): the second backward stops at the features
+    IXG_COST = 2.3  # input x gradient, measured likewise: double backpropagation to the input
+
+    def relative_cost(self) -> float:
+        return self.IXG_COST if self.cfg.attribution == "input-x-gradient" else self.epoch_cost
 
     def check_backbone(self, model: Backbone | type[Backbone]) -> None:
         if self.cfg.attribution == "cam" and not model.has_gap_classifier:

@@ -21,11 +21,11 @@ class GALS(Method):
 
     name = "gals"
     paper = "Petryk, Dunlap, Nasseri, Gonzalez, Darrell, Rohrbach, CVPR 2022"
-    summary = "CE + λ · mean |∂CE/∂x ⊙ (1 − map)|: the loss's input gradient outside the map, L1"
+    summary = "CE + λ · mean abs(∂CE/∂x ⊙ (1 − map)): the L1 of the loss's input gradient outside the map"
     uses_maps = True
     stackable = False  # the penalty is on input gradients, not the CAM
     default_lambda = 10_000.0  # GALS's GRADIENT_OUTSIDE weight in all its configs (configs/*_gals.yaml)
-    epoch_cost = 2.9  # measured, see docs/methods.md
+    epoch_cost = 2.5  # measured (scripts/epoch_cost.py): double backpropagation to the input
 
     def aux(self, maps: Tensor, backbone: type[Backbone]) -> dict[str, Tensor]:
         """Where gradients are kept (N,1,S,S), which images have a map (N,), and the target

@@ -27,7 +27,7 @@ class HINT(Method):
     stackable = False
     attention_kind = "grad-cam"
     default_lambda = 20.0  # Ross et al.'s rule of thumb, see docs/methods.md
-    epoch_cost = 2.0  # measured, see docs/methods.md
+    epoch_cost = 1.0  # measured (scripts/epoch_cost.py): the second backward pass stops at the features
 
     def aux(self, maps: Tensor, backbone: type[Backbone]) -> dict[str, Tensor]:
         """The human importance of each cell (N,h,w), and the target for the validation

@@ -19,6 +19,7 @@ import yaml
 from ..config import PAPER_CONFIG, TrainConfig
 from ..data import dataset_path, load_dataset
 from ..errors import L2LError
+from ..methods import BASELINE
 from .resolve import Resolved, resolve_run
 from .run import CHECKPOINT_FILE, default_runs_dir, run_dir_for, run_task
 from .parallel import run_tasks, workers
@@ -203,7 +204,7 @@ def _epoch_key(cfg: TrainConfig | dict[str, Any]) -> tuple:
 def _vanilla_key(cfg: TrainConfig) -> tuple:
     """The :func:`_epoch_key` of vanilla in ``cfg``'s setting: what a method's measured
     relative cost per epoch (``Method.epoch_cost``) scales."""
-    return _epoch_key(dataclasses.replace(cfg, method="vanilla", maps="none"))
+    return _epoch_key(dataclasses.replace(cfg, method=BASELINE, maps="none"))
 
 
 def _estimate(run: Resolved, folder: Path, by_group: dict[Path, list[float]],
