@@ -1,8 +1,8 @@
 """Seconds per training epoch of methods relative to vanilla: where ``Method.epoch_cost``
-comes from. Each method trains one epoch on the first 2,000 DecoyMNIST training images
-(CDEP CNN, Adam schedule, batch 64, oracle maps, one thread), from the same initial
-weights, in interleaved rounds; the fastest round of each is kept, since a shared machine
-only ever slows a round down.
+comes from. Each method trains one epoch on the first 2,000 training images (DecoyMNIST
+unless ``--dataset``; CDEP CNN, Adam schedule, batch 64, oracle maps, one thread), from
+the same initial weights, in interleaved rounds; the fastest round of each is kept,
+since a shared machine only ever slows a round down.
 
     python scripts/epoch_cost.py vanilla,gals,energy,energy:input-x-gradient,hint,ce --rounds 3
 """
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("methods", help="comma-separated methods, METHOD:ATTRIBUTION for energy; vanilla first")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--dataset", default="decoymnist")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -32,7 +33,7 @@ def main() -> None:
     prepared = {}
     for spec in specs:
         method, _, attribution = spec.partition(":")
-        cfg = TrainConfig(dataset="decoymnist", method=method, backbone="cdep-cnn", schedule="adam",
+        cfg = TrainConfig(dataset=args.dataset, method=method, backbone="cdep-cnn", schedule="adam",
                           train_subset=args.images, seed=0, attribution=attribution or None)
         run = resolve_run(cfg, args.data_dir)
         prepared[spec] = (run, prepare(run, args.data_dir, progress=False))

@@ -91,8 +91,10 @@ def train(
     irrelevant: Optional[str] = config_flag("irrelevant", " | ".join(IRRELEVANT_CHOICES)),
     attribution: Optional[str] = config_flag("attribution", " | ".join(ATTRIBUTIONS)
                                              + f"; default: {per_method_option('attribution')}"),
-    counterexamples: Optional[int] = config_flag("counterexamples", f"Default: {per_method_option('counterexamples')}"),
-    ce_fill: Optional[str] = config_flag("ce_fill", " | ".join(CE_FILLS) + f"; default: {per_method_option('ce_fill')}"),
+    counterexamples: Optional[int] = config_flag("counterexamples",
+                                                 f"Default: {per_method_option('counterexamples')}"),
+    ce_fill: Optional[str] = config_flag("ce_fill", " | ".join(CE_FILLS)
+                                         + f"; default: {per_method_option('ce_fill')}"),
     train_subset: Optional[int] = config_flag("train_subset"),
     device: Optional[str] = config_flag("device"),
     jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,

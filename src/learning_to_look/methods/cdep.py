@@ -37,6 +37,11 @@ class CDEP(RegionPrior):
     default_lambda = 100.0  # region shortcuts: from CDEP's DecoyMNIST sweep {1, 10, 100, 1000, 10000}
     COLOUR_LAMBDA = 1000.0  # colour: from CDEP's ColorMNIST sweep {0.1, 1, 500, 1000, 5000}
     PIXELS = 8  # single-pixel components per step, CDEP's ColorMNIST num_blobs
+    epoch_cost = 3.9  # a region, measured (scripts/epoch_cost.py): decomposition costs forward passes
+    COLOUR_COST = 22.0  # colour, measured likewise on ColorMNIST: one decomposition per pixel drawn
+
+    def relative_cost(self) -> float:
+        return self.COLOUR_COST if self._shortcut() == "colour" else self.epoch_cost
 
     def _shortcut(self) -> str:
         """"region" for any spatial component (a texture is a region too), else "colour"."""
