@@ -5,6 +5,7 @@ its bad inputs, a tiny run of each method, and the guided profile's plan."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,9 @@ from learning_to_look.errors import L2LError
 from learning_to_look.methods import METHODS, Batch
 from learning_to_look.nn.counterexamples import blend, counterexample, recoloured, shuffled
 from learning_to_look.nn.guidance import energy_loss, gals_keep, gals_penalty, hint_loss
-from learning_to_look.record import write_record
+from learning_to_look.analysis.records import aggregate
+from learning_to_look.analysis.verdicts import verdict_rows
+from learning_to_look.record import MapsInfo, Record, TestMetrics, write_record
 from learning_to_look.training import reproduce as rep
 from learning_to_look.training import run as train_mod
 from learning_to_look.training.resolve import resolve_run
@@ -332,6 +335,7 @@ def test_the_guided_profile_plans_every_cell_and_costs_new_methods_by_vanilla(tm
             assert ("colormnist", "cdep", "none", lam, epochs, "none") in cells
     assert ("colormnist", "ce", "oracle", 0.0, 1, "none") in cells
     assert ("colormnist", "vanilla", "none", 0.0, 1, "colour-invariant") in cells
+    assert ("colormnist", "vanilla", "none", 0.0, 5, "none") in cells  # the 5-epoch cdep runs' baseline
     assert profile.seeds == [0, 1, 2, 3, 4]
     vanilla = next(r.cfg for _, r in jobs if r.cfg.dataset == "decoymnist" and r.cfg.method == "vanilla")
     folder = run_dir_for(vanilla, tmp_path)
@@ -341,3 +345,19 @@ def test_the_guided_profile_plans_every_cell_and_costs_new_methods_by_vanilla(tm
     decoy = [r for _, r in jobs if r.cfg.dataset == "decoymnist" and r.cfg.method != "vanilla"]
     hours = sum(r.method.relative_cost() * r.cfg.epochs for r in decoy)
     assert f"about {hours:.1f} h for the {len(decoy)} timed by vanilla's finished runs" in last
+
+
+def test_counterexamples_weigh_no_extra_term_yet_are_a_guided_method_in_the_verdicts():
+    def record(method, seed, acc, maps, lambda0):
+        return Record(run_dir=Path(f"/runs/{method}/seed{seed}"), role="method",
+                      config=TrainConfig(dataset="decoymnist", method=method, seed=seed, lambda0=lambda0),
+                      maps=MapsInfo.from_result(maps), test=TestMetrics(accuracy=acc, n=10_000),
+                      history=({"epoch": 0, "val_acc": 99.0},), selected_epoch=0, seconds_per_epoch=1.0,
+                      wall_seconds=10.0, device="cpu", environment={}, num_classes=10)
+
+    records = [record("vanilla", s, acc, {"name": "none", "kind": "none"}, 0.0) for s, acc in enumerate([50, 52, 48])]
+    records += [record("ce", s, acc, {"name": "oracle", "kind": "annotation"}, 0.0)
+                for s, acc in enumerate([80, 82, 78])]
+    (verdict,) = verdict_rows(aggregate(records))
+    assert (verdict["baseline"], verdict["method"], verdict["diff"]) == ("vanilla", "ce", 30.0)
+    assert verdict["label"] == "ce, oracle (annotation)" and verdict["effect"] == "helps"
