@@ -16,6 +16,7 @@ from torch import nn
 from learning_to_look.cli import main
 from learning_to_look.config import TrainConfig
 from learning_to_look.data import DATASETS, irrelevant_component
+from learning_to_look.data.imported import import_dataset
 from learning_to_look.errors import L2LError
 from learning_to_look.methods import METHODS, Batch
 from learning_to_look.nn.counterexamples import blend, counterexample, recoloured, shuffled
@@ -361,3 +362,23 @@ def test_counterexamples_weigh_no_extra_term_yet_are_a_guided_method_in_the_verd
     (verdict,) = verdict_rows(aggregate(records))
     assert (verdict["baseline"], verdict["method"], verdict["diff"]) == ("vanilla", "ce", 30.0)
     assert verdict["label"] == "ce, oracle (annotation)" and verdict["effect"] == "helps"
+
+
+def test_an_imported_set_states_what_is_irrelevant_and_the_run_records_it(tmp_path, monkeypatch):
+    from test_import import make_folder
+
+    import_dataset("pets", make_folder(tmp_path / "src", n=(8, 2, 2)), tmp_path / "data", size=16, progress=False)
+    cfg = TrainConfig(dataset="pets", method="ce", irrelevant="texture", epochs=1)
+    seen = []
+    real = counterexample
+
+    def spy(x, keep, component, fill, channels=3):
+        seen.append((component, fill))
+        return real(x, keep, component, fill, channels)
+
+    monkeypatch.setattr("learning_to_look.methods.ce.counterexample", spy)
+    r = run(cfg, runs_dir=tmp_path / "runs", data_dir=tmp_path / "data", progress=False)
+    assert r["config"]["irrelevant"] == "texture" and r["config"]["ce_fill"] is None
+    assert seen and set(seen) == {("texture", None)}
+    stated = resolve_run(dataclasses.replace(cfg, irrelevant="background"), tmp_path / "data").cfg
+    assert stated.ce_fill == "noise" and stated.fingerprint() != resolve_run(cfg, tmp_path / "data").cfg.fingerprint()
