@@ -382,3 +382,18 @@ def test_an_imported_set_states_what_is_irrelevant_and_the_run_records_it(tmp_pa
     assert seen and set(seen) == {("texture", None)}
     stated = resolve_run(dataclasses.replace(cfg, irrelevant="background"), tmp_path / "data").cfg
     assert stated.ce_fill == "noise" and stated.fingerprint() != resolve_run(cfg, tmp_path / "data").cfg.fingerprint()
+
+
+def test_a_killed_ce_run_resumes_with_the_same_counterexamples(data_dir, tmp_path, small_test_split):
+    cfg = TrainConfig(dataset="decoymnist", method="ce", backbone="cdep-cnn", schedule="adam", epochs=2,
+                      train_subset=200, seed=3)
+    whole = run(cfg, runs_dir=tmp_path / "whole", data_dir=data_dir, progress=False)
+
+    def die(row):
+        if row["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False, on_epoch=die)
+    resumed = run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False)
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in whole["history"]]  # to the bit
