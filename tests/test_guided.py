@@ -306,13 +306,14 @@ def small_test_split(monkeypatch):
 @pytest.mark.parametrize("method,dataset,extra", [
     ("gals", "decoymnist", {}),
     ("energy", "decoymnist", {"attribution": "input-x-gradient"}),
+    ("energy", "decoymnist", {"attribution": "cam", "backbone": "lenet-gap"}),
     ("hint", "decoymnist", {"maps": "intensity"}),
     ("ce", "decoymnist", {"counterexamples": 2, "ce_fill": "shuffle"}),
     ("ce", "colormnist", {}),
 ])
 def test_each_guided_method_trains_end_to_end(method, dataset, extra, data_dir, tmp_path, small_test_split):
-    cfg = TrainConfig(dataset=dataset, method=method, backbone="cdep-cnn", schedule="adam", epochs=1,
-                      train_subset=200, **extra)
+    cfg = TrainConfig(dataset=dataset, method=method, schedule="adam", epochs=1, train_subset=200,
+                      **{"backbone": "cdep-cnn", **extra})
     r = run(cfg, runs_dir=tmp_path, data_dir=data_dir, progress=False)
     assert r["config"]["method"] == method and 0 <= r["test"]["accuracy"] <= 100
     assert r["maps"]["name"] == extra.get("maps", "oracle") and len(r["history"]) == 1
