@@ -31,7 +31,10 @@ ANALYSIS_READS = {"record", "config", "io", "plotting", "errors", "registry"}
 #: Literals equal to a method's name that do not name the method, with the reason.
 NOT_A_METHOD = {("cli", "l2l"): "the program's name", ("cli.app", "l2l"): "the program's name",
                 ("maps.clip_rules", "vanilla"): "a CLIP attention variant",
-                ("config", "l2l"): "the paper's method as TrainConfig's default, declared once"}
+                ("config", "l2l"): "the paper's method as TrainConfig's default, declared once",
+                ("config", "ce"): "the cross-entropy-only phase 1 (PHASE1_CHOICES), not the counterexamples method",
+                ("maps.gals", "gals"): "the GALS map source (CLIP's attention), not the GALS loss",
+                ("maps.precomputed", "gals"): "the GALS map source (CLIP's attention), not the GALS loss"}
 
 
 def module_name(path: Path, root: Path) -> str:

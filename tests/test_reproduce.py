@@ -22,6 +22,7 @@ from learning_to_look.config import TrainConfig
 from learning_to_look.data import Split
 from learning_to_look.errors import L2LError
 from learning_to_look.maps import get_map_source, map_quality
+from learning_to_look.methods import METHODS
 from learning_to_look.training.resolve import resolve
 from learning_to_look.record import MapsInfo, Record, TestMetrics, write_record
 from learning_to_look.analysis.records import aggregate, collect
@@ -378,17 +379,24 @@ def test_plan_lists_runs_and_times_them_by_finished_seeds_without_building_anyth
     rest = [cfg for _, cfg in jobs[1:] if train_mod.run_dir_for(cfg, runs).parent != group]
     hours = [2.0 if same_cost(cfg, jobs[0][1]) else 1.0 for cfg in rest
              if same_cost(cfg, jobs[0][1]) or same_cost(cfg, rrr)]  # the finished vanilla's 2 h, the rrr's 1 h
+    # the others in vanilla's setting: its 1 h per epoch times their epochs and their method's cost per epoch
+    setting = ("backbone", "schedule", "train_subset")
+    scaled = [cfg.epochs * METHODS.get(cfg.method).epoch_cost for cfg in rest
+              if not (same_cost(cfg, jobs[0][1]) or same_cost(cfg, rrr))
+              and all(getattr(cfg, f) == getattr(jobs[0][1], f) for f in setting)]
     code = main(["reproduce", "--quick", "--seeds", "0,1", "--plan", "--runs-dir", str(runs),
                  "--data-dir", str(tmp_path / "data")])
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(lines) == len(jobs) + 1 and not (tmp_path / "data").exists()
     assert lines[0].endswith(": cached") and sum(line.endswith(": to train") for line in lines) == len(jobs) - 1
-    assert 1.0 in hours and 2.0 in hours and len(rest) == len(jobs) - 2
+    assert 1.0 in hours and 2.0 in hours and scaled and len(rest) == len(jobs) - 2
+    unknown = len(rest) - len(hours) - len(scaled)
     assert lines[-1] == (f"{len(jobs)} runs: 1 cached, {len(jobs) - 1} to train; about 2.0 h of one-thread run time "
                          f"for the 1 with a finished seed of the same configuration; about {sum(hours):.1f} h for "
                          f"the {len(hours)} timed by finished runs of the same method, network, schedule and "
-                         f"training-set size on other data or maps; {len(rest) - len(hours)} with nothing to "
-                         "time them by")
+                         f"training-set size on other data or maps; about {sum(scaled):.1f} h for the {len(scaled)} "
+                         "timed by vanilla's finished runs in the same setting times the method's measured cost per "
+                         "epoch" + (f"; {unknown} with nothing to time them by" if unknown else ""))
 
 
 def reproduce_args(tmp_path, data_dir):

@@ -20,6 +20,7 @@ from typing import Any
 from .errors import L2LError
 from .io import read_settings, sha256_text
 from .data.augment import parse_augment
+from .data.builders import IRRELEVANT_CHOICES
 from .data.pipeline import INPUT_TRANSFORMS
 from .scalars import LOGGERS
 from .nn.losses import OUTLINE_THRESHOLD
@@ -29,6 +30,11 @@ from .registry import Registry
 #: least 2), about the full split's 9,600 : 50,400.
 SUBSET_VAL_DIVISOR = 5
 PHASE1_CHOICES = ("attention", "ce")
+#: The attributions the energy method can score (Rao et al. 2023's Grad-CAM and IxG, and CAM).
+ATTRIBUTIONS = ("cam", "grad-cam", "input-x-gradient")
+#: What replaces an irrelevant region in a counterexample (ce): uniform noise, another
+#: image of the batch, or the image's own pixels shuffled.
+CE_FILLS = ("noise", "background", "shuffle")
 
 
 def _field(default: Any, help: str, low: float | None = None, high: float | None = None, above: float | None = None,
@@ -80,7 +86,8 @@ SCHEDULES.register(Schedule("cdep-decoymnist", "adam", epochs=5, batch_size=64, 
 SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "step_size", "gamma")
 #: Fields added after runs were recorded: left out of the run hash while they hold this
 #: value, so that earlier runs keep their folders.
-HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None, "input_size": None, "augment": "none"}
+HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None, "input_size": None, "augment": "none",
+                      "irrelevant": None, "attribution": None, "counterexamples": None, "ce_fill": None}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -146,6 +153,16 @@ class TrainConfig:
     lambda_ramp: float = _field(10.0, "lambda_t = lambda0 * (1 + (t - E_att) / ramp) in phase 2.", above=0)
     selection: str | None = _field(None, "Model-selection rule on validation data (unset: the method's own default).")
     selection_beta: float = _field(1.0, "beta of the exponential rules: val_acc * exp(-beta * KL).", low=0)
+    irrelevant: str | None = _field(None, "What is irrelevant in an imported data set: background (the region outside "
+                                          "the maps), colour (of the maps' pixels) or texture (outside the maps); "
+                                          "built data sets declare their own.", choices=IRRELEVANT_CHOICES)
+    attribution: str | None = _field(None, "energy: the attribution whose positive share inside the maps is "
+                                           "rewarded (unset: the method's default).", choices=ATTRIBUTIONS)
+    counterexamples: int | None = _field(None, "ce: augmented copies of each image per step (unset: the method's "
+                                               "default).", low=1, high=16)
+    ce_fill: str | None = _field(None, "ce on a region: what replaces it, uniform noise, another image's pixels or "
+                                       "the image's own pixels shuffled (unset: the method's default).",
+                                 choices=CE_FILLS)
     seed: int = _field(37, "Seed of initialisation and data order.", low=0, high=SEED_MAX)
     train_subset: int | None = _field(None, f"Use only the first N training images "
                                             f"(and N/{SUBSET_VAL_DIVISOR} validation images; unset: all).", low=2)

@@ -133,9 +133,9 @@ class Row:
     @property
     def guided(self) -> bool:
         """The method adds a term to the cross-entropy with a positive weight (a map
-        alignment, or a penalty on a declared shortcut such as CDEP's colour); vanilla's
-        weight is 0."""
-        return self.lambda0 is not None
+        alignment, or a penalty on a declared shortcut such as CDEP's colour), or reads
+        maps without one (counterexamples); vanilla's weight is 0 and it reads no maps."""
+        return self.lambda0 is not None or self.uses_maps
 
     @property
     def on_paper_network(self) -> bool:

@@ -99,7 +99,8 @@ def verdict_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
 def _guided_label(g: Row) -> str:
     """Method, weight and maps: several runs of one method on one setting differ by λ or maps."""
     maps = g.maps.label if g.uses_maps else "no maps"  # e.g. CDEP's penalty on ColorMNIST's colour
-    return f"{g.method} λ {g.lambda0:g}, {maps}"
+    weight = f" λ {g.lambda0:g}" if g.lambda0 is not None else ""  # counterexamples weigh no extra term
+    return f"{g.method}{weight}, {maps}"
 
 
 def near_chance(acc: float | None, chance: float | None) -> bool:

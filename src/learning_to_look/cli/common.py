@@ -55,6 +55,11 @@ def per_method(attr: str) -> str:
                      else f"{name} {getattr(cls, attr)}" for name, cls in METHODS.items())
 
 
+def per_method_option(name: str) -> str:
+    """The defaults of method option ``name`` (``Method.options``), e.g. 'energy grad-cam'."""
+    return ", ".join(f"{m} {cls.options[name]}" for m, cls in METHODS.items() if name in cls.options)
+
+
 F = TypeVar("F", bound=Callable)
 
 

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ..config import PHASE1_CHOICES, TrainConfig
-from ..data import DATASETS
+from ..config import ATTRIBUTIONS, CE_FILLS, PHASE1_CHOICES, TrainConfig
+from ..data import DATASETS, IRRELEVANT_CHOICES
 from ..data.pipeline import INPUT_TRANSFORMS
 from ..errors import L2LError
 from ..nn.losses import TARGETS
@@ -23,7 +23,7 @@ from ..training.resolve import Resolved, resolve_run
 from ..training.run import run_task
 from ..training.selection import RULES
 from .app import app
-from .common import DATA_DIR, JOBS, RUNS_DIR, config_flag, parse_seeds, per_method
+from .common import DATA_DIR, JOBS, RUNS_DIR, config_flag, parse_seeds, per_method, per_method_option
 from .maps import MapFlags, generator_options, with_map_flags
 
 #: Config fields, which are this command's own flags: a map option of the same name is a config-file setting here.
@@ -88,6 +88,13 @@ def train(
     input_transform: Optional[str] = config_flag("input_transform", " | ".join(INPUT_TRANSFORMS)),
     input_size: Optional[int] = config_flag("input_size"), augment: Optional[str] = config_flag("augment"),
     log: Optional[str] = config_flag("log"),
+    irrelevant: Optional[str] = config_flag("irrelevant", " | ".join(IRRELEVANT_CHOICES)),
+    attribution: Optional[str] = config_flag("attribution", " | ".join(ATTRIBUTIONS)
+                                             + f"; default: {per_method_option('attribution')}"),
+    counterexamples: Optional[int] = config_flag("counterexamples",
+                                                 f"Default: {per_method_option('counterexamples')}"),
+    ce_fill: Optional[str] = config_flag("ce_fill", " | ".join(CE_FILLS)
+                                         + f"; default: {per_method_option('ce_fill')}"),
     train_subset: Optional[int] = config_flag("train_subset"),
     device: Optional[str] = config_flag("device"),
     jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,

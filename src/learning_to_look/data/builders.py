@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import L2LError
 from ..registry import Registry
 from .mnist import MNISTArrays
 
@@ -145,6 +146,14 @@ def build_decoymnist_rrr(m: MNISTArrays) -> dict[str, np.ndarray]:
     return out
 
 
+#: What a data set can declare irrelevant (``DatasetSpec.shortcut``), and what a user
+#: states for an imported one (``--irrelevant``, :data:`IRRELEVANT_CHOICES`), which names
+#: the region a background.
+COMPONENTS = ("region", "texture", "colour", "none")
+IRRELEVANT_CHOICES = ("background", "colour", "texture")
+_STATED = {"background": "region", "colour": "colour", "texture": "texture"}
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A registered data set: how to build it and what it is."""
@@ -167,9 +176,11 @@ class DatasetSpec:
     partial_masks: bool = False  # only some images have an object (``masked_*`` says which): an import's partial masks
     has_val: bool = False  # a ``val_train`` array marks the validation images (imported sets with a val/ folder)
     imported_from: str | None = None  # the folder or CSV of `l2l data import`; None for built sets
-    #: What the shortcut is, for methods that penalise it as a component (``cdep``): "region"
-    #: (where the maps' complement lies: a decoy, a background), "colour" (single pixels,
-    #: which carry colour but not shape) or "none" (a clean data set: nothing to penalise).
+    #: What the shortcut is, for methods that penalise or randomise it as a component
+    #: (``cdep``, ``ce``): "region" (where the maps' complement lies: a decoy, a background),
+    #: "texture" (a region too, whose content is another image's texture), "colour" (of the
+    #: object's own pixels, which no spatial map separates from its shape) or "none" (a
+    #: clean data set: nothing to penalise). One of :data:`COMPONENTS`.
     shortcut: str = "region"
     #: What reports call the object a network should look at, and the shortcut it should not
     #: (the MNIST sets': the digit and the decoy; an import's: its own words, or object and background).
@@ -183,6 +194,23 @@ class DatasetSpec:
 
 
 DATASETS: Registry[DatasetSpec] = Registry("data set")
+
+
+def irrelevant_component(spec: DatasetSpec, stated: str | None) -> str:
+    """The component of ``spec`` that is irrelevant (one of :data:`COMPONENTS`): the one a
+    user ``stated`` (``--irrelevant``) for an imported set, else the one the data set
+    declares. A built set already declares it, so stating another is refused; colour
+    cannot be irrelevant in a grey data set."""
+    if stated is None:
+        return spec.shortcut
+    component = _STATED[stated]
+    if component == "colour" and spec.channels == 1:
+        raise L2LError(f"--irrelevant colour: data set {spec.name} is grey, so its colour carries nothing; "
+                       "use --irrelevant background, or a colour data set (e.g. colormnist)")
+    if spec.imported_from is None and component != spec.shortcut:
+        raise L2LError(f"--irrelevant {stated}: data set {spec.name} already declares its irrelevant component, "
+                       f"{spec.shortcut}; drop --irrelevant (it is for imported data sets)")
+    return component
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:

@@ -92,4 +92,4 @@ register(DatasetSpec("shapes-bg", build_shapes_bg, "shapes-bg, spurious texture 
                      f"{len(SHAPES)} shapes on {N_TEXTURES} textures; training texture = the shape's own for "
                      f"{MAJORITY:.0%} of images, test balanced over the {len(GROUP_NAMES)} groups", channels=3,
                      num_classes=len(SHAPES), group_names=GROUP_NAMES, uses_mnist=False, class_names=SHAPES,
-                     object_word="shape", shortcut_word="texture"))
+                     object_word="shape", shortcut="texture", shortcut_word="texture"))

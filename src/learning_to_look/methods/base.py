@@ -80,9 +80,36 @@ class Method:
     #: Whether the stacked trainer can run it: its loss is ``loss_weights`` applied to
     #: the cross-entropy and the CAM alignment KL, and nothing else (PROTOCOL 3.7).
     stackable: ClassVar[bool] = True
+    #: The config fields only this method reads, each with its default (declared once,
+    #: here): :func:`resolve` fills them in for this method and refuses them for others.
+    options: ClassVar[dict[str, Any]] = {}
+    #: Seconds per training epoch relative to vanilla's on the same network and data,
+    #: which ``l2l reproduce --plan`` uses to cost a run nothing has timed yet. Measured
+    #: on DecoyMNIST with the CDEP CNN, one thread, by scripts/epoch_cost.py.
+    epoch_cost: ClassVar[float] = 1.0
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        #: The data set's irrelevant component (``DatasetSpec.shortcut``, or what the user
+        #: stated with ``--irrelevant``), set by :func:`resolve`.
+        self.irrelevant: str | None = None
+
+    @property
+    def component(self) -> str:
+        """The irrelevant component: as resolved, else the registered data set's own."""
+        if self.irrelevant is not None:
+            return self.irrelevant
+        from ..data import DATASETS
+
+        return DATASETS.get(self.cfg.dataset).shortcut
+
+    def option_defaults(self) -> dict[str, Any]:
+        """The options (:attr:`options`) this configuration reads, with their defaults."""
+        return dict(self.options)
+
+    def relative_cost(self) -> float:
+        """:attr:`epoch_cost` of this configuration."""
+        return self.epoch_cost
 
     def check_dataset(self, spec: Any) -> None:
         """Raise before training when this method cannot work on the data set ``spec`` describes."""

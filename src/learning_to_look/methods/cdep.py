@@ -19,9 +19,9 @@ from .region import RegionPrior
 class CDEP(RegionPrior):
     """Contextual decomposition explanation penalisation (Rieger et al. 2020): CE plus
     lambda times the CDEP score (:func:`~learning_to_look.cd.cdep_score`) of the input
-    component the data set declares irrelevant (``DatasetSpec.shortcut``):
-    - "region": the component is 1 - map at input resolution, as for RRR and EG, so the
-      same maps (e.g. ``not-decoy``) serve all three;
+    component the data set declares irrelevant (``DatasetSpec.shortcut``, or ``--irrelevant``):
+    - "region" (or "texture"): the component is 1 - map at input resolution, as for RRR
+      and EG, so the same maps (e.g. ``not-decoy``) serve all three;
     - "colour" (ColorMNIST): single pixels, all channels, as in CDEP's own ColorMNIST
       code: a pixel alone carries its colour but not the digit's shape. Each step draws
       ``PIXELS`` of them, each position with probability the share of the batch's images
@@ -37,11 +37,15 @@ class CDEP(RegionPrior):
     default_lambda = 100.0  # region shortcuts: from CDEP's DecoyMNIST sweep {1, 10, 100, 1000, 10000}
     COLOUR_LAMBDA = 1000.0  # colour: from CDEP's ColorMNIST sweep {0.1, 1, 500, 1000, 5000}
     PIXELS = 8  # single-pixel components per step, CDEP's ColorMNIST num_blobs
+    epoch_cost = 3.9  # a region, measured (scripts/epoch_cost.py): decomposition costs forward passes
+    COLOUR_COST = 22.0  # colour, measured likewise on ColorMNIST: one decomposition per pixel drawn
+
+    def relative_cost(self) -> float:
+        return self.COLOUR_COST if self._shortcut() == "colour" else self.epoch_cost
 
     def _shortcut(self) -> str:
-        from ..data import DATASETS
-
-        return DATASETS.get(self.cfg.dataset).shortcut
+        """"region" for any spatial component (a texture is a region too), else "colour"."""
+        return "colour" if self.component == "colour" else "region"
 
     @property
     def uses_maps(self) -> bool:  # type: ignore[override]
@@ -51,7 +55,7 @@ class CDEP(RegionPrior):
         return self.COLOUR_LAMBDA if self._shortcut() == "colour" else self.default_lambda
 
     def check_dataset(self, spec: Any) -> None:
-        if spec.shortcut == "none":
+        if self.component == "none":
             raise L2LError(f"method cdep penalises the input component a data set declares irrelevant, and "
                            f"{spec.name} declares none; use a data set with a shortcut (e.g. colormnist, decoymnist)")
 

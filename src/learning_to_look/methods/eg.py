@@ -25,6 +25,7 @@ class ExpectedGradients(RegionPrior):
     paper = "Erion, Janizek, Sturmfels, Lundberg, Lee, Nature Machine Intelligence 2021"
     summary = "CE + λ · mean |Expected Gradients| on the irrelevant region (one reference, one α per image)"
     default_lambda = 300.0  # the rule of thumb, see the class docstring
+    epoch_cost = 4.0  # measured (scripts/epoch_cost.py): a second forward and a double backward
 
     def penalty(self, model: Backbone, batch: Batch, x: Tensor, logits: Tensor) -> Tensor:
         refs = batch.x[torch.randperm(len(batch.x), device=batch.x.device)]  # (B,3,H,W) one reference per image

@@ -50,6 +50,7 @@ class RRR(RegionPrior):
     paper = "Ross, Hughes, Doshi-Velez, IJCAI 2017"
     summary = "CE + λ · Σ ((1 − map) ⊙ ∂ Σ log p / ∂x)²: input gradients on the irrelevant region"
     default_lambda = 100.0  # Ross et al.'s rule of thumb, see the class docstring
+    epoch_cost = 2.7  # measured (scripts/epoch_cost.py): double backpropagation to the input
 
     def penalty(self, model: Backbone, batch: Batch, x: Tensor, logits: Tensor) -> Tensor:
         return rrr_penalty(input_gradients(logits, x, create_graph=True), batch.aux["irrelevant"])

@@ -19,6 +19,7 @@ import yaml
 from ..config import PAPER_CONFIG, TrainConfig
 from ..data import dataset_path, load_dataset
 from ..errors import L2LError
+from ..methods import BASELINE
 from .resolve import Resolved, resolve_run
 from .run import CHECKPOINT_FILE, default_runs_dir, run_dir_for, run_task
 from .parallel import run_tasks, workers
@@ -179,7 +180,8 @@ def _cost_key(cfg: TrainConfig | dict[str, Any]) -> tuple:
 
 def _finished_times(runs_dir: Path) -> tuple[dict[Path, list[float]], dict[tuple, list[float]]]:
     """Wall seconds of every finished run under ``runs_dir`` (sweeps' records lie deeper),
-    read once: by run group (the seeds of one configuration) and by :func:`_cost_key`."""
+    read once: by run group (the seeds of one configuration), by :func:`_cost_key`, and
+    per epoch by :func:`_epoch_key`."""
     by_group: dict[Path, list[float]] = {}
     by_cost: dict[tuple, list[float]] = {}
     for f in runs_dir.glob(f"*/*/seed*/{RESULT_FILE}"):
@@ -189,18 +191,44 @@ def _finished_times(runs_dir: Path) -> tuple[dict[Path, list[float]], dict[tuple
             continue  # a damaged record times nothing; `l2l report` names it
         by_group.setdefault(f.parent.parent, []).append(record.wall_seconds)
         by_cost.setdefault(_cost_key(record.config), []).append(record.wall_seconds)
+        epochs = _cost_key(record.config)[4] or 1
+        by_cost.setdefault(_epoch_key(record.config), []).append(record.wall_seconds / epochs)
     return by_group, by_cost
+
+
+def _epoch_key(cfg: TrainConfig | dict[str, Any]) -> tuple:
+    """:func:`_cost_key` without the epochs, for seconds per epoch."""
+    return ("per epoch", *_cost_key(cfg)[:4], *_cost_key(cfg)[5:])
+
+
+def _vanilla_key(cfg: TrainConfig) -> tuple:
+    """The :func:`_epoch_key` of vanilla in ``cfg``'s setting: what a method's measured
+    relative cost per epoch (``Method.epoch_cost``) scales."""
+    return _epoch_key(dataclasses.replace(cfg, method=BASELINE, maps="none"))
+
+
+def _estimate(run: Resolved, folder: Path, by_group: dict[Path, list[float]],
+              similar: dict[tuple, list[float]]) -> tuple[str, float] | None:
+    """(how, seconds) to expect for a run still to train: from finished seeds of the same
+    configuration ("same"), of the same cost (:func:`_cost_key`) on other data or maps
+    ("alike"), or vanilla's in the same setting times the method's relative cost per epoch
+    ("scaled"); None when nothing finished times it."""
+    for how, times, factor in (("same", by_group.get(folder.parent, []), 1.0),
+                               ("alike", similar.get(_cost_key(run.cfg), []), 1.0),
+                               ("scaled", similar.get(_vanilla_key(run.cfg), []),
+                                run.method.relative_cost() * run.cfg.epochs)):
+        if times:
+            return how, factor * sum(times) / len(times)
+    return None
 
 
 def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None,
                   runs_dir: Path | None = None) -> list[str]:
     """What ``reproduce`` would do, one line per run (cached, to train, or to resume),
-    then a total with the time to expect: from the finished seeds of the same
-    configuration, else from finished runs of the same cost (:func:`_cost_key`) on other
-    data or maps; nothing is built or trained."""
+    then a total with the time to expect (:func:`_estimate`); nothing is built or trained."""
     runs_dir = Path(runs_dir or default_runs_dir())
     jobs, (by_group, similar) = plan(profile, seeds, vlm), _finished_times(runs_dir)
-    lines, todo, same, alike, unknown = [], 0, [], [], 0
+    lines, todo, timed, unknown = [], 0, {"same": [], "alike": [], "scaled": []}, 0
     for k, (cell, run) in enumerate(jobs, 1):
         cfg, folder = run.cfg, run_dir_for(run.cfg, runs_dir)
         if has_record(folder):
@@ -208,21 +236,21 @@ def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | N
         else:
             todo += 1
             status = "to resume" if (folder / CHECKPOINT_FILE).exists() else "to train"
-            seen = by_group.get(folder.parent, [])
-            other = similar.get(_cost_key(cfg), [])
-            if seen:
-                same.append(sum(seen) / len(seen))
-            elif other:
-                alike.append(sum(other) / len(other))
-            unknown += not (seen or other)
+            estimate = _estimate(run, folder, by_group, similar)
+            if estimate:
+                timed[estimate[0]].append(estimate[1])
+            unknown += estimate is None
         options = "".join(f" {k} {v}" for k, v in cfg.map_options.items() if k != "seed")
         lines.append(f"[{k}/{len(jobs)}] {cfg.dataset} {cfg.method} maps {cfg.maps}{options} {cfg.backbone} "
                      f"{cfg.schedule} seed {cfg.seed} ({cell.role}): {status}")
+    same, alike, scaled = timed["same"], timed["alike"], timed["scaled"]
     lines.append(f"{len(jobs)} runs: {len(jobs) - todo} cached, {todo} to train"
                  + (f"; about {sum(same) / 3600:.1f} h of one-thread run time for the {len(same)} with a finished "
                     "seed of the same configuration" if same else "")
                  + (f"; about {sum(alike) / 3600:.1f} h for the {len(alike)} timed by finished runs of the same "
                     "method, network, schedule and training-set size on other data or maps" if alike else "")
+                 + (f"; about {sum(scaled) / 3600:.1f} h for the {len(scaled)} timed by vanilla's finished runs in "
+                    "the same setting times the method's measured cost per epoch" if scaled else "")
                  + (f"; {unknown} with nothing to time them by" if unknown else ""))
     return lines
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import TrainConfig
-from ..data import DatasetSpec
+from ..data import DatasetSpec, irrelevant_component
 from ..data.imported import dataset_spec
 from ..data.store import content_hash, dataset_path, read_header
 from ..errors import L2LError
@@ -49,6 +49,10 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
     spec = dataset_spec(cfg.dataset, data_dir)
     cfg.data_hash = imported_hash(spec, data_dir)
     method = METHODS.get(cfg.method)(cfg)  # holds cfg itself, so it sees the defaults filled in below
+    method.irrelevant = irrelevant_component(spec, cfg.irrelevant)
+    if spec.imported_from is None:  # a built set declares it: one folder whether it is stated or not
+        cfg.irrelevant = None
+    fill_options(cfg, method)
     method.check_dataset(spec)
     if cfg.selection == "val_worst_group" and not spec.group_names:
         raise L2LError(f"--selection val_worst_group needs group labels and {spec.name} has none; use --selection "
@@ -74,7 +78,28 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
     if not method.uses_maps:
         cfg.maps, cfg.map_options = "none", {}
         return Resolved(cfg, method, spec)
+    if cfg.maps == "none":
+        raise L2LError(f"method {cfg.method} needs maps and --maps is none; pass a map source, e.g. --maps oracle "
+                       "(annotation) or --maps intensity (none needed)")
     return Resolved(cfg, method, spec, build_map_source(cfg.maps, cfg.map_options))
+
+
+def fill_options(cfg: TrainConfig, method: Method) -> None:
+    """The method's own options (``Method.option_defaults``) set to their defaults where
+    unset; any other method option given here would be silently ignored, so it is refused."""
+    wanted = method.option_defaults()
+    for name, default in wanted.items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, default)
+    for name in sorted({n for m in METHODS.values() for n in m.options} - set(wanted)):
+        if getattr(cfg, name) is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        if name in method.options:
+            raise L2LError(f"{flag} does not apply to method {cfg.method} when the irrelevant component is "
+                           f"{method.component}; drop it")
+        owners = ", ".join(m.name for m in METHODS.values() if name in m.options)
+        raise L2LError(f"{flag} is an option of method {owners}, not of {cfg.method}; drop it")
 
 
 def imported_hash(spec: DatasetSpec, data_dir: str | os.PathLike | Path | None) -> str | None:
