@@ -31,7 +31,8 @@ ANALYSIS_READS = {"record", "config", "io", "plotting", "errors", "registry"}
 #: Literals equal to a method's name that do not name the method, with the reason.
 NOT_A_METHOD = {("cli", "l2l"): "the program's name", ("cli.app", "l2l"): "the program's name",
                 ("maps.clip_rules", "vanilla"): "a CLIP attention variant",
-                ("config", "l2l"): "the paper's method as TrainConfig's default, declared once"}
+                ("config", "l2l"): "the paper's method as TrainConfig's default, declared once",
+                ("analysis.records", "vanilla"): "the baseline every method is compared with, declared once"}
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -82,6 +82,9 @@ class Profile:
     sensitivity: Sensitivity = field(default_factory=Sensitivity)
     #: A smoke profile's numbers mean nothing; its figures say so across their face.
     smoke: bool = False
+    #: An imported data set the profile trains on: {name, format} (``l2l data import --format``),
+    #: imported from ``--data-root`` when it is not in the data folder yet.
+    data: dict[str, str] | None = None
 
 
 @dataclass
@@ -130,7 +133,7 @@ def load_paper(path: Path = PROFILES_FILE) -> Paper:
         cells = _profile_cells(raw["cell_sets"], p["cells"], benchmarks)
         sensitivity = Sensitivity(**{"method": raw["sensitivity_method"], **sens})
         profiles.add(name, Profile(name, p["description"], list(p["seeds"]), dict(p["run"]), cells, sensitivity,
-                                   bool(p.get("smoke", False))))
+                                   bool(p.get("smoke", False)), p.get("data")))
     return Paper(benchmarks, dict(raw["vlm"]), profiles)
 
 
@@ -149,10 +152,12 @@ def vlm_cells(vlm: str) -> list[Cell]:
             for ds in PAPER.benchmarks]
 
 
-def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None) -> list[tuple[Cell, Resolved]]:
+def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None,
+         data_dir: Path | None = None) -> list[tuple[Cell, Resolved]]:
     """Every (cell, resolved config) to train, seed-major so an early stop still covers every
     cell. Cells that resolve to the same run (vanilla written with two map sources, say)
     are planned once: one folder, one record, each seed counted once."""
+    check_imported(profile, data_dir)
     main = profile.cells + (vlm_cells(vlm) if vlm else [])
     sens = profile.sensitivity.cells()
     main_seeds = seeds or profile.seeds
@@ -161,7 +166,7 @@ def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = Non
     for seed in sorted(set(main_seeds) | set(sens_seeds)):
         cells = [c for c in main if seed in main_seeds] + [c for c in sens if seed in sens_seeds]
         for cell in cells:
-            run = resolve_run(cell.config(profile.run, seed))
+            run = resolve_run(cell.config(profile.run, seed), data_dir)
             key = (run.cfg.fingerprint(), seed)
             if key not in planned:
                 planned.add(key)
@@ -192,14 +197,42 @@ def _finished_times(runs_dir: Path) -> tuple[dict[Path, list[float]], dict[tuple
     return by_group, by_cost
 
 
+def check_imported(profile: Profile, data_dir: Path | None) -> None:
+    """A profile on an imported data set needs it imported (``--data-root`` does that)."""
+    if profile.data and not dataset_path(profile.data["name"], data_dir).is_file():
+        name, fmt = profile.data["name"], profile.data["format"]
+        raise L2LError(f"profile {profile.name} trains on the data set {name}, not imported in "
+                       f"{dataset_path(name, data_dir).parent}; pass --data-root DIR (the {fmt} release) or run "
+                       f"`l2l data import {name} --from DIR --format {fmt}` first")
+
+
+def import_data(profile: Profile, data_root: Path | None, data_dir: Path | None,
+                echo: Callable[[str], None]) -> None:
+    """Import the profile's data set from ``data_root`` when it is not in the data folder yet."""
+    if profile.data is None:
+        if data_root is not None:
+            raise L2LError(f"--data-root is for profiles on imported data (waterbirds, redmeat); profile "
+                           f"{profile.name} builds its own; drop it")
+        return
+    name, fmt = profile.data["name"], profile.data["format"]
+    if dataset_path(name, data_dir).is_file() or data_root is None:
+        return
+    from ..data.imported import import_dataset
+
+    path, skipped, warnings = import_dataset(name, data_root, data_dir, fmt=fmt, progress=False)
+    for line in warnings:
+        echo(f"warning: {line}")
+    echo(f"data {name}: imported from {data_root} ({fmt}) -> {path}" + (f", {skipped} bad files" if skipped else ""))
+
+
 def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None,
-                  runs_dir: Path | None = None) -> list[str]:
+                  runs_dir: Path | None = None, data_dir: Path | None = None) -> list[str]:
     """What ``reproduce`` would do, one line per run (cached, to train, or to resume),
     then a total with the time to expect: from the finished seeds of the same
     configuration, else from finished runs of the same cost (:func:`_cost_key`) on other
     data or maps; nothing is built or trained."""
     runs_dir = Path(runs_dir or default_runs_dir())
-    jobs, (by_group, similar) = plan(profile, seeds, vlm), _finished_times(runs_dir)
+    jobs, (by_group, similar) = plan(profile, seeds, vlm, data_dir), _finished_times(runs_dir)
     lines, todo, same, alike, unknown = [], 0, [], [], 0
     for k, (cell, run) in enumerate(jobs, 1):
         cfg, folder = run.cfg, run_dir_for(run.cfg, runs_dir)
@@ -238,14 +271,16 @@ def check_vlm(vlm: str) -> dict[str, Any]:
 
 def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | None = None, out: Path | None = None,
               runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True,
-              n_jobs: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+              n_jobs: int | None = None, echo: Callable[[str], None] = print,
+              data_root: Path | None = None) -> dict[str, Any]:
     """Build the data, train every planned run (reusing what is on disk), write the report
     from the runs' records, as ``l2l report`` would from the same runs."""
     t0 = time.perf_counter()
     pyplot()  # the report ends in figures: fail now, not after hours of training, if matplotlib is missing
     runs_dir = Path(runs_dir or default_runs_dir())
     out = Path(out or Path("reports") / profile.name)
-    jobs = plan(profile, seeds, vlm)
+    import_data(profile, data_root, data_dir, echo)
+    jobs = plan(profile, seeds, vlm, data_dir)
     echo(f"profile {profile.name}: {profile.description}; {len(jobs)} runs -> {out}")
     _prepare(jobs, data_dir, vlm, echo)
     found = [(cell, run) for cell, run in jobs if has_record(run_dir_for(run.cfg, runs_dir))]

@@ -64,6 +64,9 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
     method.check_backbone(backbone_class(cfg.backbone, cfg.input_size))
     check_pretrained(cfg.backbone, cfg.pretrained)
     check_logger(cfg.log)
+    _method_options(cfg, method)
+    if cfg.freeze_until:
+        _check_freeze(cfg, method)
     if method.two_phase and cfg.e_att >= cfg.epochs:
         raise L2LError(f"E_att must lie below the number of epochs, got {cfg.e_att} with {cfg.epochs} epochs; "
                        "pass --e-att below --epochs")
@@ -75,6 +78,35 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
         cfg.maps, cfg.map_options = "none", {}
         return Resolved(cfg, method, spec)
     return Resolved(cfg, method, spec, build_map_source(cfg.maps, cfg.map_options))
+
+
+def _method_options(cfg: TrainConfig, method: Method) -> None:
+    """Fill the method's own fields where unset; a field of another method would be ignored: refuse it."""
+    from ..methods import METHODS as all_methods
+
+    for other in all_methods.values():
+        for name in other.options:
+            if name not in method.options and getattr(cfg, name) is not None:
+                raise L2LError(f"--{name.replace('_', '-')} belongs to method {other.name}, not {cfg.method}; drop it")
+    for name, default in method.options.items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, default(cfg) if callable(default) else default)
+    method.check_options()
+
+
+def _check_freeze(cfg: TrainConfig, method: Method) -> None:
+    """``--freeze-until`` needs a backbone with named stages and a method that never reaches the pixels."""
+    backbone = BACKBONES.get(cfg.backbone)
+    if cfg.freeze_until not in backbone.stages:
+        raise L2LError(f"--freeze-until {cfg.freeze_until}: backbone {cfg.backbone} has no such stage "
+                       f"({'its stages: ' + ', '.join(backbone.stages) if backbone.stages else 'it has no stages'}); "
+                       "use --backbone resnet18 or resnet50, or drop --freeze-until")
+    if cfg.augment != "none":
+        raise L2LError("--augment changes the images every epoch, and a frozen part's cached output cannot follow; "
+                       "drop --augment or --freeze-until")
+    if method.reads_pixels:
+        raise L2LError(f"method {cfg.method} reads the input pixels' gradients, which a frozen backbone's cached "
+                       "features do not have; drop --freeze-until or use a CAM-based method")
 
 
 def imported_hash(spec: DatasetSpec, data_dir: str | os.PathLike | Path | None) -> str | None:
