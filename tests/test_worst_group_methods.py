@@ -123,8 +123,8 @@ def test_a_killed_run_resumes_with_the_methods_state(method, extra, shapes_dir, 
     prep = prepare(resolve_run(cfg, shapes_dir), shapes_dir, progress=False)
     whole = fit(resolve_run(cfg, shapes_dir), prep.train, prep.val, progress=False)
 
-    def kill(epoch):
-        if epoch == 1:
+    def kill(row):
+        if row["epoch"] == 1:
             raise Killed
 
     ckpt = tmp_path / "c.pt"
