@@ -138,6 +138,7 @@ def test_a_killed_run_resumes_with_the_methods_state(method, extra, shapes_dir, 
 @pytest.mark.parametrize("args,needle", [
     (["--method", "groupdro", "--dataset", "mnist"], "needs group labels"),
     (["--method", "dfr", "--dataset", "mnist"], "needs group labels"),
+    (["--method", "upweight", "--upweight-by", "group", "--dataset", "mnist"], "needs group labels"),
     (["--method", "vanilla", "--dataset", "mnist", "--selection", "val_worst_group"], "group labels"),
     (["--method", "vanilla", "--dataset", "shapes-bg", "--dro-eta", "0.1"], "belongs to method groupdro"),
     (["--method", "jtt", "--dataset", "shapes-bg", "--epochs", "3", "--jtt-epochs", "3"], "second stage"),

@@ -11,6 +11,7 @@ The summaries (docs/methods.md, "Worst-group baselines"):
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from .records import BASELINE, SETTING_KEYS, Row, setting_label
@@ -61,9 +62,11 @@ def worst_group_section(table: Sequence[dict[str, Any]]) -> list[str]:
     if not table:
         return []
     body = []
-    for v in table:
+    for v in sorted(table, key=lambda v: (setting_label(v), v["method"] != BASELINE)):  # vanilla first
+        interval = "[no interval: one seed on a side]" if "diff" in v and math.isnan(v["low"]) else \
+            f"[{v.get('low', 0):+.2f}, {v.get('high', 0):+.2f}]"
         verdict = "baseline" if v["method"] == BASELINE else "no vanilla run in this setting" if "diff" not in v \
-            else f"{v['diff']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}]: {v['effect']}"
+            else f"{v['diff']:+.2f} {interval}: {v['effect']}"
         body.append([setting_label(v), v["method"] + ("" if v["maps"] == "none" else f" ({v['maps']})"),
                      v["selection"], str(v["n"]), *(_cell(v[m], v["n"]) for m, _ in COLUMNS), verdict])
     header = ["setting", "method", "selection", "n", *(t for _, t in COLUMNS),
