@@ -78,7 +78,7 @@ class DFR(Method):
             model.head.weight.copy_(w.to(model.head.weight))
             model.head.bias.copy_(b.to(model.head.bias))
         return {"method": "dfr", "C": c, "tuning_worst_group_accuracy": 100 * tuned, "retrains": self.RETRAINS,
-                "rows_per_fit": int(len(balanced_subset(g, rng)))}
+                "rows_per_fit": int(len(np.unique(g)) * np.bincount(g)[np.unique(g)].min())}
 
     def _tune(self, x: Tensor, y: Tensor, g: np.ndarray, k: int, rng: np.random.Generator) -> tuple[float, float]:
         """(best C, its worst-group accuracy on the held half), fitting on a balanced draw of the other half."""

@@ -63,8 +63,11 @@ class GroupDRO(Method):
             k = int(self.groups.max()) + 1
             self.q = torch.full((k,), 1.0 / k)
 
+    SAMPLER_STRIDE = 100_003  # seed * stride + epoch: a distinct sampler seed per (run seed, epoch)
+
     def rows(self, epoch: int, n: int) -> Tensor:
-        return balanced_rows(self.groups, torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
+        """This epoch's draw, seeded by run seed and epoch alone, so a resumed run draws the same."""
+        return balanced_rows(self.groups, torch.Generator().manual_seed(self.cfg.seed * self.SAMPLER_STRIDE + epoch))
 
     def state_dict(self) -> dict[str, Any]:
         return {"q": self.q}
