@@ -34,7 +34,8 @@ NOT_A_METHOD = {("cli", "l2l"): "the program's name", ("cli.app", "l2l"): "the p
                 ("config", "l2l"): "the paper's method as TrainConfig's default, declared once",
                 ("config", "ce"): "the cross-entropy-only phase 1 (PHASE1_CHOICES), not the counterexamples method",
                 ("maps.gals", "gals"): "the GALS map source (CLIP's attention), not the GALS loss",
-                ("maps.precomputed", "gals"): "the GALS map source (CLIP's attention), not the GALS loss"}
+                ("maps.precomputed", "gals"): "the GALS map source (CLIP's attention), not the GALS loss",
+                ("analysis.records", "vanilla"): "the baseline every method is compared with, declared once"}
 
 
 def module_name(path: Path, root: Path) -> str:

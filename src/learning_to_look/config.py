@@ -64,8 +64,9 @@ class Schedule:
     lr: float
     weight_decay: float
     momentum: float | None = None  # SGD only
-    step_size: int | None = None  # StepLR only
+    step_size: int | None = None  # StepLR only; unset under SGD: a constant learning rate
     gamma: float | None = None  # StepLR only
+    head_lr: float | None = None  # learning rate of the classifier head where it differs from the backbone's
 
 
 #: Default largest stack of `l2l sweep`: memory grows with it (stacked.BYTES_PER_MODEL).
@@ -83,11 +84,23 @@ SCHEDULES.register(Schedule("adam", "adam", epochs=20, batch_size=64, lr=1e-3, w
 #: validation loss; here all 5 train and the epoch is selected on validation as usual).
 SCHEDULES.register(Schedule("cdep-colormnist", "adam", epochs=1, batch_size=256, lr=1e-3, weight_decay=1e-3))
 SCHEDULES.register(Schedule("cdep-decoymnist", "adam", epochs=5, batch_size=64, lr=1e-3, weight_decay=1e-4))
-SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "step_size", "gamma")
+#: GALS's training (Petryk et al. 2022, configs/waterbirds_95_gals.yaml and food_gals.yaml of its code):
+#: SGD with momentum 0.9, no learning-rate schedule, batch 96, weight decay 1e-5, lr 0.005 for
+#: the backbone and 1e-4 for the classifier head; 200 epochs on Waterbirds, 150 on RedMeat.
+SCHEDULES.register(Schedule("gals-waterbirds", "sgd", epochs=200, batch_size=96, lr=5e-3, weight_decay=1e-5,
+                            momentum=0.9, head_lr=1e-4))
+SCHEDULES.register(Schedule("gals-redmeat", "sgd", epochs=150, batch_size=96, lr=5e-3, weight_decay=1e-5,
+                            momentum=0.9, head_lr=1e-4))
+SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "step_size", "gamma", "head_lr")
 #: Fields added after runs were recorded: left out of the run hash while they hold this
 #: value, so that earlier runs keep their folders.
 HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None, "input_size": None, "augment": "none",
-                      "irrelevant": None, "attribution": None, "counterexamples": None, "ce_fill": None}
+                      "irrelevant": None, "attribution": None, "counterexamples": None, "ce_fill": None,
+                      "head_lr": None, "freeze_until": None, "upweight_by": None, "dro_eta": None, "jtt_epochs": None,
+                      "jtt_upweight": None, "afr_gamma": None, "afr_lambda": None}
+#: Where a ResNet may be frozen up to (``--freeze-until``): its stem and its four stages.
+FREEZE_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+UPWEIGHT_BY = ("class", "group")
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -144,6 +157,23 @@ class TrainConfig:
     weight_decay: float | None = _field(None, "Weight decay (L2 penalty).", low=0)
     step_size: int | None = _field(None, "StepLR: epochs between learning-rate drops (paper schedule only).", low=1)
     gamma: float | None = _field(None, "StepLR: factor of each drop (paper schedule only).", above=0, high=1)
+    head_lr: float | None = _field(None, "Learning rate of the classifier head (GALS schedules; unset elsewhere: "
+                                         "the head trains at --lr).", above=0)
+    freeze_until: str | None = _field(None, "ResNets: freeze the network up to and including this stage; its "
+                                            "output is computed once and cached (fp16, memory-mapped), and "
+                                            "training covers the rest.", choices=FREEZE_STAGES)
+    upweight_by: str | None = _field(None, "upweight: weigh the loss by class or by group, inversely to training "
+                                        "frequency (unset: the method's default).", choices=UPWEIGHT_BY)
+    dro_eta: float | None = _field(None, "groupdro: step size of the group weights (unset: the method's "
+                                         "default, group_DRO's).", above=0)
+    jtt_epochs: int | None = _field(None, "jtt: epochs of the identification model T; the rest of --epochs "
+                                          "retrains from the start (unset: the method's default).", low=1)
+    jtt_upweight: float | None = _field(None, "jtt: lambda_up, extra copies of each error per epoch "
+                                              "(unset: the method's default).", low=1)
+    afr_gamma: float | None = _field(None, "afr: gamma of the weights exp(-gamma * p_correct) (unset: the "
+                                           "method's default).", low=0)
+    afr_lambda: float | None = _field(None, "afr: lambda of the pull ||W - W_erm||^2 to the ERM head "
+                                            "(unset: the method's default).", low=0)
     e_att: int = _field(11, "First epoch of phase 2 (two-phase methods); optimiser and scheduler restart there.",
                         low=0)
     phase1: str = _field("attention", "Phase 1: alignment loss alone (paper) or CE alone (reference's later variant).",

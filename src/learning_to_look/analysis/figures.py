@@ -19,7 +19,7 @@ import numpy as np
 
 from ..plotting import pyplot, save_figure, to_display
 from ..config import PAPER_CONFIG
-from .records import DATASET_NAMES, SETTING_KEYS, Row, by_setting, setting_label
+from .records import BASELINE, DATASET_NAMES, SETTING_KEYS, Row, by_setting, setting_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -48,7 +48,7 @@ def _baseline_and_guided(rows: Sequence[Row], ds: str) -> tuple[Row, Row] | None
     """The unguided baseline and the paper's method (real VLM maps first, then the paper's
     maps) on the paper's network, for the qualitative figure."""
     paper = [r for r in rows if r.dataset == ds and r.compared and r.on_paper_network]
-    base = next((r for r in paper if not r.guided), None)
+    base = next((r for r in paper if r.method == BASELINE), None)
     guided = sorted((r for r in paper if r.method == PAPER_CONFIG.method and r.uses_maps),
                     key=lambda r: (not r.maps.is_real_vlm, r.maps.name != PAPER_CONFIG.maps))
     return (base, guided[0]) if base and guided else None
@@ -292,7 +292,7 @@ def _sensitivity_panel(ax, pts: Sequence[dict[str, Any]], rows: Sequence[Row]) -
     for j, r in enumerate(others):
         ax.errorbar([r.maps.iou], [r.test_acc_mean], yerr=[r.test_acc_std], marker="X", ms=9, ls="none",
                     color=("dimgray", "tab:purple", "tab:brown")[j % 3], capsize=3, label=f"{r.maps.label} maps")
-    baseline = next((r for r in rows if r.setting == setting and r.compared and not r.guided
+    baseline = next((r for r in rows if r.setting == setting and r.compared and r.method == BASELINE
                      and r.input_transform == PAPER_CONFIG.input_transform), None)
     if baseline is not None:
         ax.axhline(baseline.test_acc_mean, color="gray", ls="--", lw=1, label=f"{baseline.method} (unguided)")

@@ -44,15 +44,22 @@ def collect(runs_dir: str | Path) -> list[Record]:
 
 #: What makes a benchmark setting: a guided run is compared with the baseline that shares all of it.
 SETTING_KEYS = ("dataset", "schedule", "backbone", "train_subset", "epochs", "select_on")
+#: The unguided baseline every other method is compared with (the worst-group baselines,
+#: which add no guidance term either, are compared with it too, never used as it).
+BASELINE = "vanilla"
 #: ``select_on`` of runs whose epoch was chosen by the worst validation group (``val_worst_group``):
 #: they are compared with each other only, since the rule changes which model a run is.
 WORST_GROUP = "worst group"
+#: ``select_on`` of runs selected on class-balanced validation accuracy (``val_balanced``, GALS's rule).
+BALANCED = "class-balanced"
+SELECT_ON = {"val_worst_group": WORST_GROUP, "val_balanced": BALANCED}
 
 
 def setting_label(d: Mapping[str, Any]) -> str:
     """A setting (the values of :data:`SETTING_KEYS` in a table row) as tables and figures name it."""
     subset = f", {d['train_subset']:,} images" if d.get("train_subset") else ""
-    worst = ", selected on the worst validation group" if d.get("select_on") == WORST_GROUP else ""
+    worst = {WORST_GROUP: ", selected on the worst validation group",
+             BALANCED: ", selected on class-balanced validation accuracy"}.get(d.get("select_on"), "")
     return f"{DATASET_NAMES.get(d['dataset'], d['dataset'])}, {d['schedule']}, {d['backbone']}{subset}{worst}"
 
 
@@ -187,7 +194,7 @@ def _row(group: str, members: list[Record]) -> Row:
                test_acc_std=acc_std, val_acc_mean=mean_or_none([m.val_acc for m in members]),
                chance=100.0 / first.num_classes if first.num_classes else None,
                worst_group_mean=worst_mean, worst_group_std=worst_std,
-               select_on=WORST_GROUP if cfg.selection == "val_worst_group" else "validation",
+               select_on=SELECT_ON.get(cfg.selection, "validation"),
                cam_on_digit=mean_or_none([m.test.cam_on_digit for m in members]),
                cam_on_decoy=mean_or_none([m.test.cam_on_decoy for m in members]),
                grad_on_digit=mean_or_none([m.test.grad_on_digit for m in members]),

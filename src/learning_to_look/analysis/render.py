@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ..config import PAPER_CONFIG
 from .records import DATASET_NAMES, SETTING_KEYS, WORST_GROUP, Row, point_label, setting_label, varying_label
 from .verdicts import BITE_POINTS, COLLAPSE_SHARE, MIN_VERDICT_SEEDS
+from .worst_group import worst_group_rows, worst_group_section
 
 if TYPE_CHECKING:
     from .report import Tables
@@ -342,6 +343,7 @@ def render_markdown(tables: Tables, header: dict[str, Any], environment: dict[st
         *(_published_section(tables.published) if tables.published else []),
         *(_bites_section(tables.bites) if tables.bites else []),
         *(_verdict_section(tables) if tables.verdict else []),
+        *worst_group_section(worst_group_rows(rows)),
         *(_sweep_text(tables.sweep) if tables.sweep else []),
         *(_bound_text(tables.bound) if tables.bound else []),
         *(_sensitivity_section(sens) if sens else []),

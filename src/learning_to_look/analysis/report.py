@@ -25,6 +25,7 @@ from ..plotting import pyplot
 from ..record import Record
 from .records import Row, aggregate
 from .render import TABLES, csv_text, render_markdown
+from .worst_group import worst_group_rows
 from .verdicts import (attach_published, bite_rows, published_rows, sensitivity_rows, shared_settings,
                        sweep_summary, verdict_rows, verdict_summary)
 
@@ -71,7 +72,7 @@ def write_report(out: str | Path, tables: Tables, records: Sequence[Record], run
     summary = {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "header": header, "shared_settings": tables.shared,
                "environment": environment, "rows": [r.summary() for r in tables.rows], "published": tables.published,
                "sensitivity": tables.sensitivity, "shortcut_bites": tables.bites, "verdict": tables.verdict,
-               "verdict_summary": tables.summary,
+               "verdict_summary": tables.summary, "worst_group": worst_group_rows(tables.rows),
                "sweep": tables.sweep,
                "runs": runs}
     md = render_markdown(tables, header, environment, len(records))

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from ..record import Record
 from ..config import PAPER_CONFIG
-from .records import SETTING_KEYS, Row, by_setting, paper_match
+from .records import BASELINE, SETTING_KEYS, Row, by_setting, paper_match
 from .stats import welch_diff
 
 #: Config fields that tell runs apart, as opposed to settings shared by a whole report.
@@ -76,7 +76,7 @@ def verdict_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     method's difference from it in points, with its 95 % interval, and its effect
     (:func:`effect`)."""
     out = []
-    for base in (r for r in rows if r.compared and not r.guided and r.input_transform == "none"):
+    for base in (r for r in rows if r.compared and r.method == BASELINE and r.input_transform == "none"):
         guided = [r for r in rows if r.guided and r.role in ("method", "vlm", "control", "sensitivity")
                   and r.setting == base.setting]
         for g in guided:
@@ -150,7 +150,7 @@ def bite_rows(rows: Sequence[Row]) -> list[dict[str, Any]]:
     shortcut bites (``BITE_POINTS``). Only unguided runs enter, so the settings worth a
     guided method can be fixed from this table before any guided run exists."""
     out = []
-    for base in (r for r in rows if r.compared and not r.guided and r.input_transform == "none"
+    for base in (r for r in rows if r.compared and r.method == BASELINE and r.input_transform == "none"
                  and r.dataset != BOUND_DATASET):
         bound = clean_bound(rows, base.setting)
         if bound is None:

@@ -10,7 +10,9 @@ from typing import Optional
 import typer
 
 from ..data import DATASETS, build_dataset, dataset_path, load_dataset
+from ..data.formats import FORMATS
 from ..data.images import MAX_PIXELS
+from ..errors import L2LError
 from ..data.preview import check_out_file, preview_dataset
 from .app import app
 from .common import DATA_DIR, MNIST_DIR, one_line
@@ -100,19 +102,31 @@ def import_cmd(name: str = typer.Argument(..., help="Name of the new data set (l
                                                "(e.g. bird)."),
                shortcut_word: str = typer.Option("background", "--shortcut", help="What reports call the "
                                                  "spurious cue (e.g. water)."),
+               fmt: str = typer.Option("auto", "--format", help=f"{' | '.join(FORMATS)}: auto reads a folder or a "
+                                       "path,label,split[,group] CSV; waterbirds group_DRO's metadata.csv; redmeat "
+                                       "GALS's food-101 meta/all_images.csv; csv any CSV with --columns."),
+               columns: Optional[str] = typer.Option(None, "--columns", help="--format csv: which column is which, "
+                                                     "e.g. path=img_filename,label=y,split=split,group=place."),
+               split_values: Optional[str] = typer.Option(None, "--split-values", help="--format csv: the split "
+                                                          "column's values, e.g. 0=train,1=val,2=test."),
                data_dir: Optional[Path] = DATA_DIR,
                quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Import your own images as a data set (verified uint8 store, class names and file names kept).
 
     Example: l2l data import birds --from ./birds --size 224   then   l2l train --dataset birds --backbone resnet18
+
+    Published layouts: l2l data import waterbirds --from ./waterbird_complete95_forest2water2 --format waterbirds
     """
+    if fmt not in FORMATS:
+        raise L2LError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     from ..data.imported import import_dataset
 
     t0 = time.perf_counter()
     path, skipped, warnings = import_dataset(name, source, data_dir, size=size, skip_bad=skip_bad, force=force,
                                              progress=not quiet, max_pixels=max_pixels,
                                              words=(object_word.strip() or "object",
-                                                    shortcut_word.strip() or "background"))
+                                                    shortcut_word.strip() or "background"),
+                                             fmt=fmt, columns=columns, split_values=split_values)
     for line in warnings:
         typer.echo(f"warning: {line}", err=True)
     ds = load_dataset(name, data_dir, build=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +28,10 @@ def reproduce(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars (one line per run stays)."),
     plan: bool = typer.Option(False, "--plan", help="List every run (cached, to train, to resume) and the time to "
                                                     "expect, then stop: nothing is built or trained."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Profiles on published data (waterbirds, "
+                                             "redmeat): the release's folder, imported on first use."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="ImageNet weights instead of the profile's "
+                                             "(a .safetensors file or a timm hub id)."),
 ) -> None:
     """Build the data, train every method on ColorMNIST and DecoyMNIST over several
     seeds, and write report.md, results.csv, results.json and figures. Finished runs
@@ -40,12 +45,16 @@ def reproduce(
     if len(named) > 1:
         raise L2LError(f"--quick, --full and --profile exclude each other, got {' and '.join(named)}; pass one of them")
     chosen = PROFILES.get(named[0] if named else "default")
+    if pretrained is not None:
+        if "pretrained" not in chosen.run:
+            raise L2LError(f"profile {chosen.name} trains without ImageNet weights; drop --pretrained")
+        chosen = dataclasses.replace(chosen, run={**chosen.run, "pretrained": pretrained})
     seed_list = parse_seeds(seeds) if seeds is not None else None
     if plan:
-        typer.echo("\n".join(describe_plan(chosen, seed_list, vlm, runs_dir)))
+        typer.echo("\n".join(describe_plan(chosen, seed_list, vlm, runs_dir, data_dir)))
         return
     done = run_all(chosen, seeds=seed_list, vlm=vlm, out=out, runs_dir=runs_dir, data_dir=data_dir,
-                   progress=not quiet, n_jobs=jobs, echo=typer.echo)
+                   progress=not quiet, n_jobs=jobs, echo=typer.echo, data_root=data_root)
     if done["failed"]:
         typer.echo(f"{len(done['failed'])} run(s) diverged before any epoch could be selected and are left out of "
                    "the report (lines marked FAILED above); train them alone with a lower --lambda0 or --lr", err=True)

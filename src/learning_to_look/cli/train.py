@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..config import ATTRIBUTIONS, CE_FILLS, PHASE1_CHOICES, TrainConfig
+from ..config import ATTRIBUTIONS, CE_FILLS, FREEZE_STAGES, PHASE1_CHOICES, UPWEIGHT_BY, TrainConfig
 from ..data import DATASETS, IRRELEVANT_CHOICES
 from ..data.pipeline import INPUT_TRANSFORMS
 from ..errors import L2LError
@@ -78,7 +78,12 @@ def train(
     epochs: Optional[int] = config_flag("epochs"), batch_size: Optional[int] = config_flag("batch_size"),
     lr: Optional[float] = config_flag("lr"), momentum: Optional[float] = config_flag("momentum"),
     weight_decay: Optional[float] = config_flag("weight_decay"), step_size: Optional[int] = config_flag("step_size"),
-    gamma: Optional[float] = config_flag("gamma"),
+    gamma: Optional[float] = config_flag("gamma"), head_lr: Optional[float] = config_flag("head_lr"),
+    freeze_until: Optional[str] = config_flag("freeze_until", " | ".join(FREEZE_STAGES)),
+    upweight_by: Optional[str] = config_flag("upweight_by", " | ".join(UPWEIGHT_BY)),
+    dro_eta: Optional[float] = config_flag("dro_eta"), jtt_epochs: Optional[int] = config_flag("jtt_epochs"),
+    jtt_upweight: Optional[float] = config_flag("jtt_upweight"), afr_gamma: Optional[float] = config_flag("afr_gamma"),
+    afr_lambda: Optional[float] = config_flag("afr_lambda"),
     e_att: Optional[int] = config_flag("e_att", flag="--e-att"),
     phase1: Optional[str] = config_flag("phase1", " | ".join(PHASE1_CHOICES)),
     lambda0: Optional[float] = config_flag("lambda0", f"Per-method default: {per_method('default_lambda')}"),

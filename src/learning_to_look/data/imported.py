@@ -31,6 +31,7 @@ from ..io import atomic_save_npz, folder_lock, sha256_array
 from ..progress import bar
 from .builders import DATASETS, DatasetSpec
 from .images import MAX_PIXELS, fit, open_image
+from .formats import format_items
 from .items import SPLIT_NAMES, Item, classes_and_groups, clean, csv_items, folder_items, shown
 from .store import FORMAT_VERSION, data_folder, dataset_path, read_header
 
@@ -133,9 +134,14 @@ def check_name(name: str) -> None:
                        f"({', '.join(built)})")
 
 
-def _items(source: Path) -> tuple[list[Item], list[str]]:
+def _items(source: Path, fmt: str = "auto", columns: str | None = None,
+           split_values: str | None = None) -> tuple[list[Item], list[str]]:
     """The items to import, cleaned, in split order, and what was said about them."""
-    if source.is_file():
+    if fmt != "auto":
+        items, empty = format_items(fmt, source, columns, split_values), []
+    elif columns or split_values:
+        raise L2LError("--columns and --split-values describe a general CSV; add --format csv")
+    elif source.is_file():
         items, empty = csv_items(source), []
     else:
         items, empty = folder_items(source)
@@ -148,10 +154,12 @@ def _items(source: Path) -> tuple[list[Item], list[str]]:
 
 def import_dataset(name: str, source: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
                    size: int = DEFAULT_SIZE, skip_bad: bool = False, force: bool = False, progress: bool = True,
-                   max_pixels: int = MAX_PIXELS, words: tuple[str, str] = ("object", "background")
+                   max_pixels: int = MAX_PIXELS, words: tuple[str, str] = ("object", "background"),
+                   fmt: str = "auto", columns: str | None = None, split_values: str | None = None
                    ) -> tuple[Path, int, list[str]]:
-    """Import ``source`` (a folder or a CSV) as data set ``name``; returns (its file, images
-    skipped, warnings). The data set's lock is held from the first look to the last write,
+    """Import ``source`` (a folder or a CSV, or a published layout named by ``fmt``,
+    :mod:`.formats`) as data set ``name``; returns (its file, images skipped, warnings).
+    The data set's lock is held from the first look to the last write,
     so two imports of one name never both write."""
     check_name(name)
     if not 8 <= size <= 1024:
@@ -165,7 +173,7 @@ def import_dataset(name: str, source: str | os.PathLike, data_dir: str | os.Path
         if path.exists() and not force:
             raise L2LError(f"data set {name} already exists at {path}; pass --force to import it again")
         t0 = time.perf_counter()
-        items, warnings = _items(source)
+        items, warnings = _items(source, fmt, columns, split_values)
         masks = (source.parent if source.is_file() else source) / "masks"
         kept, images, objects, masked, bad = _read_all(items, size, masks if masks.is_dir() else None, skip_bad,
                                                        progress, max_pixels)

@@ -9,7 +9,7 @@ package that registers itself with :func:`register_method`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +36,10 @@ class Batch:
     x: Tensor  # (N, C, H, W) normalised inputs, or uint8 images when size > 0; C = 1 is widened to 3 by take()
     y: Tensor  # (N,) labels
     aux: dict[str, Tensor] = field(default_factory=dict)  # name -> (N, ...)
-    groups: Tensor | None = None  # (N,) group labels of spurious-correlation data, read by validation only
+    groups: Tensor | None = None  # (N,) group labels of spurious-correlation data (validation; methods that use them)
     size: int = 0  # input side that take() converts uint8 images to; 0: x holds inputs already
     transform: str = "none"  # the input transform take() applies to uint8 images
+    key: str = ""  # identity of the rows (data set hash and row indices), naming their cached features
 
     def __len__(self) -> int:
         return len(self.y)
@@ -48,13 +49,15 @@ class Batch:
         uint8 images stay on the host, where they are converted."""
         return Batch(self.x if self.size else self.x.to(device), self.y.to(device),
                      {k: v.to(device) for k, v in self.aux.items()},
-                     None if self.groups is None else self.groups.to(device), self.size, self.transform)
+                     None if self.groups is None else self.groups.to(device), self.size, self.transform, self.key)
 
     def take(self, idx: Tensor, device: torch.device) -> "Batch":
         """Rows ``idx`` on ``device`` as network inputs, grey widened to RGB (kept grey in memory)."""
         x = to_input(self.x[idx.cpu()], self.size, self.transform) if self.size else self.x[idx]  # (B,C,S,S)
-        return Batch(as_rgb(x.to(device, non_blocking=True)), self.y[idx].to(device, non_blocking=True),
-                     {k: v[idx].to(device, non_blocking=True) for k, v in self.aux.items()})
+        x = x.to(device, non_blocking=True).float()
+        return Batch(as_rgb(x), self.y[idx].to(device, non_blocking=True),
+                     {k: v[idx].to(device, non_blocking=True) for k, v in self.aux.items()},
+                     None if self.groups is None else self.groups[idx].to(device))
 
 
 class Method:
@@ -81,12 +84,22 @@ class Method:
     #: the cross-entropy and the CAM alignment KL, and nothing else (PROTOCOL 3.7).
     stackable: ClassVar[bool] = True
     #: The config fields only this method reads, each with its default (declared once,
-    #: here): :func:`resolve` fills them in for this method and refuses them for others.
+    #: here; a callable default is computed from the config): :func:`resolve` fills them in
+    #: for this method and refuses them for others.
     options: ClassVar[dict[str, Any]] = {}
     #: Seconds per training epoch relative to vanilla's on the same network and data,
     #: which ``l2l reproduce --plan`` uses to cost a run nothing has timed yet. Measured
     #: on DecoyMNIST with the CDEP CNN, one thread, by scripts/epoch_cost.py.
     epoch_cost: ClassVar[float] = 1.0
+    #: Whether training reads group labels (the data set must have them).
+    needs_groups: ClassVar[bool] = False
+    #: Whether the trained network reaches its inputs' pixels in the loss (input gradients,
+    #: decompositions): such a method cannot train on cached features (``--freeze-until``).
+    reads_pixels: ClassVar[bool] = False
+    #: Whether the network goes back to its initial weights during training (:meth:`restarts_model`).
+    restarts: ClassVar[bool] = False
+    #: Share of the training split kept out of training, for a second stage (:meth:`after_fit`).
+    holdout: ClassVar[float] = 0.0
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -113,6 +126,41 @@ class Method:
 
     def check_dataset(self, spec: Any) -> None:
         """Raise before training when this method cannot work on the data set ``spec`` describes."""
+        if self.needs_groups and not spec.group_names:
+            raise L2LError(f"method {self.name} needs group labels and {spec.name} has none; use a data set with "
+                           "groups (shapes-bg, --format waterbirds, or an import with a group column)")
+
+    def check_options(self) -> None:
+        """Raise when the method's own fields (filled in) cannot work together with the rest of the config."""
+
+    def prepare(self, train: Batch) -> None:
+        """Read what the method needs of the whole training split (class or group counts) before training."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the method keeps between steps (tensors), saved with each checkpoint so a run resumes exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def before_epoch(self, epoch: int, model: Backbone, train: Batch, device: torch.device) -> None:
+        """Called at the start of each epoch, before any step (JTT finds its error set here)."""
+
+    def rows(self, epoch: int, n: int) -> Tensor | None:
+        """The training rows of this epoch (repeats allowed), shuffled by the trainer; None: all ``n`` once."""
+        return None
+
+    def after_fit(self, model: Backbone, splits: dict[str, Batch | None],
+                  embed: Callable[[Batch], Tensor]) -> dict[str, Any] | None:
+        """A second stage on the selected ``model``, before the test split is read: last-layer
+        retraining replaces its head here. ``splits``: "train", "val" and "held" (the rows
+        :attr:`holdout` kept out); ``embed`` gives a split's cached pooled features (N, D).
+        Returns what the record keeps of it, None for methods without one."""
+        return None
+
+    def restarts_model(self, epoch: int) -> bool:
+        """Whether the network goes back to its initial weights at the start of ``epoch``."""
+        return False
 
     def lambda_default(self) -> float:
         """lambda0 when the config leaves it unset."""

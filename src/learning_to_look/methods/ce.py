@@ -29,6 +29,7 @@ class Counterexamples(Method):
     summary = ("CE on each batch and on k copies with the same labels whose irrelevant component (a region, "
                "texture or colour, located by the map) is randomised")
     uses_maps = True
+    reads_pixels = True  # its loss reaches the input pixels: no cached features
     stackable = False
     options = {"counterexamples": 1,  # copies per image, the XIL typology's MNIST setting
                "ce_fill": "noise"}  # the XIL typology's only strategy, "random"

@@ -34,6 +34,11 @@ class Energy(Method):
     epoch_cost = 1.0  # CAM or Grad-CAM, measured (scripts/epoch_cost.py): the second backward stops at the features
     IXG_COST = 2.3  # input x gradient, measured likewise: double backpropagation to the input
 
+    @property
+    def reads_pixels(self) -> bool:  # type: ignore[override]
+        """Input x gradient reaches the pixels (no cached features); CAM and Grad-CAM stop at the features."""
+        return self.cfg.attribution == "input-x-gradient"
+
     def relative_cost(self) -> float:
         return self.IXG_COST if self.cfg.attribution == "input-x-gradient" else self.epoch_cost
 

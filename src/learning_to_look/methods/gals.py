@@ -23,6 +23,7 @@ class GALS(Method):
     paper = "Petryk, Dunlap, Nasseri, Gonzalez, Darrell, Rohrbach, CVPR 2022"
     summary = "CE + λ · mean abs(∂CE/∂x ⊙ (1 − map)): the L1 of the loss's input gradient outside the map"
     uses_maps = True
+    reads_pixels = True  # its loss reaches the input pixels: no cached features
     stackable = False  # the penalty is on input gradients, not the CAM
     default_lambda = 10_000.0  # GALS's GRADIENT_OUTSIDE weight in all its configs (configs/*_gals.yaml)
     epoch_cost = 2.5  # measured (scripts/epoch_cost.py): double backpropagation to the input

@@ -19,6 +19,7 @@ class RegionPrior(Method):
 
     uses_maps = True
     stackable = False  # the penalty is on input attributions, not the CAM
+    reads_pixels = True
 
     def aux(self, maps: Tensor, backbone: type[Backbone]) -> dict[str, Tensor]:
         """Where the input attribution is penalised, 1 - map at input resolution (N, 1, H, W);

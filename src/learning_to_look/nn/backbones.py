@@ -8,7 +8,7 @@ hooks. A registry (as in DomainBed) lets configs and the CLI name them.
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,10 @@ class Backbone(nn.Module):
     #: Whether the network takes any input side (convolutions then global pooling); a
     #: flatten + MLP head fixes it to ``input_size``.
     any_size: ClassVar[bool] = False
+    #: Named parts, in order, that the network can be frozen up to (``--freeze-until``).
+    stages: ClassVar[tuple[str, ...]] = ()
+    #: Names of the classifier head's parameters start with this (its own learning rate).
+    head_prefix: ClassVar[str] = "fc."
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
@@ -85,6 +89,16 @@ class Backbone(nn.Module):
     @property
     def classifier_weight(self) -> Tensor:
         raise L2LError(f"backbone {self.name!r} has no linear-on-GAP classifier, so CAM is undefined; use Grad-CAM")
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The input of the linear head (B, D), which last-layer retraining (DFR, AFR) fits on."""
+        raise L2LError(f"backbone {self.name!r} has no linear head on pooled features to retrain; use "
+                       "--backbone lenet-gap, resnet18 or resnet50")
+
+    @property
+    def head(self) -> nn.Linear:
+        """The linear head on :meth:`embed`."""
+        return self.fc
 
     def decompose(self, part: Tensor, rest: Tensor) -> tuple[Tensor, Tensor]:
         """Contextual decomposition (:mod:`learning_to_look.cd`) of the logits into what the
@@ -129,8 +143,14 @@ class LeNetGAP(Backbone):
         self._check_input(x)
         h = F.max_pool2d(F.relu(self.conv1(x)), 2)
         features = self.conv2(h)
-        pooled = F.max_pool2d(F.relu(features), 2).mean(dim=(2, 3))
-        return self.fc(pooled), features
+        return self.fc(self._pool(features)), features
+
+    @staticmethod
+    def _pool(features: Tensor) -> Tensor:
+        return F.max_pool2d(F.relu(features), 2).mean(dim=(2, 3))  # (B,16)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self._pool(self.forward(x)[1])
 
     @property
     def classifier_weight(self) -> Tensor:
@@ -153,6 +173,7 @@ class CDEPNet(Backbone):
     input_size = 28
     feature_size = 8  # 28 -conv5-> 24 -pool2-> 12 -conv5-> 8
     has_gap_classifier = False
+    head_prefix = "fc2."
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__(num_classes, in_channels)
@@ -242,14 +263,15 @@ class ResNetGAP(Backbone):
     has_gap_classifier = True
     pretrainable = True
     any_size = True
+    stages = ("stem", "layer1", "layer2", "layer3", "layer4")
+    block: ClassVar[type[BasicBlock] | type[Bottleneck]]
+    depths: ClassVar[tuple[int, int, int, int]]
 
     @classmethod
     def feature_side(cls, size: int) -> int:
         for _ in range(5):  # the stem's conv and pool, then layers 2-4: each halves, rounding up
             size = (size + 1) // 2
         return size
-    block: ClassVar[type[BasicBlock] | type[Bottleneck]]
-    depths: ClassVar[tuple[int, int, int, int]]
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__(num_classes, in_channels)
@@ -269,13 +291,34 @@ class ResNetGAP(Backbone):
         for m in self.modules():  # He init, as timm and torchvision do
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        #: A stage whose output ``forward`` takes instead of images (a frozen part's cached
+        #: output, ``--freeze-until``); None: images.
+        self.start_after: str | None = None
+
+    def _stem(self, x: Tensor) -> Tensor:
+        x = ((x + 1) / 2 - self.mean) / self.std  # (B,3,S,S): [-1, 1] -> ImageNet statistics
+        return F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)  # (B,64,S/4,S/4)
+
+    def _part(self, stage: str) -> Any:
+        return self._stem if stage == "stem" else getattr(self, stage)
+
+    def run_until(self, x: Tensor, stage: str) -> Tensor:
+        """The output of ``stage`` (B,C,h,w) for images ``x``: what a frozen part computes."""
+        self._check_input(x)
+        for name in self.stages[:self.stages.index(stage) + 1]:
+            x = self._part(name)(x)
+        return x
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self._check_input(x)
-        x = ((x + 1) / 2 - self.mean) / self.std  # (B,3,S,S): [-1, 1] -> ImageNet statistics
-        h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)  # (B,64,S/4,S/4)
-        features = self.layer4(self.layer3(self.layer2(self.layer1(h))))  # (B,C,S/32,S/32), 7x7 at 224
-        return self.fc(features.mean(dim=(2, 3))), features
+        if self.start_after is None:
+            self._check_input(x)
+        begin = 0 if self.start_after is None else self.stages.index(self.start_after) + 1
+        for name in self.stages[begin:]:
+            x = self._part(name)(x)
+        return self.fc(x.mean(dim=(2, 3))), x  # features (B,C,S/32,S/32), 7x7 at 224
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.forward(x)[1].mean(dim=(2, 3))  # (B,C)
 
     @property
     def classifier_weight(self) -> Tensor:

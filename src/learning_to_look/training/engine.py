@@ -27,7 +27,8 @@ from ..nn.backbones import Backbone, build_backbone
 from ..nn.pretrained import load_pretrained
 from ..progress import bar
 from .checkpoints import load_checkpoint, save_checkpoint
-from .evaluate import group_accuracy
+from .evaluate import balanced_accuracy, group_accuracy, group_shares
+from .features import freeze
 from .resolve import Resolved
 from .selection import check_selection_state, chosen, keep_if_best, no_selection, scored, selection_note, unselected
 
@@ -44,20 +45,25 @@ def set_determinism(seed: int) -> None:
                     "effect: GPU results may differ in the last digits between runs; import learning_to_look first")
 
 
-def _validate(model: Backbone, method: Method, val: Batch, device: torch.device) -> dict[str, float]:
-    """Validation metrics used for selection: accuracy and the method's own per-image
-    metrics (e.g. the attention's KL to its target), nan-averaged."""
+def _validate(model: Backbone, method: Method, val: Batch, device: torch.device,
+              shares: dict[int, float] | None = None) -> dict[str, float]:
+    """Validation metrics used for selection: accuracy, class-balanced accuracy, the
+    group accuracies (``shares``: the training groups' shares, for their weighted
+    average) and the method's own per-image metrics (e.g. the attention's KL to its
+    target), nan-averaged."""
     model.eval()
-    correct, per_image = [], {}
+    predicted, per_image = [], {}
     for idx in batch_indices(len(val), eval_batch_size(model.input_size), shuffle=False):
         b = val.take(idx, device)
         logits, metrics = method.validate(model, b)
-        correct.append(logits.argmax(1) == b.y)  # (B,)
+        predicted.append(logits.argmax(1))  # (B,)
         for k, v in metrics.items():
             per_image.setdefault(k, []).append(v)
-    right = torch.cat(correct)  # (N,)
-    groups = {} if val.groups is None else group_accuracy(right, val.groups.to(right.device))
-    return ({"val_acc": 100.0 * float(right.float().mean())}
+    pred = torch.cat(predicted)  # (N,)
+    y = val.y.to(pred.device)
+    right = pred == y  # (N,)
+    groups = {} if val.groups is None else group_accuracy(right, val.groups.to(right.device), shares)
+    return ({"val_acc": 100.0 * float(right.float().mean()), "val_balanced_accuracy": balanced_accuracy(right, y)}
             | {f"val_{k}": v for k, v in groups.items() if k != "group_accuracy"}
             | {f"val_{k}": float(torch.nanmean(torch.cat(v))) for k, v in per_image.items()})
 
@@ -71,12 +77,27 @@ def stopped_note(why: str, epoch: int) -> str:
     return f"{why}: stopped there, the epoch is selected from epochs 0-{epoch - 1}"
 
 
+def _param_groups(model: Backbone, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters (a frozen part has none), the head in its own group at
+    ``head_lr`` where the schedule gives the head its own rate (GALS's two rates)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.head_lr is None:
+        return [{"params": [p for _, p in named]}]
+    head = model.head_prefix
+    return [{"params": [p for n, p in named if not n.startswith(head)]},
+            {"params": [p for n, p in named if n.startswith(head)], "lr": cfg.head_lr}]
+
+
 def _optimizer(model: Backbone, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The schedule's optimiser and learning-rate scheduler, fresh (momentum buffers empty)."""
+    """The schedule's optimiser and learning-rate scheduler, fresh (momentum buffers empty);
+    SGD without a step size keeps its rate constant (GALS)."""
+    groups = _param_groups(model, cfg)
     if SCHEDULES.get(cfg.schedule).optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.step_size is not None:
+            return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+        return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
@@ -103,8 +124,11 @@ def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim
     model.train()
     sums: dict[str, float] = {}
     seen = 0
-    batches = bar(batch_indices(len(train), batch_size, shuffle), show=progress, total=-(-len(train) // batch_size),
-                  desc=f"epoch {epoch}", leave=False)
+    rows = method.rows(epoch, len(train))  # (M,) rows with repeats, or None: each row once
+    order = batch_indices(len(train), batch_size, shuffle) if rows is None else \
+        rows[torch.randperm(len(rows), generator=shuffle)].split(batch_size)
+    total = len(train) if rows is None else len(rows)
+    batches = bar(order, show=progress, total=-(-total // batch_size), desc=f"epoch {epoch}", leave=False)
     for step, idx in enumerate(batches):
         batch = train.take(idx, device)
         if augmentation:
@@ -133,9 +157,11 @@ def _is_training_state(state: Any, path: Path) -> None:
 
 
 def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.device,
-            shuffle: torch.Generator) -> tuple[Any, Any, list[dict[str, Any]], dict[str, Any], int, float] | None:
+            shuffle: torch.Generator) -> tuple[Any, Any, list[dict[str, Any]], dict[str, Any], int, float,
+                                               dict[str, Any]] | None:
     """The state saved after the last good epoch, loaded into ``model`` and ``shuffle``:
-    (optimizer, scheduler, history, best, next epoch, wall seconds spent so far); None
+    (optimizer, scheduler, history, best, next epoch, wall seconds spent so far, the
+    method's own state); None
     when there is no good checkpoint to resume from."""
     state = load_checkpoint(checkpoint, _is_training_state, map_location=device, weights_only=False)
     if state is None:
@@ -152,17 +178,19 @@ def _resume(checkpoint: Path, cfg: TrainConfig, model: Backbone, device: torch.d
         torch.set_rng_state(state["rng"].cpu())
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-    return opt, sched, state["history"], state["best"], state["epoch"] + 1, state.get("wall_seconds", 0.0)
+    return opt, sched, state["history"], state["best"], state["epoch"] + 1, state.get("wall_seconds", 0.0), \
+        state.get("method", {})
 
 
 def _save(checkpoint: Path, cfg: TrainConfig, epoch: int, model: Backbone, opt: Any, sched: Any,
-          shuffle: torch.Generator, history: list[dict[str, Any]], best: dict[str, Any], wall_seconds: float) -> None:
+          shuffle: torch.Generator, history: list[dict[str, Any]], best: dict[str, Any], wall_seconds: float,
+          method: dict[str, Any]) -> None:
     """Everything :func:`_resume` needs to go on after ``epoch`` as if never stopped, written atomically."""
     save_checkpoint(checkpoint, {"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
                                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                                  "shuffle": shuffle.get_state(), "rng": torch.get_rng_state(),
                                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                                 "history": history, "best": best, "wall_seconds": wall_seconds})
+                                 "history": history, "best": best, "wall_seconds": wall_seconds, "method": method})
 
 
 def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Backbone:
@@ -175,7 +203,8 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Backbone
 
 
 def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = None, progress: bool = True,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None, started: float | None = None) -> FitResult:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None, started: float | None = None,
+        features: Path | None = None) -> FitResult:
     """Train the resolved ``run`` and select an epoch on ``val``; takes no test data at all.
 
     With ``checkpoint`` the full state is written atomically after every epoch and a
@@ -186,13 +215,21 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
     A loss that becomes NaN ends training: the epochs before it are whole, so the
     epoch is selected from them as usual and the result says where it stopped
     (``stopped``). Diverging before any eligible epoch leaves no model and is an error.
+
+    With ``freeze_until`` the frozen part's outputs are cached in the folder ``features``
+    (:mod:`.features`), computed once for every run that shares that part.
     """
     started = time.perf_counter() if started is None else started
     cfg, method = run.cfg, run.method
     device = pick_device(cfg.device)
     model = _model(cfg, run.spec.num_classes, device)
     method.check_backbone(model)
+    if cfg.freeze_until:  # the frozen part runs once here; training sees its cached output
+        train, val = freeze(model, cfg.freeze_until, train, val, features, device)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()} if method.restarts else None
     train, val = train.to(device), val.to(device)
+    method.prepare(train)
+    shares = None if train.groups is None else group_shares(train.groups)
     opt, sched = _optimizer(model, cfg)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
@@ -200,12 +237,16 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
     stopped = None
     start, prior = 0, 0.0
     if checkpoint is not None and (resumed := _resume(checkpoint, cfg, model, device, shuffle)) is not None:
-        opt, sched, history, best, start, prior = resumed
+        opt, sched, history, best, start, prior, kept_state = resumed
+        method.load_state_dict(kept_state)
 
     epochs = bar(range(start, cfg.epochs), show=progress, initial=start, total=cfg.epochs,
                  desc=f"{cfg.method} seed {cfg.seed}", leave=False)
     for epoch in epochs:
         t0 = time.perf_counter()
+        method.before_epoch(epoch, model, train, device)  # may read the model before it restarts (JTT)
+        if method.restarts_model(epoch):
+            model.load_state_dict(initial)
         if method.resets_optimizer(epoch):
             opt, sched = _optimizer(model, cfg)
         row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch),
@@ -219,7 +260,7 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
             stopped = stopped_note(str(err), epoch)
             break
         sched.step()
-        row = scored(cfg, row | _validate(model, method, val, device), method.eligible(epoch))
+        row = scored(cfg, row | _validate(model, method, val, device, shares), method.eligible(epoch))
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         best = keep_if_best(best, row, model.state_dict())
@@ -227,12 +268,14 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
                            **({"val_kl": f"{row['val_kl']:.3f}"} if "val_kl" in row else {}))
         if checkpoint is not None:
             _save(checkpoint, cfg, epoch, model, opt, sched, shuffle, history, best,
-                  prior + time.perf_counter() - started)
+                  prior + time.perf_counter() - started, method.state_dict())
         if on_epoch is not None:
             on_epoch(row)
     rule, kept = chosen(best)
     if kept["state"] is None:
         raise L2LError(no_selection(cfg, history))
     model.load_state_dict(kept["state"])
+    if cfg.freeze_until:
+        model.start_after = None  # the selected network takes images again, for the test split
     return FitResult(model, history, kept["epoch"], kept["score"], prior, stopped, rule,
                      selection_note(best, cfg.selection_beta))

@@ -35,23 +35,58 @@ def digit_masks(digits: np.ndarray, dilate: int = 3) -> torch.Tensor:
     return F.max_pool2d(m, dilate, stride=1, padding=dilate // 2)[:, 0]
 
 
-def group_accuracy(correct: torch.Tensor, groups: torch.Tensor) -> dict[str, Any]:
-    """Accuracy per group, its minimum and its unweighted mean over the groups present
-    (Sagawa et al. 2020): a model that reads a spurious feature fails its minority groups,
-    which the overall accuracy of a majority-heavy split hides. ``correct`` (N,) bool,
-    ``groups`` (N,) int; accuracies in percent, keys of ``group_accuracy`` the group ids."""
+def group_shares(groups: torch.Tensor) -> dict[int, float]:
+    """Each group's share of ``groups`` (N,) int: the training split's, which weigh the
+    group accuracies in group_DRO's, JTT's and DFR's average."""
+    ids, counts = torch.unique(groups, return_counts=True)  # (G,), (G,)
+    return {int(g): float(c) / len(groups) for g, c in zip(ids, counts)}
+
+
+def group_accuracy(correct: torch.Tensor, groups: torch.Tensor,
+                   shares: dict[int, float] | None = None) -> dict[str, Any]:
+    """Accuracy per group and three summaries, each by its convention (Sagawa et al.
+    2020): a model that reads a spurious feature fails its minority groups, which the
+    overall accuracy of a majority-heavy split hides.
+    - ``worst_group_accuracy``: the lowest group accuracy;
+    - ``mean_group_accuracy``: their plain mean over the groups present (GALS's);
+    - ``weighted_group_accuracy``: weighted by each group's share of the training split
+      (``shares``; group_DRO's, JTT's, DFR's "average accuracy"), absent without shares.
+    ``correct`` (N,) bool, ``groups`` (N,) int; accuracies in percent."""
     present = torch.unique(groups)  # (G,)
     per = {int(g): float(correct[groups == g].float().mean()) * 100 for g in present}
-    return {"worst_group_accuracy": min(per.values()), "mean_group_accuracy": sum(per.values()) / len(per),
-            "group_accuracy": {str(g): a for g, a in per.items()}}
+    out = {"worst_group_accuracy": min(per.values()), "mean_group_accuracy": sum(per.values()) / len(per)}
+    if shares:
+        total = sum(shares.get(g, 0.0) for g in per)
+        out["weighted_group_accuracy"] = sum(a * shares.get(g, 0.0) for g, a in per.items()) / total
+    return out | {"group_accuracy": {str(g): a for g, a in per.items()}}
+
+
+def confusion_matrix(y: torch.Tensor, predicted: torch.Tensor, k: int) -> torch.Tensor:
+    """(K, K) counts, rows the true class and columns the predicted one."""
+    return torch.bincount(y * k + predicted, minlength=k * k).view(k, k)
+
+
+def balanced_accuracy(correct: torch.Tensor, y: torch.Tensor) -> float:
+    """The mean over the classes present of each class's accuracy, in percent (GALS selects on it)."""
+    return float(torch.stack([correct[y == c].float().mean() for c in torch.unique(y)]).mean()) * 100
+
+
+def class_metrics(y: torch.Tensor, predicted: torch.Tensor, classes: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Balanced accuracy, per-class accuracy (by class name, classes present) and the confusion matrix."""
+    m = confusion_matrix(y, predicted, len(classes))  # (K,K)
+    per = {classes[c]: 100.0 * float(m[c, c]) / float(m[c].sum()) for c in range(len(classes)) if m[c].sum()}
+    return {"balanced_accuracy": balanced_accuracy(y == predicted, y), "class_accuracy": per,
+            "confusion": m.tolist()}
 
 
 def evaluate_split(model: Backbone, split: Split, input_transform: str = "none", batch_size: int | None = None,
-                   device: torch.device | str = "cpu", progress: bool = False) -> dict[str, Any]:
-    """Accuracy, group accuracy and, where the split knows its objects and decoys, the
-    attention metrics of ``model`` on ``split`` (one pass, converting the uint8 images
-    batch by batch). Where only some images have an object mask, the object metrics are
-    measured on those alone, and ``masked_images`` says how many."""
+                   device: torch.device | str = "cpu", progress: bool = False,
+                   shares: dict[int, float] | None = None, classes: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Accuracy, balanced and per-class accuracy, the confusion matrix, group accuracy
+    (weighted by the training groups' ``shares``) and, where the split knows its objects
+    and decoys, the attention metrics of ``model`` on ``split`` (one pass, converting
+    the uint8 images batch by batch). Where only some images have an object mask, the
+    object metrics are measured on those alone, and ``masked_images`` says how many."""
     model.eval()
     size, hw = model.input_size, tuple(split.images.shape[-2:])
     batch_size = batch_size or eval_batch_size(size)
@@ -72,11 +107,11 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
         y = y_all[sl].to(device)
         if not regions:  # nothing to measure attention on (an import without masks): accuracy only
             with torch.no_grad():
-                sums.setdefault("correct", []).append((model(x)[0].argmax(1) == y).cpu())
+                sums.setdefault("predicted", []).append(model(x)[0].argmax(1).cpu())
             continue
         x.requires_grad_(True)
         logits, att = attention(model, x, y, create_graph=False)  # (B,K), (B,h,w)
-        sums.setdefault("correct", []).append((logits.argmax(1) == y).cpu())
+        sums.setdefault("predicted", []).append(logits.argmax(1).cpu())
         grads = input_gradients(logits, x, create_graph=False, target="true-logit", labels=y)  # (B,3,S,S)
         att_img = to_image(att.detach(), hw).clamp_min(0).cpu()  # (B,H,W)
         grad_img = F.interpolate(grads.detach().abs().sum(1, keepdim=True), size=hw, mode="area")[:, 0].cpu()
@@ -86,8 +121,11 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
         if oracle is not None:
             q = outline_target(oracle[sl], threshold=0.5, upsample=size, size=att.shape[-1])  # (B,h,w)
             sums.setdefault("kl_to_oracle", []).append(kl_per_image(minmax_normalize(att.detach().cpu()), q))
-    correct = torch.cat(sums.pop("correct"))  # (N,)
+    predicted = torch.cat(sums.pop("predicted"))  # (N,)
+    correct = predicted == y_all  # (N,)
+    names = classes or tuple(str(c) for c in range(model.num_classes))
     out: dict[str, Any] = {"accuracy": float(correct.float().mean()) * 100, "n": int(len(y_all))}
+    out |= class_metrics(y_all.long(), predicted, names)
     unmasked = {k for k in sums if "digit" in k or k == "kl_to_oracle"}  # measured against the object mask
     for k, v in sums.items():
         values = torch.cat(v)  # (N,)
@@ -97,7 +135,7 @@ def evaluate_split(model: Backbone, split: Split, input_transform: str = "none",
     if known is not None:
         out["masked_images"] = int(known.sum()) if split.digits is not None else 0
     if split.groups is not None:
-        out |= group_accuracy(correct, torch.as_tensor(split.groups))
+        out |= group_accuracy(correct, torch.as_tensor(split.groups), shares)
     return out
 
 

@@ -83,6 +83,12 @@ class Profile:
     sensitivity: Sensitivity = field(default_factory=Sensitivity)
     #: A smoke profile's numbers mean nothing; its figures say so across their face.
     smoke: bool = False
+    #: An imported data set the profile trains on: {name, format} (``l2l data import --format``),
+    #: imported from ``--data-root`` when it is not in the data folder yet.
+    data: dict[str, str] | None = None
+    #: The rows ``--vlm WEIGHTS`` adds on the profile's own data set: {methods, maps, options};
+    #: None: the paper's (:attr:`Paper.vlm`) on the benchmarks.
+    vlm: dict[str, Any] | None = None
 
 
 @dataclass
@@ -131,7 +137,7 @@ def load_paper(path: Path = PROFILES_FILE) -> Paper:
         cells = _profile_cells(raw["cell_sets"], p["cells"], benchmarks)
         sensitivity = Sensitivity(**{"method": raw["sensitivity_method"], **sens})
         profiles.add(name, Profile(name, p["description"], list(p["seeds"]), dict(p["run"]), cells, sensitivity,
-                                   bool(p.get("smoke", False))))
+                                   bool(p.get("smoke", False)), p.get("data"), p.get("vlm")))
     return Paper(benchmarks, dict(raw["vlm"]), profiles)
 
 
@@ -143,18 +149,26 @@ NO_VLM_LINE = ("no VLM weights given (--vlm), so the VLM rows are skipped; guida
                "weights: oracle (annotation), intensity (image-statistic), degraded-oracle (annotation)")
 
 
-def vlm_cells(vlm: str) -> list[Cell]:
+def vlm_cells(vlm: str, profile: Profile) -> list[Cell]:
+    """The rows guided by the VLM ``vlm``: the profile's own (its methods on its data set),
+    else the paper's method and CLIP backend on every benchmark."""
+    if profile.vlm is not None and profile.data is not None:
+        spec = profile.vlm
+        return [Cell(profile.data["name"], m, spec["maps"], role="vlm",
+                     map_options={"vlm": str(vlm), **spec.get("options", {})}) for m in spec["methods"]]
     spec = PAPER.vlm
     return [Cell(ds, spec["method"], spec["maps"], role="vlm",
                  map_options={"vlm": str(vlm), "variant": spec["variant"]})
             for ds in PAPER.benchmarks]
 
 
-def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None) -> list[tuple[Cell, Resolved]]:
+def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None,
+         data_dir: Path | None = None) -> list[tuple[Cell, Resolved]]:
     """Every (cell, resolved config) to train, seed-major so an early stop still covers every
     cell. Cells that resolve to the same run (vanilla written with two map sources, say)
     are planned once: one folder, one record, each seed counted once."""
-    main = profile.cells + (vlm_cells(vlm) if vlm else [])
+    check_imported(profile, data_dir)
+    main = profile.cells + (vlm_cells(vlm, profile) if vlm else [])
     sens = profile.sensitivity.cells()
     main_seeds = seeds or profile.seeds
     sens_seeds = seeds or profile.sensitivity.seeds or profile.seeds
@@ -162,7 +176,7 @@ def plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = Non
     for seed in sorted(set(main_seeds) | set(sens_seeds)):
         cells = [c for c in main if seed in main_seeds] + [c for c in sens if seed in sens_seeds]
         for cell in cells:
-            run = resolve_run(cell.config(profile.run, seed))
+            run = resolve_run(cell.config(profile.run, seed), data_dir)
             key = (run.cfg.fingerprint(), seed)
             if key not in planned:
                 planned.add(key)
@@ -222,12 +236,40 @@ def _estimate(run: Resolved, folder: Path, by_group: dict[Path, list[float]],
     return None
 
 
+def check_imported(profile: Profile, data_dir: Path | None) -> None:
+    """A profile on an imported data set needs it imported (``--data-root`` does that)."""
+    if profile.data and not dataset_path(profile.data["name"], data_dir).is_file():
+        name, fmt = profile.data["name"], profile.data["format"]
+        raise L2LError(f"profile {profile.name} trains on the data set {name}, not imported in "
+                       f"{dataset_path(name, data_dir).parent}; pass --data-root DIR (the {fmt} release) or run "
+                       f"`l2l data import {name} --from DIR --format {fmt}` first")
+
+
+def import_data(profile: Profile, data_root: Path | None, data_dir: Path | None,
+                echo: Callable[[str], None]) -> None:
+    """Import the profile's data set from ``data_root`` when it is not in the data folder yet."""
+    if profile.data is None:
+        if data_root is not None:
+            raise L2LError(f"--data-root is for profiles on imported data (waterbirds, redmeat); profile "
+                           f"{profile.name} builds its own; drop it")
+        return
+    name, fmt = profile.data["name"], profile.data["format"]
+    if dataset_path(name, data_dir).is_file() or data_root is None:
+        return
+    from ..data.imported import import_dataset
+
+    path, skipped, warnings = import_dataset(name, data_root, data_dir, fmt=fmt, progress=False)
+    for line in warnings:
+        echo(f"warning: {line}")
+    echo(f"data {name}: imported from {data_root} ({fmt}) -> {path}" + (f", {skipped} bad files" if skipped else ""))
+
+
 def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | None = None,
-                  runs_dir: Path | None = None) -> list[str]:
+                  runs_dir: Path | None = None, data_dir: Path | None = None) -> list[str]:
     """What ``reproduce`` would do, one line per run (cached, to train, or to resume),
     then a total with the time to expect (:func:`_estimate`); nothing is built or trained."""
     runs_dir = Path(runs_dir or default_runs_dir())
-    jobs, (by_group, similar) = plan(profile, seeds, vlm), _finished_times(runs_dir)
+    jobs, (by_group, similar) = plan(profile, seeds, vlm, data_dir), _finished_times(runs_dir)
     lines, todo, timed, unknown = [], 0, {"same": [], "alike": [], "scaled": []}, 0
     for k, (cell, run) in enumerate(jobs, 1):
         cfg, folder = run.cfg, run_dir_for(run.cfg, runs_dir)
@@ -255,27 +297,30 @@ def describe_plan(profile: Profile, seeds: list[int] | None = None, vlm: str | N
     return lines
 
 
-def check_vlm(vlm: str) -> dict[str, Any]:
+def check_vlm(vlm: str, profile: Profile | None = None) -> dict[str, Any]:
     """Load the weights once before any training so a missing model fails in seconds."""
     from ..maps.weights import load_clip
 
     weights = load_clip(vlm)
+    own = profile is not None and profile.vlm is not None and profile.data is not None
     return {"source": str(vlm), "identity": weights.identity, "real_vlm": weights.is_real,
-            "backend": PAPER.vlm["maps"], "variant": PAPER.vlm["variant"]}
+            "backend": profile.vlm["maps"] if own else f"{PAPER.vlm['maps']}/{PAPER.vlm['variant']}"}
 
 
 def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | None = None, out: Path | None = None,
               runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True,
-              n_jobs: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+              n_jobs: int | None = None, echo: Callable[[str], None] = print,
+              data_root: Path | None = None) -> dict[str, Any]:
     """Build the data, train every planned run (reusing what is on disk), write the report
     from the runs' records, as ``l2l report`` would from the same runs."""
     t0 = time.perf_counter()
     pyplot()  # the report ends in figures: fail now, not after hours of training, if matplotlib is missing
     runs_dir = Path(runs_dir or default_runs_dir())
     out = Path(out or Path("reports") / profile.name)
-    jobs = plan(profile, seeds, vlm)
+    import_data(profile, data_root, data_dir, echo)
+    jobs = plan(profile, seeds, vlm, data_dir)
     echo(f"profile {profile.name}: {profile.description}; {len(jobs)} runs -> {out}")
-    _prepare(jobs, data_dir, vlm, echo)
+    _prepare(jobs, data_dir, vlm, echo, profile)
     found = [(cell, run) for cell, run in jobs if has_record(run_dir_for(run.cfg, runs_dir))]
     todo = [(cell, run) for cell, run in jobs if not has_record(run_dir_for(run.cfg, runs_dir))]
     failed = _train(found, todo, len(jobs), runs_dir, data_dir, progress, n_jobs, echo)
@@ -291,16 +336,16 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
 
 
 def _prepare(jobs: list[tuple[Cell, Resolved]], data_dir: Path | None, vlm: str | None,
-             echo: Callable[[str], None]) -> None:
+             echo: Callable[[str], None], profile: Profile | None = None) -> None:
     """Build every data set the plan needs, and say where the maps come from, before any training."""
     for name in sorted({run.cfg.dataset for _, run in jobs}):
         existed = dataset_path(name, data_dir).exists()
         load_dataset(name, data_dir)
         echo(f"data {name}: {'found' if existed else 'built'} in {dataset_path(name, data_dir).parent}")
-    vlm_info = check_vlm(vlm) if vlm else None
+    vlm_info = check_vlm(vlm, profile) if vlm else None
     if vlm_info:
         real = "real pretrained weights" if vlm_info["real_vlm"] else "NOT a real VLM (random-init test weights)"
-        echo(f"VLM maps: {vlm_info['backend']}/{vlm_info['variant']} from {vlm_info['identity']} ({real})")
+        echo(f"VLM maps: {vlm_info['backend']} from {vlm_info['identity']} ({real})")
     else:
         echo(NO_VLM_LINE)
 

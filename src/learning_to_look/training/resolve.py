@@ -68,6 +68,8 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
     method.check_backbone(backbone_class(cfg.backbone, cfg.input_size))
     check_pretrained(cfg.backbone, cfg.pretrained)
     check_logger(cfg.log)
+    if cfg.freeze_until:
+        _check_freeze(cfg, method)
     if method.two_phase and cfg.e_att >= cfg.epochs:
         raise L2LError(f"E_att must lie below the number of epochs, got {cfg.e_att} with {cfg.epochs} epochs; "
                        "pass --e-att below --epochs")
@@ -86,11 +88,12 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
 
 def fill_options(cfg: TrainConfig, method: Method) -> None:
     """The method's own options (``Method.option_defaults``) set to their defaults where
-    unset; any other method option given here would be silently ignored, so it is refused."""
+    unset (a callable default is computed from the config); any other method option given
+    here would be silently ignored, so it is refused. Then the method checks their values."""
     wanted = method.option_defaults()
     for name, default in wanted.items():
         if getattr(cfg, name) is None:
-            setattr(cfg, name, default)
+            setattr(cfg, name, default(cfg) if callable(default) else default)
     for name in sorted({n for m in METHODS.values() for n in m.options} - set(wanted)):
         if getattr(cfg, name) is None:
             continue
@@ -100,6 +103,22 @@ def fill_options(cfg: TrainConfig, method: Method) -> None:
                            f"{method.component}; drop it")
         owners = ", ".join(m.name for m in METHODS.values() if name in m.options)
         raise L2LError(f"{flag} is an option of method {owners}, not of {cfg.method}; drop it")
+    method.check_options()
+
+
+def _check_freeze(cfg: TrainConfig, method: Method) -> None:
+    """``--freeze-until`` needs a backbone with named stages and a method that never reaches the pixels."""
+    backbone = BACKBONES.get(cfg.backbone)
+    if cfg.freeze_until not in backbone.stages:
+        raise L2LError(f"--freeze-until {cfg.freeze_until}: backbone {cfg.backbone} has no such stage "
+                       f"({'its stages: ' + ', '.join(backbone.stages) if backbone.stages else 'it has no stages'}); "
+                       "use --backbone resnet18 or resnet50, or drop --freeze-until")
+    if cfg.augment != "none":
+        raise L2LError("--augment changes the images every epoch, and a frozen part's cached output cannot follow; "
+                       "drop --augment or --freeze-until")
+    if method.reads_pixels:
+        raise L2LError(f"method {cfg.method} reads the input pixels' gradients, which a frozen backbone's cached "
+                       "features do not have; drop --freeze-until or use a CAM-based method")
 
 
 def imported_hash(spec: DatasetSpec, data_dir: str | os.PathLike | Path | None) -> str | None:

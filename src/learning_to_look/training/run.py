@@ -29,7 +29,9 @@ from ..data.pipeline import preconverts
 from ..data.splits import train_val_split_indices
 from ..device import pick_device
 from ..data.imported import dataset_spec
-from ..io import atomic_save_npz, atomic_torch_save, atomic_write_json, clean_stale_tmp, folder_lock, sha256_file
+from ..data.store import data_folder
+from ..io import (atomic_save_npz, atomic_torch_save, atomic_write_json, clean_stale_tmp, folder_lock, sha256_array,
+                  sha256_file)
 from ..maps import cache_meta, map_quality, resolve_maps, validate_maps
 from ..methods import Batch, Method
 from ..nn.backbones import Backbone, backbone_class
@@ -37,7 +39,8 @@ from ..scalars import scalar_log
 from ..record import EXAMPLES_FILE, WEIGHTS_FILE, Record, has_record, read_record, write_record
 from .checkpoints import remove_checkpoints
 from .engine import FitResult, fit
-from .evaluate import evaluate_split, examples
+from .evaluate import evaluate_split, examples, group_shares
+from .features import embeddings
 from .resolve import Resolved, resolve_run
 from .selection import TIE_BREAK
 
@@ -50,6 +53,8 @@ QUALITY_IMAGES = 1000
 DEFAULT_ROLE = "method"
 #: The per-epoch training state of a run still training; removed once its record is written.
 CHECKPOINT_FILE = "checkpoint.pt"
+#: Folder of the feature cache (:mod:`.features`) inside the data folder.
+FEATURES_FOLDER = "features"
 
 
 def default_runs_dir() -> Path:
@@ -57,7 +62,7 @@ def default_runs_dir() -> Path:
 
 
 def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: Method,
-               known: np.ndarray | None = None) -> Batch:
+               known: np.ndarray | None = None, key: str = "") -> Batch:
     """A whole split ready for the network, with the per-image tensors ``method`` asks for;
     an image whose map is not ``known`` (no mask) gets all-zero tensors: no guidance term."""
     backbone = backbone_class(cfg.backbone, cfg.input_size)
@@ -69,8 +74,8 @@ def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: 
     groups = None if split.groups is None else torch.as_tensor(split.groups)  # (N,)
     if preconverts(len(split), split.images.shape[1], backbone.input_size):
         x = to_input(split.images, backbone.input_size, cfg.input_transform)  # (N,C,S,S)
-        return Batch(x, y, aux, groups)
-    return Batch(torch.as_tensor(split.images), y, aux, groups, backbone.input_size, cfg.input_transform)
+        return Batch(x, y, aux, groups, transform=cfg.input_transform, key=key)
+    return Batch(torch.as_tensor(split.images), y, aux, groups, backbone.input_size, cfg.input_transform, key)
 
 
 def resize_note(cfg: TrainConfig, split: Split) -> str | None:
@@ -129,6 +134,7 @@ class Prepared:
     val: Batch
     maps_info: dict[str, Any]
     train_maps: np.ndarray | None  # (N_train, 28, 28) in [0, 1], None for methods without maps
+    held: Batch | None = None  # training rows kept out of training for a method's second stage (AFR)
 
 
 def _maps_split(run: Resolved, dataset: Dataset, used: np.ndarray) -> Split:
@@ -151,6 +157,8 @@ def prepare(run: Resolved, data_dir: Path | None = None, progress: bool = True) 
     tr, va = train_val_split_indices(dataset)
     if cfg.train_subset:  # cut the indices first: only the images used are copied
         tr, va = tr[:cfg.train_subset], va[:max(cfg.train_subset // SUBSET_VAL_DIVISOR, 2)]
+    tr, held = (tr, None) if not method.holdout else (tr[:len(tr) - int(len(tr) * method.holdout)],
+                                                       tr[len(tr) - int(len(tr) * method.holdout):])
     train_split, val_split = dataset.train.subset(tr, "train"), dataset.train.subset(va, "val")
     maps_info: dict[str, Any] = {"name": "none", "kind": "none"}
     maps_train = maps_val = None
@@ -161,8 +169,17 @@ def prepare(run: Resolved, data_dir: Path | None = None, progress: bool = True) 
         maps, maps_info = training_maps(run, mapped, progress)  # (N_mapped, H, W)
         maps_train, maps_val = (maps[tr], maps[va]) if mapped is dataset.train else (maps[:len(tr)], maps[len(tr):])
         maps_info["images_with_maps"] = int(known_train.sum()) if partial else len(train_split)
-    return Prepared(dataset, train_split, val_split, make_batch(train_split, maps_train, cfg, method, known_train),
-                    make_batch(val_split, maps_val, cfg, method, known_val), maps_info, maps_train)
+    key = dataset.content_hash[:16]
+    return Prepared(dataset, train_split, val_split,
+                    make_batch(train_split, maps_train, cfg, method, known_train, key=_rows(key, tr)),
+                    make_batch(val_split, maps_val, cfg, method, known_val, key=_rows(key, va)), maps_info, maps_train,
+                    None if held is None else make_batch(dataset.train.subset(held, "held"), None, cfg, method,
+                                                         key=_rows(key, held)))
+
+
+def _rows(data_hash: str, idx: np.ndarray) -> str:
+    """The identity of rows ``idx`` of a data set: what names their cached features."""
+    return f"{data_hash}-{sha256_array(np.asarray(idx, dtype=np.int64))[:16]}"
 
 
 def quality_of(prep: Prepared) -> dict[str, Any] | None:
@@ -232,11 +249,15 @@ def _train_and_test(run: Resolved, out: Path, data_dir: Path | None, progress: b
     if (note := resize_note(run.cfg, prep.train_split)) is not None:
         log.info(note)
     atomic_write_json(out / "config.json", run.cfg.to_dict())
+    features = data_folder(data_dir) / FEATURES_FOLDER
     with scalar_log(run.cfg.log, out) as log_row:
         fitted = fit(run, prep.train, prep.val, checkpoint=out / CHECKPOINT_FILE, progress=progress,
-                     on_epoch=_both(on_epoch, log_row), started=t0)
+                     on_epoch=_both(on_epoch, log_row), started=t0, features=features)
+    device = pick_device(run.cfg.device)
+    retrained = run.method.after_fit(fitted.model, {"train": prep.train, "val": prep.val, "held": prep.held},
+                                     lambda b: embeddings(fitted.model, b, features, device))
     record = record_run(run.cfg, out, prep, fitted, role, fitted.prior_seconds + time.perf_counter() - t0,
-                        progress=progress)
+                        None if retrained is None else {"last_layer": retrained}, progress=progress)
     remove_checkpoints(out / CHECKPOINT_FILE)
     return record
 
@@ -260,8 +281,9 @@ def record_run(cfg: TrainConfig, out: Path, prep: Prepared, fitted: FitResult, r
     atomic_write_json(out / "config.json", cfg.to_dict())
     atomic_torch_save(out / WEIGHTS_FILE, fitted.model.state_dict())
     # The test split is read here for the first and only time, after selection.
+    shares = None if prep.train_split.groups is None else group_shares(torch.as_tensor(prep.train_split.groups))
     test = evaluate_split(fitted.model, prep.dataset.test, cfg.input_transform, device=pick_device(cfg.device),
-                          progress=progress)
+                          progress=progress, shares=shares, classes=dataset_spec(cfg.dataset).classes)
     write_examples(out / EXAMPLES_FILE, fitted.model, prep, cfg)
     train_seconds = sum(r["seconds"] for r in fitted.history)
     dataset, spec = prep.dataset, dataset_spec(cfg.dataset)

@@ -57,6 +57,10 @@ RULES.register(Rule("val_worst_group", lambda m, b: _needs(
     m, "val_worst_group_accuracy", "val_worst_group",
     "group labels in the validation split and this data set has none; use --selection val_acc") / 100.0,
     "accuracy of the worst validation group"))
+RULES.register(Rule("val_balanced", lambda m, b: _needs(
+    m, "val_balanced_accuracy", "val_balanced", "class-balanced validation accuracy, which this run did not "
+    "log; use --selection val_acc") / 100.0, "class-balanced validation accuracy (mean of the per-class "
+    "accuracies; GALS's selection)"))
 RULES.register(Rule("acc_x_1mkl", lambda m, b: _acc(m) * (1.0 - _kl(m, "acc_x_1mkl")),
                     "the paper's val_acc * (1 - KL); acc_exp_kl where an eligible epoch has KL >= 1",
                     fallback="acc_exp_kl", undefined=lambda m: m.get("val_kl", 0.0) >= 1.0))

@@ -206,9 +206,11 @@ def check_stack(cfgs: Sequence[TrainConfig]) -> None:
     if first.input_size not in (None, own):
         raise L2LError(f"stacked training takes {first.backbone}'s own {own} px inputs, not --input-size "
                        f"{first.input_size}; train it with l2l train")
-    if first.selection == "val_worst_group":
-        raise L2LError("stacked training validates accuracy and attention only, not per group; train with "
-                       "l2l train for --selection val_worst_group, or select on val_acc")
+    if first.selection in ("val_worst_group", "val_balanced"):
+        raise L2LError(f"stacked training validates accuracy and attention only, not per group or class; train "
+                       f"with l2l train for --selection {first.selection}, or select on val_acc")
+    if first.freeze_until:
+        raise L2LError("stacked training has no frozen-backbone mode; train with l2l train for --freeze-until")
     shared = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in PER_MODEL_FIELDS]
     for cfg in cfgs[1:]:
         differ = [k for k in shared if getattr(cfg, k) != getattr(first, k)]
