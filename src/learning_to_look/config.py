@@ -29,6 +29,8 @@ from .registry import Registry
 #: least 2), about the full split's 9,600 : 50,400.
 SUBSET_VAL_DIVISOR = 5
 PHASE1_CHOICES = ("attention", "ce")
+#: Arithmetic of a run's forward passes: fp32, or bf16 autocast (weights and optimiser stay fp32).
+PRECISIONS = ("fp32", "bf16")
 
 
 def _field(default: Any, help: str, low: float | None = None, high: float | None = None, above: float | None = None,
@@ -80,7 +82,8 @@ SCHEDULES.register(Schedule("cdep-decoymnist", "adam", epochs=5, batch_size=64, 
 SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "step_size", "gamma")
 #: Fields added after runs were recorded: left out of the run hash while they hold this
 #: value, so that earlier runs keep their folders.
-HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None, "input_size": None, "augment": "none"}
+HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None, "input_size": None, "augment": "none",
+                      "precision": "fp32", "compile": False}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -101,8 +104,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
 def _type_name(hint: Any) -> str:
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-    name = "a mapping of options" if typing.get_origin(base) is dict else {int: "an integer", float: "a number",
-                                                                           str: "a string"}.get(base, str(base))
+    name = "a mapping of options" if typing.get_origin(base) is dict else {
+        int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(base, str(base))
     return name + (" or unset" if optional else "")
 
 
@@ -152,6 +155,10 @@ class TrainConfig:
     device: str = _field("auto", "auto (CUDA when present) | cpu | cuda.")
     log: str = _field("none", "Also write the per-epoch scalars to: none | tensorboard (the run folder's tensorboard/, "
                               "needs the `log` extra).", choices=LOGGERS)
+    precision: str = _field("fp32", "Arithmetic of training and validation: fp32, or bf16 autocast (weights stay "
+                                    "fp32; GPUs with bf16, and CPUs).", choices=PRECISIONS)
+    compile: bool = _field(False, "torch.compile the network on CUDA (helps tiny backbones, which are bound by "
+                                  "kernel launches); a no-op on the CPU.")
     data_hash: str | None = _field(None, "Content hash of an imported data set, filled in when the run is resolved: "
                                          "a re-imported set trains in its own folder.")
 

@@ -209,6 +209,9 @@ def check_stack(cfgs: Sequence[TrainConfig]) -> None:
     if first.selection == "val_worst_group":
         raise L2LError("stacked training validates accuracy and attention only, not per group; train with "
                        "l2l train for --selection val_worst_group, or select on val_acc")
+    if first.precision != "fp32" or first.compile:
+        raise L2LError("stacked training runs its own fp32 kernels; drop --precision and --compile, or train "
+                       "with l2l train")
     shared = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in PER_MODEL_FIELDS]
     for cfg in cfgs[1:]:
         differ = [k for k in shared if getattr(cfg, k) != getattr(first, k)]
