@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tempfile
 import time
 import zipfile
@@ -208,14 +209,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _owner(lock: Path) -> int | None:
-    """The pid a lock file names; None when it is gone or holds no pid (an empty lock made by
-    hand): a lock is only ever created whole (:func:`_take`), and one without an owner is
-    never judged stale."""
+    """The pid a lock file names; None when it is gone, holds no pid (an empty lock made by
+    hand) or was taken on another machine (a SLURM job's node, where this one cannot see
+    whether the process lives): a lock is only ever created whole (:func:`_take`), and one
+    without an owner here is never judged stale."""
     try:
-        text = lock.read_text()
+        pid, _, host = lock.read_text().strip().partition(" ")
     except OSError:
         return None
-    return int(text) if text.strip().isdigit() else None
+    return int(pid) if pid.isdigit() and host in ("", socket.gethostname()) else None
 
 
 def _take(lock: Path) -> bool:
@@ -225,7 +227,7 @@ def _take(lock: Path) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=f".{lock.name}.", suffix=TMP_SUFFIX, dir=lock.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
         os.link(tmp, lock)
         return True
     except FileExistsError:
