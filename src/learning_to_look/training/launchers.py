@@ -25,8 +25,11 @@ from .parallel import run_tasks, workers
 
 #: Folder under the runs folder where submitit keeps each job's script, pickles and logs.
 JOB_LOGS = ".submitit"
-#: How often the submitting process asks the scheduler which jobs have finished (seconds).
-POLL_SECONDS = 2.0
+#: How often the submitting process asks the scheduler which jobs have finished (seconds),
+#: and how often it looks at jobs running on this machine.
+POLL_SECONDS = {"slurm": 2.0, "local": 0.2, "debug": 0.0}
+#: The rule submitit draws around the traceback of a job that raised.
+TRACE_RULE = "-" * 22
 #: submitit executors: the real scheduler, or this machine (subprocesses, or in-process
 #: for ``debug``) to run the very same job pickles in tests and dry runs.
 CLUSTERS = ("slurm", "local", "debug")
@@ -134,7 +137,7 @@ class Slurm(Launcher):
             for i in done:
                 yield i, _result(pending.pop(i))
             if not done:
-                time.sleep(POLL_SECONDS)
+                time.sleep(POLL_SECONDS[self.slurm.cluster])
 
     def _executor(self, logs: Path) -> Any:
         import submitit
@@ -161,7 +164,9 @@ def _result(job: Any) -> Any:
     try:
         return job.result()
     except Exception as err:  # noqa: BLE001  (submitit raises its own types for a failed or killed job)
-        last = next((line for line in reversed(str(err).strip().splitlines()) if line.strip()), type(err).__name__)
+        parts = str(err).split(TRACE_RULE)  # a traceback sits between two rules; a killed job's message has none
+        text = parts[1] if len(parts) > 2 else parts[0]
+        last = next((line for line in reversed(text.strip().splitlines()) if line.strip()), type(err).__name__)
         raise L2LError(f"job {job.job_id} failed: {last.strip()}; see {job.paths.stderr}, fix it and rerun the "
                        "command (finished runs are kept)") from None
 
