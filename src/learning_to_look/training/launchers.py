@@ -145,7 +145,7 @@ class Slurm(Launcher):
         o = self.slurm
         executor = submitit.AutoExecutor(folder=logs, cluster=o.cluster)
         executor.update_parameters(timeout_min=o.time, gpus_per_node=o.gpus, cpus_per_task=o.cpus, mem_gb=o.mem,
-                                   tasks_per_node=1, nodes=1, name="l2l", slurm_array_parallelism=o.parallel,
+                                   tasks_per_node=1, nodes=1, name="learning-to-look", slurm_array_parallelism=o.parallel,
                                    **({"slurm_partition": o.partition} if o.partition else {}))
         return executor
 
