@@ -108,7 +108,8 @@ def test_tune_chooses_on_validation_and_reads_test_once(shapes_dir, tmp_path, ca
     best = max(records, key=lambda r: r.selection["score"])  # chosen by validation score alone
     assert summary["run"] == str(best.run_dir) and summary["test_acc"] == best.test.accuracy
     study = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}")
-    assert all(len(t.intermediate_values) == 2 for t in study.trials)  # each epoch's validation score reached the pruner
+    # each epoch's validation score reached the pruner
+    assert all(len(t.intermediate_values) == 2 for t in study.trials)
     assert "test acc" not in capsys.readouterr().out.split("best on validation")[0]
 
 
@@ -148,7 +149,8 @@ def test_gpu_switches_are_no_ops_on_the_cpu():
     assert accel.memory_format(resnet, cuda) == torch.channels_last  # decided without a GPU
     assert accel.memory_format(lenet, cuda) == accel.memory_format(resnet, cpu) == torch.contiguous_format
     compiled = accel.accelerate(lenet, TrainConfig(compile=True), cpu)
-    assert compiled is lenet and compiled._compiled_call_impl is None and list(compiled.state_dict())[0] == "conv1.weight"
+    assert compiled is lenet and compiled._compiled_call_impl is None
+    assert list(compiled.state_dict())[0] == "conv1.weight"
 
 
 def test_prefetch_takes_one_batch_ahead_in_order():

@@ -129,8 +129,9 @@ class Slurm(Launcher):
         self.check()
         if not tasks:
             return
-        submitted = self._executor(Path(runs_dir) / JOB_LOGS).map_array(_job, [fn] * len(tasks), [self.slurm.cpus] * len(tasks),
-                                                   list(tasks))
+        n = len(tasks)
+        submitted = self._executor(Path(runs_dir) / JOB_LOGS).map_array(_job, [fn] * n, [self.slurm.cpus] * n,
+                                                                        list(tasks))
         pending = dict(enumerate(submitted))
         while pending:
             done = [i for i, job in pending.items() if job.done()]
@@ -145,7 +146,8 @@ class Slurm(Launcher):
         o = self.slurm
         executor = submitit.AutoExecutor(folder=logs, cluster=o.cluster)
         executor.update_parameters(timeout_min=o.time, gpus_per_node=o.gpus, cpus_per_task=o.cpus, mem_gb=o.mem,
-                                   tasks_per_node=1, nodes=1, name="learning-to-look", slurm_array_parallelism=o.parallel,
+                                   tasks_per_node=1, nodes=1, name="learning-to-look",
+                                   slurm_array_parallelism=o.parallel,
                                    **({"slurm_partition": o.partition} if o.partition else {}))
         return executor
 

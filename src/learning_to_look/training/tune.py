@@ -208,11 +208,12 @@ def run_tune(tune: Tune, trials: int, *, data_dir: Path | None = None, progress:
             raise
         trial.set_user_attr("run", str(run_dir_for(run.cfg, tune.folder)))
 
-        def report(epoch: int, row: dict[str, Any]) -> None:
+        def report(row: dict[str, Any]) -> None:  # each finished epoch's history row
             if row.get("score") is not None and math.isfinite(row["score"]):  # eligible epochs only
-                trial.report(row["score"], epoch)
+                trial.report(row["score"], row["epoch"])
                 if trial.should_prune():
-                    raise optuna.TrialPruned(f"validation score {row['score']:.4g} below the median at epoch {epoch}")
+                    raise optuna.TrialPruned(f"validation score {row['score']:.4g} below the median at epoch "
+                                             f"{row['epoch']}")
         try:
             record = run_resolved(run, runs_dir=tune.folder, data_dir=data_dir, progress=progress, on_epoch=report,
                                   role=TUNE_ROLE)
