@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 import sys
+import time
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ import torch
 from learning_to_look.cli import main
 from learning_to_look.config import TrainConfig
 from learning_to_look.errors import L2LError
+from learning_to_look import io
 from learning_to_look.io import folder_lock
 from learning_to_look.nn.backbones import build_backbone
 from learning_to_look.record import read_record
@@ -80,14 +83,20 @@ def test_slurm_without_submitit_is_one_line(shapes_dir, tmp_path, capsys, monkey
     assert "needs submitit, which is not installed; pip install 'learning-to-look[slurm]'" in capsys.readouterr().err
 
 
-def test_a_lock_taken_on_another_node_is_never_judged_stale(tmp_path):
-    (tmp_path / ".lock").write_text(f"999999999 {socket.gethostname()}-elsewhere\n")  # dead here, maybe alive there
-    with pytest.raises(L2LError, match="already running"):
+def test_a_lock_from_another_node_is_stale_only_once_its_holder_stops_refreshing_it(tmp_path, monkeypatch):
+    lock = tmp_path / ".lock"
+    lock.write_text(f"999999999 {socket.gethostname()}-elsewhere\n")  # a pid dead here may live there
+    with pytest.raises(L2LError, match="pid 999999999 on .*-elsewhere"):
         with folder_lock(tmp_path, "this run"):
             pass
-    (tmp_path / ".lock").write_text(f"999999999 {socket.gethostname()}\n")  # dead, on this machine: taken over
-    with folder_lock(tmp_path, "this run") as lock:
-        assert lock.read_text().split() == [str(__import__("os").getpid()), socket.gethostname()]
+    old = time.time() - io.LOCK_STALE_SECONDS - 5
+    os.utime(lock, (old, old))  # its job was killed at the time limit: no refresh since
+    monkeypatch.setattr(io, "LOCK_REFRESH_SECONDS", 0.05)
+    with folder_lock(tmp_path, "this run") as held:
+        assert held.read_text().split() == [str(os.getpid()), socket.gethostname()]
+        os.utime(held, (old, old))
+        time.sleep(0.3)
+        assert time.time() - held.stat().st_mtime < 5  # the holder keeps it fresh for other nodes
 
 
 def test_tune_chooses_on_validation_and_reads_test_once(shapes_dir, tmp_path, capsys, monkeypatch):
