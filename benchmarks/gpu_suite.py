@@ -1,6 +1,6 @@
 """The GPU suite: what one accelerator does with the project's training paths, as JSON.
 
-Measures, on one device, in one process (about 5 minutes on one H100/H200):
+Measures, on one device, in one process (sized to finish within 8 minutes on one H100):
 
 - ``lenet``: seconds per epoch of one LeNet-GAP l2l run (single-run engine), plain and
   with ``--compile``;
