@@ -22,7 +22,7 @@ from learning_to_look.nn.backbones import build_backbone
 from learning_to_look.record import read_record
 from learning_to_look.training import accel
 from learning_to_look.training.launchers import Slurm, SlurmOptions
-from learning_to_look.training.resolve import resolve
+from learning_to_look.training.resolve import resolve, resolve_run
 from learning_to_look.training.run import run, run_dir_for
 
 submitit = pytest.importorskip("submitit")
@@ -58,6 +58,18 @@ def test_a_sweep_runs_each_stack_as_one_job(shapes_dir, tmp_path):
     (folder,) = (tmp_path / "sweeps").iterdir()
     assert json.loads((folder / "selection.json").read_text())["chosen"]["lambda0"] in (1.0, 10.0)
     assert len(_records(folder)) == 2 and len(list((folder / "stacks").glob("*"))) == 0  # two stacks, done
+
+
+def test_reproduce_trains_its_runs_as_jobs(shapes_dir, tmp_path):
+    from learning_to_look.training.reproduce import Cell, _train
+
+    cell = Cell("shapes-bg", "vanilla")
+    planned = resolve_run(cell.config({"epochs": 1, "train_subset": 60}, 0), shapes_dir)
+    lines: list[str] = []
+    failed = _train([], [(cell, planned)], 1, tmp_path, shapes_dir, False, None, lines.append,
+                    Slurm(SlurmOptions(cluster="debug")))
+    assert failed == [] and lines[0] == "1 runs to train in slurm jobs" and "[1/1] shapes-bg vanilla" in lines[1]
+    assert [r.config.seed for r in _records(tmp_path)] == [0]
 
 
 def test_a_failed_job_is_one_line_naming_its_log(tmp_path):

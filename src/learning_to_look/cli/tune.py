@@ -13,6 +13,7 @@ from ..data import DATASETS
 from ..maps import MAP_SOURCES
 from ..methods import METHODS
 from ..nn.backbones import BACKBONES
+from ..training.tune import FIXED, parse_space, plan_tune, run_tune
 from .app import app
 from .common import DATA_DIR, RUNS_DIR, config_flag
 
@@ -21,7 +22,7 @@ from .common import DATA_DIR, RUNS_DIR, config_flag
 def tune(
     space: list[str] = typer.Option([], "--space", help="FIELD=log:LOW:HIGH | float:LOW:HIGH | int:LOW:HIGH | "
                                                         "cat:V1,V2; repeat for more fields. FIELD: any config field "
-                                                        "but seed, selection, selection_beta, device."),
+                                                        f"but {', '.join(FIXED)}."),
     space_file: Optional[Path] = typer.Option(None, "--space-file", help="YAML/JSON file of FIELD: SPEC (a list "
                                                                          "is a cat space); --space adds to it."),
     trials: int = typer.Option(20, "--trials", help="Trials to run now (a rerun adds to the same study)."),
@@ -51,8 +52,6 @@ def tune(
 
     Example: l2l tune --dataset decoymnist --method l2l --space lambda0=log:1:1000 --space lr=log:1e-4:1e-2 --trials 30
     """
-    from ..training.tune import parse_space, plan_tune, run_tune
-
     base = TrainConfig.from_file(config) if config else TrainConfig()
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     base = dataclasses.replace(base, **{k: v for k, v in locals().items() if k in fields and v is not None})
