@@ -192,3 +192,14 @@ def _config(folder, **settings):
     path = folder / "cfg.json"
     path.write_text(json.dumps(settings))
     return path
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"precision": "fp16"}, "unknown precision 'fp16'; choose one of: fp32, bf16"),
+    ({"compile": "yes"}, "compile must be true or false, got 'yes'; pass e.g. --compile or --no-compile"),
+])
+def test_gpu_settings_bad_inputs_are_one_line(settings, message, shapes_dir, tmp_path, capsys):
+    assert main(["train", *TINY, "--config", str(_config(tmp_path, **settings)), "--data-dir", str(shapes_dir),
+                 "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -263,6 +263,8 @@ def _example(f: dataclasses.Field) -> str:
         return "map_options: {degradation: blur, strength: 2.0} in a config file"
     if f.name == "seed":
         return "--seeds 0,1,2"
+    if isinstance(default, bool):
+        return f"{flag} or --no-{flag[2:]} (true or false in a config file)"
     return f"{flag} {default:g}" if isinstance(default, float) else f"{flag} {default}" if default is not None \
         else f"{flag} VALUE (or leave it unset)"
 
