@@ -160,8 +160,8 @@ def test_a_checkpoint_damaged_after_its_save_resumes_from_the_one_before(data_di
     cfg = TrainConfig(dataset="decoymnist", method="vanilla", train_subset=200, epochs=3, seed=37)
     whole = run(cfg, runs_dir=tmp_path / "whole", data_dir=data_dir, progress=False)
 
-    def stop(epoch):
-        if epoch == 1:
+    def stop(row):
+        if row["epoch"] == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

@@ -417,7 +417,7 @@ def test_quick_end_to_end_interrupted_resumed_then_cached(tmp_path, data_dir, mo
     class Killed(Exception):
         pass
 
-    def kill(epoch):
+    def kill(row):
         raise Killed
 
     def killed_in_second_run(cfg, **kw):

@@ -134,8 +134,8 @@ def test_resume_after_kill_equals_uninterrupted(method, subset, data_dir, tmp_pa
     cfg = TrainConfig(dataset="colormnist", method=method, epochs=3, e_att=1, train_subset=subset, seed=3)
     whole = run(cfg, runs_dir=tmp_path / "whole", data_dir=data_dir, progress=False)
 
-    def die(epoch):
-        if epoch == 1:
+    def die(row):
+        if row["epoch"] == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
