@@ -35,6 +35,8 @@ ATTRIBUTIONS = ("cam", "grad-cam", "input-x-gradient")
 #: What replaces an irrelevant region in a counterexample (ce): uniform noise, another
 #: image of the batch, or the image's own pixels shuffled.
 CE_FILLS = ("noise", "background", "shuffle")
+#: Arithmetic of a run's forward passes: fp32, or bf16 autocast (weights and optimiser stay fp32).
+PRECISIONS = ("fp32", "bf16")
 
 
 def _field(default: Any, help: str, low: float | None = None, high: float | None = None, above: float | None = None,
@@ -97,7 +99,8 @@ SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "st
 HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None, "input_size": None, "augment": "none",
                       "irrelevant": None, "attribution": None, "counterexamples": None, "ce_fill": None,
                       "head_lr": None, "freeze_until": None, "upweight_by": None, "dro_eta": None, "jtt_epochs": None,
-                      "jtt_upweight": None, "afr_gamma": None, "afr_lambda": None}
+                      "jtt_upweight": None, "afr_gamma": None, "afr_lambda": None,
+                      "precision": "fp32", "compile": False}
 #: Where a ResNet may be frozen up to (``--freeze-until``): its stem and its four stages.
 FREEZE_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 UPWEIGHT_BY = ("class", "group")
@@ -121,8 +124,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
 def _type_name(hint: Any) -> str:
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-    name = "a mapping of options" if typing.get_origin(base) is dict else {int: "an integer", float: "a number",
-                                                                           str: "a string"}.get(base, str(base))
+    name = "a mapping of options" if typing.get_origin(base) is dict else {
+        int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(base, str(base))
     return name + (" or unset" if optional else "")
 
 
@@ -199,6 +202,10 @@ class TrainConfig:
     device: str = _field("auto", "auto (CUDA when present) | cpu | cuda.")
     log: str = _field("none", "Also write the per-epoch scalars to: none | tensorboard (the run folder's tensorboard/, "
                               "needs the `log` extra).", choices=LOGGERS)
+    precision: str = _field("fp32", "Arithmetic of training and validation: fp32, or bf16 autocast (weights stay "
+                                    "fp32; GPUs with bf16, and CPUs).", choices=PRECISIONS)
+    compile: bool = _field(False, "torch.compile the network on CUDA (helps tiny backbones, which are bound by "
+                                  "kernel launches); a no-op on the CPU.")
     data_hash: str | None = _field(None, "Content hash of an imported data set, filled in when the run is resolved: "
                                          "a re-imported set trains in its own folder.")
 
@@ -303,6 +310,8 @@ def _example(f: dataclasses.Field) -> str:
         return "map_options: {degradation: blur, strength: 2.0} in a config file"
     if f.name == "seed":
         return "--seeds 0,1,2"
+    if isinstance(default, bool):
+        return f"{flag} or --no-{flag[2:]} (true or false in a config file)"
     return f"{flag} {default:g}" if isinstance(default, float) else f"{flag} {default}" if default is not None \
         else f"{flag} VALUE (or leave it unset)"
 

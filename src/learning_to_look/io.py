@@ -13,7 +13,9 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -31,6 +33,10 @@ STALE_TMP_SECONDS = 3600
 LOCK_NAME = ".lock"
 #: How often a process waiting for a lock looks again.
 LOCK_POLL_SECONDS = 0.5
+#: A held lock's time stamp is refreshed this often; a lock taken on another machine is
+#: stale once it has not been refreshed for LOCK_STALE_SECONDS.
+LOCK_REFRESH_SECONDS = 60.0
+LOCK_STALE_SECONDS = 600.0
 
 
 def sha256_array(a: np.ndarray) -> str:
@@ -207,15 +213,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _owner(lock: Path) -> int | None:
-    """The pid a lock file names; None when it is gone or holds no pid (an empty lock made by
-    hand): a lock is only ever created whole (:func:`_take`), and one without an owner is
-    never judged stale."""
+def _owner(lock: Path) -> tuple[int, str] | None:
+    """The (pid, host) a lock file names, host "" in a lock from before hosts were recorded;
+    None when it is gone or holds no pid (an empty lock made by hand): a lock is only ever
+    created whole (:func:`_take`), and one without an owner is never judged stale."""
     try:
-        text = lock.read_text()
+        pid, _, host = lock.read_text().strip().partition(" ")
     except OSError:
         return None
-    return int(text) if text.strip().isdigit() else None
+    return (int(pid), host) if pid.isdigit() else None
+
+
+def _stale(lock: Path, owner: tuple[int, str]) -> bool:
+    """Whether ``owner`` no longer holds ``lock``: on this machine, its process is gone (or
+    it is this one, left by an aborted attempt); on another (a SLURM job's node, whose
+    processes this one cannot see), it stopped refreshing the lock's time stamp."""
+    pid, host = owner
+    if host in ("", socket.gethostname()):
+        return pid == os.getpid() or not _pid_alive(pid)
+    try:
+        return time.time() - lock.stat().st_mtime > LOCK_STALE_SECONDS
+    except OSError:
+        return False
+
+
+def _refresh(lock: Path, stop: threading.Event) -> None:
+    """Touch ``lock`` every ``LOCK_REFRESH_SECONDS`` while it is held, so that other machines see it alive."""
+    while not stop.wait(LOCK_REFRESH_SECONDS):
+        try:
+            os.utime(lock)
+        except OSError:
+            return
 
 
 def _take(lock: Path) -> bool:
@@ -225,7 +253,7 @@ def _take(lock: Path) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=f".{lock.name}.", suffix=TMP_SUFFIX, dir=lock.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
         os.link(tmp, lock)
         return True
     except FileExistsError:
@@ -234,15 +262,15 @@ def _take(lock: Path) -> bool:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _clear_stale(lock: Path, pid: int) -> None:
-    """Remove ``lock`` if it still names dead process ``pid``: renamed aside first, so a
+def _clear_stale(lock: Path, owner: tuple[int, str]) -> None:
+    """Remove ``lock`` if it still names the stale ``owner``: renamed aside first, so a
     contender that took the lock in between never loses it."""
-    aside = lock.with_name(f"{lock.name}.stale-{pid}-{os.getpid()}")
+    aside = lock.with_name(f"{lock.name}.stale-{owner[0]}-{os.getpid()}")
     try:
         os.rename(lock, aside)
     except OSError:
         return
-    if _owner(aside) == pid:
+    if _owner(aside) == owner:
         aside.unlink(missing_ok=True)
     else:  # someone else's live lock moved by mistake: put it back if the place is still free
         try:
@@ -258,24 +286,28 @@ def folder_lock(folder: str | os.PathLike, what: str, *, name: str = LOCK_NAME, 
     stops with a clear message instead of duplicating (or corrupting) the work, or,
     with ``wait`` seconds, waits for the first to finish (parallel workers that all
     need the same data set). A lock whose owner record names a process that no longer
-    runs (killed with -9) is taken over; one without a complete record is never judged
-    stale."""
+    runs (killed with -9), or one taken on another machine and not refreshed for
+    ``LOCK_STALE_SECONDS`` (a SLURM job killed at its time limit), is taken over; one
+    without a complete record is never judged stale."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / name
     deadline = time.monotonic() + wait
     while not _take(lock):
-        pid = _owner(lock)
-        if pid is not None and (pid == os.getpid() or not _pid_alive(pid)):  # ours: left by an aborted attempt
-            _clear_stale(lock, pid)
+        owner = _owner(lock)
+        if owner is not None and _stale(lock, owner):
+            _clear_stale(lock, owner)
             continue
         if time.monotonic() < deadline:
             time.sleep(LOCK_POLL_SECONDS)
             continue
-        who = f"pid {pid}" if pid is not None else "another process"
+        who = "another process" if owner is None else f"pid {owner[0]}" + (f" on {owner[1]}" if owner[1] else "")
         raise L2LError(f"another l2l process ({who}) is already running {what} in {folder}; wait for it "
                        f"to finish, or delete {lock} if that process is gone")
+    stop = threading.Event()
+    threading.Thread(target=_refresh, args=(lock, stop), daemon=True).start()
     try:
         yield lock
     finally:
+        stop.set()
         lock.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ ABORTED = "aborted; rerun the same command to resume"
 
 #: Command -> the module that registers it on the root app when imported.
 COMMANDS = {"train": "train", "sweep": "sweep", "reproduce": "reproduce", "report": "report", "data": "data",
-            "maps": "maps", "predict": "predict", "explain": "predict"}
+            "maps": "maps", "predict": "predict", "explain": "predict", "tune": "tune"}
 
 
 def _app(argv: list[str] | None = None):

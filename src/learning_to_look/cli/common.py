@@ -3,8 +3,11 @@ the guard that turns file-system failures into one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import re
+import typing
 from typing import Any, Callable, TypeVar
 
 import typer
@@ -76,4 +79,33 @@ def one_line(command: F) -> F:
         except EOFError:
             raise L2LError("a file ended unexpectedly (empty or cut short); delete the damaged file named by the "
                            "command's options, or its cache entry, and rerun") from None
+    return run  # type: ignore[return-value]
+
+
+def with_launcher(command: F) -> F:
+    """Give a command ``--launcher`` and the ``--slurm-*`` options (help from the typed
+    :class:`~learning_to_look.training.launchers.SlurmOptions`); it receives the checked
+    launcher as its ``launcher`` argument, before any work starts."""
+    from ..training.launchers import SlurmOptions, launcher_help, make_launcher
+
+    hints = typing.get_type_hints(SlurmOptions)
+    choice = typer.Option("local", "--launcher", help=f"Where runs execute: {launcher_help()}.  [default: local]",
+                          show_default=False)
+    extra = [inspect.Parameter("launcher", inspect.Parameter.KEYWORD_ONLY, default=choice, annotation=str)]
+    for f in dataclasses.fields(SlurmOptions):  # --slurm-cluster local|debug runs the jobs here: tests, dry runs
+        option = typer.Option(f.default, f"--slurm-{f.name}", help=f"--launcher slurm: {SlurmOptions.help(f.name)}",
+                              hidden=f.name == "cluster", show_default=False)
+        extra.append(inspect.Parameter(f"slurm_{f.name}", inspect.Parameter.KEYWORD_ONLY, default=option,
+                                       annotation=hints[f.name]))
+    sig = inspect.signature(command, eval_str=True)
+    keep = [p for p in sig.parameters.values() if p.name != "launcher"]
+
+    @functools.wraps(command)
+    def run(*args: Any, launcher: str, **kwargs: Any) -> Any:
+        options = SlurmOptions(**{f.name: kwargs.pop(f"slurm_{f.name}") for f in dataclasses.fields(SlurmOptions)})
+        return command(*args, launcher=make_launcher(launcher, options), **kwargs)
+
+    params = [*keep, *extra]
+    run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
     return run  # type: ignore[return-value]

@@ -11,10 +11,12 @@ import typer
 from ..errors import L2LError
 from .app import app
 from ..training.reproduce import PROFILES
-from .common import DATA_DIR, JOBS, RUNS_DIR, parse_seeds
+from .common import DATA_DIR, JOBS, RUNS_DIR, parse_seeds, with_launcher
+from ..training.launchers import Launcher
 
 
 @app.command("reproduce")
+@with_launcher
 def reproduce(
     quick: bool = typer.Option(False, "--quick", help="Tiny smoke run (minutes; the numbers mean nothing)."),
     full: bool = typer.Option(False, "--full", help="The paper's complete protocol: full data, 5 seeds, every method."),
@@ -32,6 +34,7 @@ def reproduce(
                                              "redmeat): the release's folder, imported on first use."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="ImageNet weights instead of the profile's "
                                              "(a .safetensors file or a timm hub id)."),
+    launcher: Launcher = None,
 ) -> None:
     """Build the data, train every method on ColorMNIST and DecoyMNIST over several
     seeds, and write report.md, results.csv, results.json and figures. Finished runs
@@ -54,7 +57,7 @@ def reproduce(
         typer.echo("\n".join(describe_plan(chosen, seed_list, vlm, runs_dir, data_dir)))
         return
     done = run_all(chosen, seeds=seed_list, vlm=vlm, out=out, runs_dir=runs_dir, data_dir=data_dir,
-                   progress=not quiet, n_jobs=jobs, echo=typer.echo, data_root=data_root)
+                   progress=not quiet, n_jobs=jobs, echo=typer.echo, data_root=data_root, launcher=launcher)
     if done["failed"]:
         typer.echo(f"{len(done['failed'])} run(s) diverged before any epoch could be selected and are left out of "
                    "the report (lines marked FAILED above); train them alone with a lower --lambda0 or --lr", err=True)

@@ -15,10 +15,12 @@ from ..maps import MAP_SOURCES
 from ..methods import METHODS
 from .app import app
 from .common import DATA_DIR, JOBS
-from .common import RUNS_DIR, config_flag, parse_seeds
+from .common import RUNS_DIR, config_flag, parse_seeds, with_launcher
+from ..training.launchers import Launcher
 
 
 @app.command("sweep")
+@with_launcher
 def sweep(
     grid: list[str] = typer.Option(..., "--grid", help="FIELD=START:STOP:STEP (STOP included) or FIELD=V1,V2; "
                                                        "repeat for more axes. FIELD: lambda0, e_att, lr, phase1."),
@@ -36,6 +38,7 @@ def sweep(
                                   help="Most models trained as one stack (memory grows with it)."),
     jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    launcher: Launcher = None,
 ) -> None:
     """Train every grid point for every seed, each seed's points as one stacked network,
     then choose the point with the best mean validation score (PROTOCOL 3.8).
@@ -56,7 +59,7 @@ def sweep(
         raise L2LError("the same field is given twice in --grid; give each field once")
     plan = plan_sweep(base, axes, parse_seeds(seeds), runs_dir)
     s = run_sweep(plan, max_stack=max_stack, data_dir=data_dir, progress=not quiet, jobs=jobs,
-                  echo=typer.echo)
+                  echo=typer.echo, launcher=launcher)
     chosen = point_label(s["chosen"])
     typer.echo(f"chosen on validation: {chosen}; test accuracy {s['test_acc_mean']:.2f} +- {s['test_acc_std']:.2f} % "
                f"over {len(s['seeds'])} seeds; records in {plan.folder} (l2l report {plan.folder} --out DIR)")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..config import ATTRIBUTIONS, CE_FILLS, FREEZE_STAGES, PHASE1_CHOICES, UPWEIGHT_BY, TrainConfig
+from ..config import ATTRIBUTIONS, CE_FILLS, FREEZE_STAGES, PHASE1_CHOICES, PRECISIONS, UPWEIGHT_BY, TrainConfig
 from ..data import DATASETS, IRRELEVANT_CHOICES
 from ..data.pipeline import INPUT_TRANSFORMS
 from ..errors import L2LError
@@ -18,12 +18,13 @@ from ..methods import METHODS
 from ..nn.backbones import BACKBONES
 from ..analysis.stats import mean_std
 from ..record import Record
-from ..training.parallel import run_tasks, workers
+from ..training.launchers import Launcher
 from ..training.resolve import Resolved, resolve_run
-from ..training.run import run_task
+from ..training.run import default_runs_dir, run_task
 from ..training.selection import RULES
 from .app import app
-from .common import DATA_DIR, JOBS, RUNS_DIR, config_flag, parse_seeds, per_method, per_method_option
+from .common import (DATA_DIR, JOBS, RUNS_DIR, config_flag, parse_seeds, per_method, per_method_option,
+                     with_launcher)
 from .maps import MapFlags, generator_options, with_map_flags
 
 #: Config fields, which are this command's own flags: a map option of the same name is a config-file setting here.
@@ -66,6 +67,7 @@ def _seed_line(r: Record) -> str:
 
 @app.command("train")
 @with_map_flags(exclude=TRAIN_FIELDS)
+@with_launcher
 def train(
     dataset: Optional[str] = config_flag("dataset", DATASETS.help() + " | a data set imported with `l2l data import`"),
     method: Optional[str] = config_flag("method", METHODS.help()),
@@ -102,9 +104,11 @@ def train(
                                          + f"; default: {per_method_option('ce_fill')}"),
     train_subset: Optional[int] = config_flag("train_subset"),
     device: Optional[str] = config_flag("device"),
+    precision: Optional[str] = config_flag("precision", " | ".join(PRECISIONS)),
+    compile: Optional[bool] = config_flag("compile"),
     jobs: Optional[int] = JOBS, runs_dir: Optional[Path] = RUNS_DIR, data_dir: Optional[Path] = DATA_DIR,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-    map_flags: MapFlags = None,
+    map_flags: MapFlags = None, launcher: Launcher = None,
 ) -> None:
     """Train a method on a data set, select on validation, test once.
 
@@ -119,9 +123,10 @@ def train(
     runs = [resolve_run(dataclasses.replace(cfg, seed=s), data_dir)
             for s in (parse_seeds(seeds) if seeds is not None else [cfg.seed])]
     _check_flags_used(runs[0], map_flags)
-    tasks = [(run, runs_dir, data_dir, not quiet and workers(jobs, len(runs)) == 1) for run in runs]
+    tasks = [(run, runs_dir, data_dir, not quiet and launcher.in_process(jobs, len(runs))) for run in runs]
     records = []
-    for _, r in run_tasks(run_task, tasks, jobs, unit=None if quiet else "run"):
+    for _, r in launcher.map(run_task, tasks, jobs, runs_dir=runs_dir or default_runs_dir(),
+                             unit=None if quiet else "run"):
         typer.echo(_seed_line(r))
         for note in (r.stopped, r.selection.get("note")):
             if note:

@@ -42,14 +42,14 @@ def colour_invariant(images: np.ndarray) -> np.ndarray:
 
 def to_input(images: np.ndarray | torch.Tensor, size: int = INPUT_SIZE, transform: str = "none",
              chunk: int = 8192) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 (N, C, size, size) in [-1, 1]. Grey stays one channel
-    here; :func:`as_rgb` repeats it when a batch is fed to the network."""
+    """uint8 (N, C, H, W) -> float32 (N, C, size, size) in [-1, 1], on the images' device.
+    Grey stays one channel here; :func:`as_rgb` repeats it when a batch is fed to the network."""
     if transform not in INPUT_TRANSFORMS:
         raise ValueError(f"unknown input transform {transform!r}; choose one of {INPUT_TRANSFORMS}")
     if transform == "colour-invariant":
         images = colour_invariant(np.asarray(images))
     images = torch.as_tensor(images)
-    out = torch.empty(len(images), images.shape[1], size, size)
+    out = torch.empty(len(images), images.shape[1], size, size, device=images.device)
     for i in range(0, len(images), chunk):
         x = images[i:i + chunk].float().div_(255.0)
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

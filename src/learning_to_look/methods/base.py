@@ -53,11 +53,21 @@ class Batch:
 
     def take(self, idx: Tensor, device: torch.device) -> "Batch":
         """Rows ``idx`` on ``device`` as network inputs, grey widened to RGB (kept grey in memory)."""
-        x = to_input(self.x[idx.cpu()], self.size, self.transform) if self.size else self.x[idx]  # (B,C,S,S)
+        x = to_input(self._upload(idx, device), self.size, self.transform) if self.size else self.x[idx]  # (B,C,S,S)
         x = x.to(device, non_blocking=True).float()
         return Batch(as_rgb(x), self.y[idx].to(device, non_blocking=True),
                      {k: v[idx].to(device, non_blocking=True) for k, v in self.aux.items()},
                      None if self.groups is None else self.groups[idx].to(device))
+
+
+    def _upload(self, idx: Tensor, device: torch.device) -> Tensor:
+        """uint8 rows ``idx`` where they are converted: on a GPU they go up as uint8 from
+        pinned memory (4x fewer bytes than float) and are resized and normalised there;
+        the colour-invariant transform, written in numpy, stays on the host."""
+        raw = self.x[idx.cpu()]  # (B,C,H,W) uint8
+        if device.type != "cuda" or self.transform != "none":
+            return raw
+        return raw.pin_memory().to(device, non_blocking=True)
 
 
 class Method:

@@ -52,6 +52,8 @@ class Backbone(nn.Module):
     stages: ClassVar[tuple[str, ...]] = ()
     #: Names of the classifier head's parameters start with this (its own learning rate).
     head_prefix: ClassVar[str] = "fc."
+    #: Whether it trains in the channels_last layout on a GPU (cuDNN's faster NHWC kernels).
+    channels_last: ClassVar[bool] = False
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
@@ -259,6 +261,7 @@ class ResNetGAP(Backbone):
     std itself, as pretrained weights expect; input gradients stay on the project's scale."""
 
     input_size = 224
+    channels_last = True
     feature_size = 7  # 224 / 32
     has_gap_classifier = True
     pretrainable = True

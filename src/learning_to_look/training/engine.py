@@ -7,6 +7,7 @@ returns.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ..data.augment import augment, parse_augment
 from ..nn.backbones import Backbone, build_backbone
 from ..nn.pretrained import load_pretrained
 from ..progress import bar
+from .accel import accelerate, autocast, memory_format, prefetched
 from .checkpoints import load_checkpoint, save_checkpoint
 from .evaluate import balanced_accuracy, group_accuracy, group_shares
 from .features import freeze
@@ -45,7 +47,19 @@ def set_determinism(seed: int) -> None:
                     "effect: GPU results may differ in the last digits between runs; import learning_to_look first")
 
 
-def _validate(model: Backbone, method: Method, val: Batch, device: torch.device,
+def _batches(data: Batch, order: Any, model: Backbone, device: torch.device) -> Any:
+    """``(idx, batch)`` for each index batch of ``order``, the next one gathered ahead, its
+    inputs in the network's memory format."""
+    fmt = memory_format(model, device)
+
+    def take(idx: torch.Tensor) -> tuple[torch.Tensor, Batch]:
+        b = data.take(idx, device)
+        return idx, b if fmt is torch.contiguous_format else dataclasses.replace(b, x=b.x.contiguous(
+            memory_format=fmt))
+    return prefetched(order, take)
+
+
+def _validate(model: Backbone, method: Method, val: Batch, device: torch.device, cfg: TrainConfig,
               shares: dict[int, float] | None = None) -> dict[str, float]:
     """Validation metrics used for selection: accuracy, class-balanced accuracy, the
     group accuracies (``shares``: the training groups' shares, for their weighted
@@ -53,9 +67,10 @@ def _validate(model: Backbone, method: Method, val: Batch, device: torch.device,
     target), nan-averaged."""
     model.eval()
     predicted, per_image = [], {}
-    for idx in batch_indices(len(val), eval_batch_size(model.input_size), shuffle=False):
-        b = val.take(idx, device)
-        logits, metrics = method.validate(model, b)
+    order = batch_indices(len(val), eval_batch_size(model.input_size), shuffle=False)
+    for _, b in _batches(val, order, model, device):
+        with autocast(cfg, device):
+            logits, metrics = method.validate(model, b)
         predicted.append(logits.argmax(1))  # (B,)
         for k, v in metrics.items():
             per_image.setdefault(k, []).append(v)
@@ -116,24 +131,26 @@ class FitResult:
 
 
 def _train_epoch(model: Backbone, method: Method, train: Batch, opt: torch.optim.Optimizer,
-                 shuffle: torch.Generator, epoch: int, batch_size: int, device: torch.device,
-                 progress: bool, augmentation: tuple[str, ...] = ()) -> dict[str, float]:
+                 shuffle: torch.Generator, epoch: int, cfg: TrainConfig, device: torch.device,
+                 progress: bool) -> dict[str, float]:
     """One pass over ``train``; returns the epoch's mean loss terms and accuracy. The
     augmentations draw from ``shuffle``, whose state a checkpoint keeps, so a resumed
     run sees the same batches."""
     model.train()
     sums: dict[str, float] = {}
     seen = 0
+    augmentation = parse_augment(cfg.augment)
     rows = method.rows(epoch, len(train))  # (M,) rows with repeats, or None: each row once
-    order = batch_indices(len(train), batch_size, shuffle) if rows is None else \
-        rows[torch.randperm(len(rows), generator=shuffle)].split(batch_size)
+    order = batch_indices(len(train), cfg.batch_size, shuffle) if rows is None else \
+        rows[torch.randperm(len(rows), generator=shuffle)].split(cfg.batch_size)
     total = len(train) if rows is None else len(rows)
-    batches = bar(order, show=progress, total=-(-total // batch_size), desc=f"epoch {epoch}", leave=False)
-    for step, idx in enumerate(batches):
-        batch = train.take(idx, device)
+    batches = bar(_batches(train, order, model, device), show=progress, total=-(-total // cfg.batch_size),
+                  desc=f"epoch {epoch}", leave=False)
+    for step, (idx, batch) in enumerate(batches):
         if augmentation:
             batch.x, batch.aux = augment(batch.x, batch.aux, augmentation, shuffle)
-        loss, stats = method.loss(model, batch, epoch)
+        with autocast(cfg, device):
+            loss, stats = method.loss(model, batch, epoch)
         if not torch.isfinite(loss):
             raise Diverged(f"loss became {loss.item()} at epoch {epoch}; lower --lr or --lambda0")
         opt.zero_grad(set_to_none=True)
@@ -199,7 +216,7 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Backbone
     model = build_backbone(cfg.backbone, num_classes, size=cfg.input_size)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
-    return model.to(device)
+    return accelerate(model.to(device), cfg, device)
 
 
 def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = None, progress: bool = True,
@@ -252,15 +269,14 @@ def fit(run: Resolved, train: Batch, val: Batch, *, checkpoint: Path | None = No
         row = {"epoch": epoch, "phase": method.phase(epoch), "lambda": method.lam(epoch),
                "lr": opt.param_groups[0]["lr"]}
         try:
-            row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg.batch_size, device, progress,
-                                parse_augment(cfg.augment))
+            row |= _train_epoch(model, method, train, opt, shuffle, epoch, cfg, device, progress)
         except Diverged as err:
             if chosen(best)[1]["state"] is None:  # nothing to select: the run has no model
                 raise
             stopped = stopped_note(str(err), epoch)
             break
         sched.step()
-        row = scored(cfg, row | _validate(model, method, val, device, shares), method.eligible(epoch))
+        row = scored(cfg, row | _validate(model, method, val, device, cfg, shares), method.eligible(epoch))
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         best = keep_if_best(best, row, model.state_dict())

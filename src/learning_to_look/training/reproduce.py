@@ -22,7 +22,8 @@ from ..errors import L2LError
 from ..methods import BASELINE
 from .resolve import Resolved, resolve_run
 from .run import CHECKPOINT_FILE, default_runs_dir, run_dir_for, run_task
-from .parallel import run_tasks, workers
+from .launchers import Launcher, Local
+from .parallel import workers
 from ..plotting import pyplot
 from ..analysis.report import report_runs
 from ..record import RESULT_FILE, Record, has_record, read_record
@@ -310,9 +311,10 @@ def check_vlm(vlm: str, profile: Profile | None = None) -> dict[str, Any]:
 def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | None = None, out: Path | None = None,
               runs_dir: Path | None = None, data_dir: Path | None = None, progress: bool = True,
               n_jobs: int | None = None, echo: Callable[[str], None] = print,
-              data_root: Path | None = None) -> dict[str, Any]:
-    """Build the data, train every planned run (reusing what is on disk), write the report
-    from the runs' records, as ``l2l report`` would from the same runs."""
+              data_root: Path | None = None, launcher: Launcher | None = None) -> dict[str, Any]:
+    """Build the data, train every planned run (reusing what is on disk; here in ``n_jobs``
+    workers, or as jobs of ``launcher``), write the report from the runs' records, as
+    ``l2l report`` would from the same runs."""
     t0 = time.perf_counter()
     pyplot()  # the report ends in figures: fail now, not after hours of training, if matplotlib is missing
     runs_dir = Path(runs_dir or default_runs_dir())
@@ -323,7 +325,7 @@ def reproduce(profile: Profile, *, seeds: list[int] | None = None, vlm: str | No
     _prepare(jobs, data_dir, vlm, echo, profile)
     found = [(cell, run) for cell, run in jobs if has_record(run_dir_for(run.cfg, runs_dir))]
     todo = [(cell, run) for cell, run in jobs if not has_record(run_dir_for(run.cfg, runs_dir))]
-    failed = _train(found, todo, len(jobs), runs_dir, data_dir, progress, n_jobs, echo)
+    failed = _train(found, todo, len(jobs), runs_dir, data_dir, progress, n_jobs, echo, launcher or Local())
     trained = len(todo) - len(failed)
     # The role is how this profile reads a run (a run may serve two profiles): set here, never written.
     records = [dataclasses.replace(read_record(run_dir_for(run.cfg, runs_dir)), role=cell.role) for cell, run in jobs
@@ -351,17 +353,21 @@ def _prepare(jobs: list[tuple[Cell, Resolved]], data_dir: Path | None, vlm: str 
 
 
 def _train(found: list[tuple[Cell, Resolved]], todo: list[tuple[Cell, Resolved]], total: int, runs_dir: Path,
-           data_dir: Path | None, progress: bool, n_jobs: int | None, echo: Callable[[str], None]) -> list[str]:
-    """List the cached runs, train the others in ``n_jobs`` workers; the runs that failed, one line each."""
-    n = workers(n_jobs, len(todo))
+           data_dir: Path | None, progress: bool, n_jobs: int | None, echo: Callable[[str], None],
+           launcher: Launcher) -> list[str]:
+    """List the cached runs, train the others in ``n_jobs`` workers or as ``launcher``'s
+    jobs; the runs that failed, one line each."""
     for k, (_, run) in enumerate(found, 1):
         echo(_run_line(k, total, read_record(run_dir_for(run.cfg, runs_dir)), "cached"))
     if todo:
-        echo(f"{len(todo)} runs to train in {n} process(es) of one thread")
-    tasks = [(run, runs_dir, data_dir, progress and n == 1, cell.role) for cell, run in todo]
+        where = (f"{launcher.name} jobs" if launcher.remote else
+                 f"{workers(n_jobs, len(todo))} process(es) of one thread")
+        echo(f"{len(todo)} runs to train in {where}")
+    here = launcher.in_process(n_jobs, len(todo))
+    tasks = [(run, runs_dir, data_dir, progress and here, cell.role) for cell, run in todo]
     failed = []
-    for k, (i, outcome) in enumerate(run_tasks(attempt_run, tasks, n_jobs, unit="run" if progress else None),
-                                     len(found) + 1):
+    outcomes = launcher.map(attempt_run, tasks, n_jobs, runs_dir=runs_dir, unit="run" if progress else None)
+    for k, (i, outcome) in enumerate(outcomes, len(found) + 1):
         cfg = tasks[i][0].cfg
         if isinstance(outcome, str):
             failed.append(f"{cfg.dataset} {cfg.method} {cfg.backbone} {cfg.schedule} seed {cfg.seed}")

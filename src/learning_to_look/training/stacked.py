@@ -211,6 +211,9 @@ def check_stack(cfgs: Sequence[TrainConfig]) -> None:
                        f"with l2l train for --selection {first.selection}, or select on val_acc")
     if first.freeze_until:
         raise L2LError("stacked training has no frozen-backbone mode; train with l2l train for --freeze-until")
+    if first.precision != "fp32" or first.compile:
+        raise L2LError("stacked training runs its own fp32 kernels; drop --precision and --compile, or train "
+                       "with l2l train")
     shared = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in PER_MODEL_FIELDS]
     for cfg in cfgs[1:]:
         differ = [k for k in shared if getattr(cfg, k) != getattr(first, k)]

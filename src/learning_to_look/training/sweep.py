@@ -33,6 +33,7 @@ from ..record import Record, has_record, read_record
 from .resolve import resolve, resolve_run
 from .selection import RULES
 from .checkpoints import remove_checkpoints
+from .launchers import Launcher, Local
 from .parallel import run_tasks, workers
 from .stacked import (BYTES_FIXED, BYTES_PER_MODEL, PER_MODEL_FIELDS, NoModel, StackedLeNetGAP, check_stack,
                       fit_stacked)
@@ -133,15 +134,19 @@ def plan_sweep(base: TrainConfig, axes: dict[str, list[Any]], seeds: Sequence[in
 
 
 def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Path | None = None,
-              progress: bool = True, jobs: int | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+              progress: bool = True, jobs: int | None = None, echo: Callable[[str], None] = print,
+              launcher: Launcher | None = None) -> dict[str, Any]:
     """Train every unfinished stack of at most ``max_stack`` models (``jobs`` stacks at a
-    time, each in its own process), write their records, then choose the grid point on
-    validation alone (:func:`choose`) and, after that, the optimistic bound."""
+    time, each in its own process, or one job each through ``launcher``), write their
+    records, then choose the grid point on validation alone (:func:`choose`) and, after
+    that, the optimistic bound."""
     if max_stack < 1:
         raise L2LError(f"--max-stack must be at least 1, got {max_stack}")
+    launcher = launcher or Local()
     m = min(max_stack, len(sweep.points))
     at_once = workers(jobs, len(sweep.seeds) * -(-len(sweep.points) // m))  # a bad --jobs fails here
-    check_memory(m, at_once, pick_device(sweep.base.device))
+    if not launcher.remote:  # a job's node has its own memory, unknown here
+        check_memory(m, at_once, pick_device(sweep.base.device))
     n = len(sweep.points) * len(sweep.seeds)  # said only once the sweep is known to be able to run
     echo(f"sweep {sweep.folder}: {len(sweep.points)} grid points x {len(sweep.seeds)} seeds = {n} models")
     with folder_lock(sweep.folder, "this sweep"):
@@ -152,10 +157,11 @@ def run_sweep(sweep: Sweep, *, max_stack: int = DEFAULT_MAX_STACK, data_dir: Pat
         if chunks:  # an answer from fewer runs must not stand beside the new ones if this call is killed
             for name in (SELECTION_FILE, BOUND_FILE):
                 (sweep.folder / name).unlink(missing_ok=True)
-        bars = progress and workers(jobs, len(chunks)) == 1  # bars only where stacks run here, one by one
+        bars = progress and launcher.in_process(jobs, len(chunks))  # bars only where stacks run here, one by one
         stacks = [(cfgs, sweep.folder, seed, data_dir, bars) for cfgs, seed in chunks]
         sizes = [len(cfgs) * cfgs[0].epochs for cfgs, _ in chunks]  # model-epochs per stack
-        for _, line in run_tasks(_train_stack, stacks, jobs, unit="model-epoch" if progress else None, sizes=sizes):
+        for _, line in launcher.map(_train_stack, stacks, jobs, runs_dir=sweep.folder,
+                                    unit="model-epoch" if progress else None, sizes=sizes):
             echo(line)
         summary = choose(sweep)
         atomic_write_json(sweep.folder / SELECTION_FILE, summary)
