@@ -14,6 +14,25 @@ from learning_to_look.data import build_dataset, load_dataset, load_mnist
 DATASET_NAMES = ("mnist", "colormnist", "decoymnist", "decoymnist-rrr")
 
 
+@pytest.fixture
+def one_thread():
+    """Batches of 32 gain nothing from a second thread, and on a busy machine two threads
+    thrash; modules that train use it with ``pytestmark``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_map_thread(monkeypatch):
+    """Map generators on one thread, offline."""
+    monkeypatch.setenv("L2L_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """Folder holding mnist.npz, colormnist.npz and decoymnist.npz (built once, read-only by convention)."""

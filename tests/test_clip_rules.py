@@ -25,10 +25,7 @@ SIGMA = 1.5
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("L2L_THREADS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("one_map_thread")
 
 
 @pytest.fixture(scope="module")

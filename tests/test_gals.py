@@ -16,10 +16,7 @@ from learning_to_look.maps.refine import pamr, pamr_affinity
 from clip_reference import SIZE, ffn, heads, layer_norm, linear, randomised_clip
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("L2L_THREADS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("one_map_thread")
 
 
 @pytest.fixture(scope="module")

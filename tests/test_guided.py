@@ -32,12 +32,7 @@ from learning_to_look.training.run import run, run_dir_for
 NEW = ("gals", "energy", "hint", "ce")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the losses by hand ---------------------------------------------------------------

@@ -25,10 +25,7 @@ from learning_to_look.maps.weclip import affinity_refine, pseudo_labels
 from tiny_models import save_tiny_clip, tiny_clip, tiny_dino
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("L2L_THREADS", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("one_map_thread")
 
 
 @pytest.fixture(scope="module")

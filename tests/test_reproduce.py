@@ -48,13 +48,7 @@ FIGURES = ("qualitative.png", "maps_colormnist.png", "maps_decoymnist.png", "cur
            "shortcut_search.png", "verdict.png", "sensitivity.png")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Batches of 32 gain nothing from a second thread, and on a busy machine two threads thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- degradations and map quality on hand-made masks --------------------------------
