@@ -321,3 +321,13 @@ def test_train_takes_map_flags_and_l2l_vlm_and_maps_only_its_subset(data_dir, vl
     assert json.loads(meta.read_text())["n"] == 40 + 40 // 5  # the subset's training and validation images
     assert main([*args[:-4], "--maps", "oracle", "--prompt", "x"]) == 2
     assert "does not apply to map source oracle" in capsys.readouterr().err
+
+
+def test_no_map_flag_is_shadowed_by_a_train_flag_unless_declared():
+    """`l2l train` drops a map flag whose name is a config field: only these may share one."""
+    from learning_to_look.cli.maps import map_flags
+    from learning_to_look.cli.train import TRAIN_FIELDS
+
+    # the run's own device and batch size, and the training method: GALS's map option `method` is set in
+    # a config file's map_options (or with `l2l maps generate --method`)
+    assert set(map_flags()) & set(TRAIN_FIELDS) == {"device", "batch_size", "method"}

@@ -35,7 +35,7 @@ def _run(root, **kw):
 
 def test_a_gap_backbone_trains_at_the_imported_size_and_its_cam_follows(pets48):
     r = _run(pets48)
-    assert r["config"]["input_size"] == 48 and r["dataset"]["network_size"] == 48 and r["dataset"]["resize"] is None
+    assert r["config"]["network_size"] == 48 and r["dataset"]["network_size"] == 48 and r["dataset"]["resize"] is None
     assert backbone_class("lenet-gap", 48).feature_size == (48 - 4) // 2 - 4 == 18  # by hand: conv5, pool2, conv5
     assert backbone_class("resnet18", 48).feature_size == 2  # 48 -> 24 -> 12 -> 6 -> 3 -> 2
 
@@ -43,15 +43,15 @@ def test_a_gap_backbone_trains_at_the_imported_size_and_its_cam_follows(pets48):
 def test_a_fixed_size_backbone_resizes_and_says_so(pets48, caplog):
     with caplog.at_level("INFO"):
         r = _run(pets48, method="vanilla", backbone="cdep-cnn", schedule="adam")
-    assert r["dataset"]["network_size"] == 28 and r["config"]["input_size"] is None
+    assert r["dataset"]["network_size"] == 28 and r["config"]["network_size"] is None
     assert "images are 48 px and cdep-cnn takes 28 px" in r["dataset"]["resize"]
     assert r["dataset"]["resize"] in caplog.text
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--backbone", "cdep-cnn", "--input-size", "64", "--method", "vanilla"], "takes 28 px inputs only"),
+    (["--backbone", "cdep-cnn", "--network-size", "64", "--method", "vanilla"], "takes 28 px inputs only"),
     # by hand: (16 - 4) // 2 - 4 = 2, the least side the head's 2x2 pool takes
-    (["--input-size", "10", "--method", "vanilla"], "at least 16 px"),
+    (["--network-size", "10", "--method", "vanilla"], "at least 16 px"),
     (["--augment", "flip,spin", "--method", "vanilla"], "unknown augmentation spin"),
 ])
 def test_bad_size_and_augment_are_one_line(pets48, args, words, capsys):

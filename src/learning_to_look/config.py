@@ -96,7 +96,8 @@ SCHEDULES.register(Schedule("gals-redmeat", "sgd", epochs=150, batch_size=96, lr
 SCHEDULE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "step_size", "gamma", "head_lr")
 #: Fields added after runs were recorded: left out of the run hash while they hold this
 #: value, so that earlier runs keep their folders.
-HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None, "input_size": None, "augment": "none",
+HASH_SKIP_DEFAULTS = {"schedule": "paper", "pretrained": None, "data_hash": None, "network_size": None,
+                      "augment": "none",
                       "irrelevant": None, "attribution": None, "counterexamples": None, "ce_fill": None,
                       "head_lr": None, "freeze_until": None, "upweight_by": None, "dro_eta": None, "jtt_epochs": None,
                       "jtt_upweight": None, "afr_gamma": None, "afr_lambda": None,
@@ -142,7 +143,7 @@ class TrainConfig:
     target: str = _field("outline", "Attention target built from the maps: the reference's outline, or the filled map.")
     target_threshold: float = _field(OUTLINE_THRESHOLD, "Map value above which a pixel counts for the outline target.",
                                     low=0, high=1)
-    input_size: int | None = _field(None, "Network input side in pixels (unset: an imported set's own image size "
+    network_size: int | None = _field(None, "Network input side in pixels (unset: an imported set's own image size "
                                           "where the backbone takes any size, else the backbone's own, e.g. "
                                           "LeNet-GAP's 32 px for the 28 px MNIST sets, as in the paper).", low=8,
                                     high=1024)

@@ -93,7 +93,7 @@ def train(
     selection: Optional[str] = config_flag("selection", RULES.help()
                                      + f"; per-method default: {per_method('default_selection')}"),
     input_transform: Optional[str] = config_flag("input_transform", " | ".join(INPUT_TRANSFORMS)),
-    input_size: Optional[int] = config_flag("input_size"), augment: Optional[str] = config_flag("augment"),
+    network_size: Optional[int] = config_flag("network_size"), augment: Optional[str] = config_flag("augment"),
     log: Optional[str] = config_flag("log"),
     irrelevant: Optional[str] = config_flag("irrelevant", " | ".join(IRRELEVANT_CHOICES)),
     attribution: Optional[str] = config_flag("attribution", " | ".join(ATTRIBUTIONS)

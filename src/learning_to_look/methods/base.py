@@ -206,11 +206,11 @@ class Method:
 
     def target(self, maps: Tensor, backbone: type[Backbone]) -> Tensor:
         """The attention target (N, h, w) at the feature map's resolution, summing to 1 per image;
-        an outline at an input size of the user's (``input_size``) is pooled onto the grid."""
+        an outline at a network size of the user's (``network_size``) is pooled onto the grid."""
         kw: dict[str, Any] = {"size": backbone.feature_size}
         if self.cfg.target == "outline":
             kw |= {"threshold": self.cfg.target_threshold, "upsample": backbone.input_size,
-                   "pool": self.cfg.input_size is not None}
+                   "pool": self.cfg.network_size is not None}
         return make_target(self.cfg.target, maps, **kw)
 
     def attention(self, model: Backbone, x: Tensor, y: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:

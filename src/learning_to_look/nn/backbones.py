@@ -77,11 +77,11 @@ class Backbone(nn.Module):
         change. One class per size (cached), registered under the same name."""
         if not cls.any_size:
             raise L2LError(f"backbone {cls.name!r} takes {cls.input_size} px inputs only (its head is a flattened "
-                           "MLP); leave --input-size unset, or use --backbone lenet-gap or a ResNet (any size)")
+                           "MLP); leave --network-size unset, or use --backbone lenet-gap or a ResNet (any size)")
         feature = cls.feature_side(size)
         if feature < 1:
             raise L2LError(f"backbone {cls.name!r} needs inputs of at least {cls.smallest_size()} px, got {size}; "
-                           f"pass --input-size {cls.smallest_size()} or more")
+                           f"pass --network-size {cls.smallest_size()} or more")
         return type(cls.__name__, (cls,), {"input_size": size, "feature_size": feature, "__module__": cls.__module__})
 
     @classmethod

@@ -213,7 +213,7 @@ def _save(checkpoint: Path, cfg: TrainConfig, epoch: int, model: Backbone, opt: 
 def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Backbone:
     """The backbone of ``cfg``, seeded, with its pretrained weights if any, on ``device``."""
     set_determinism(cfg.seed)
-    model = build_backbone(cfg.backbone, num_classes, size=cfg.input_size)
+    model = build_backbone(cfg.backbone, num_classes, size=cfg.network_size)
     if cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
     return accelerate(model.to(device), cfg, device)

@@ -63,9 +63,9 @@ def resolve_run(cfg: TrainConfig, data_dir: str | os.PathLike | Path | None = No
     if cfg.augment != "none" and spec.imported_from is None:
         raise L2LError(f"--augment is for imported data sets; {spec.name} is built in and trains as its protocol says, "
                        "without augmentation: drop --augment")
-    if cfg.input_size is None and spec.imported_from is not None and BACKBONES.get(cfg.backbone).any_size:
-        cfg.input_size = spec.size  # the images keep their size: no second resize after import
-    method.check_backbone(backbone_class(cfg.backbone, cfg.input_size))
+    if cfg.network_size is None and spec.imported_from is not None and BACKBONES.get(cfg.backbone).any_size:
+        cfg.network_size = spec.size  # the images keep their size: no second resize after import
+    method.check_backbone(backbone_class(cfg.backbone, cfg.network_size))
     check_pretrained(cfg.backbone, cfg.pretrained)
     check_logger(cfg.log)
     if cfg.freeze_until:

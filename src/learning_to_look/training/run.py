@@ -65,7 +65,7 @@ def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: 
                known: np.ndarray | None = None, key: str = "") -> Batch:
     """A whole split ready for the network, with the per-image tensors ``method`` asks for;
     an image whose map is not ``known`` (no mask) gets all-zero tensors: no guidance term."""
-    backbone = backbone_class(cfg.backbone, cfg.input_size)
+    backbone = backbone_class(cfg.backbone, cfg.network_size)
     y = torch.as_tensor(split.labels, dtype=torch.long)  # (N,)
     aux = {} if maps is None else method.aux(torch.as_tensor(maps), backbone)
     if known is not None:
@@ -81,10 +81,10 @@ def make_batch(split: Split, maps: np.ndarray | None, cfg: TrainConfig, method: 
 def resize_note(cfg: TrainConfig, split: Split) -> str | None:
     """One line when the network's input side differs from the images' (a resize on the
     way in, which the record also keeps), None when the images go in at their own size."""
-    image, network = split.images.shape[-1], backbone_class(cfg.backbone, cfg.input_size).input_size
+    image, network = split.images.shape[-1], backbone_class(cfg.backbone, cfg.network_size).input_size
     if image == network:
         return None
-    why = "its own input side" if cfg.input_size is None else "--input-size"
+    why = "its own input side" if cfg.network_size is None else "--network-size"
     return f"images are {image} px and {cfg.backbone} takes {network} px ({why}): each is resized on the way in"
 
 
@@ -292,7 +292,7 @@ def record_run(cfg: TrainConfig, out: Path, prep: Prepared, fitted: FitResult, r
         "dataset": {"name": dataset.name, "protocol": dataset.header.get("protocol"), "n_train": len(prep.train_split),
                     "n_val": len(prep.val_split), "n_test": len(dataset.test), "channels": spec.channels,
                     "classes": list(spec.classes), "size": spec.size, "sha256": dataset.content_hash,
-                    "network_size": backbone_class(cfg.backbone, cfg.input_size).input_size,
+                    "network_size": backbone_class(cfg.backbone, cfg.network_size).input_size,
                     "resize": resize_note(cfg, prep.train_split),
                     "words": {"object": spec.object_word, "shortcut": spec.shortcut_word}},
         "selection": {"rule": cfg.selection, "rule_used": fitted.rule or cfg.selection, "tie_break": TIE_BREAK,

@@ -203,9 +203,9 @@ def check_stack(cfgs: Sequence[TrainConfig]) -> None:
         raise L2LError(f"stacked training follows the SGD + StepLR schedule; got --schedule {first.schedule}, "
                        "use --schedule paper")
     own = STACKED.get(first.backbone).backbone.input_size
-    if first.input_size not in (None, own):
-        raise L2LError(f"stacked training takes {first.backbone}'s own {own} px inputs, not --input-size "
-                       f"{first.input_size}; train it with l2l train")
+    if first.network_size not in (None, own):
+        raise L2LError(f"stacked training takes {first.backbone}'s own {own} px inputs, not --network-size "
+                       f"{first.network_size}; train it with l2l train")
     if first.selection in ("val_worst_group", "val_balanced"):
         raise L2LError(f"stacked training validates accuracy and attention only, not per group or class; train "
                        f"with l2l train for --selection {first.selection}, or select on val_acc")
