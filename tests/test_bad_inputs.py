@@ -155,8 +155,12 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_again_saying_so(ki
     assert (folder / "checkpoint.pt.damaged").exists() and (folder / "result.json").exists()
 
 
-def test_a_checkpoint_damaged_after_its_save_resumes_from_the_one_before(data_dir, tmp_path, caplog):
-    """Zeroed bytes inside a checkpoint fail its SHA-256; the run goes on from the previous epoch's."""
+@pytest.mark.parametrize("without_checksum", [False, True])
+def test_a_checkpoint_damaged_after_its_save_resumes_from_the_one_before(without_checksum, data_dir, tmp_path,
+                                                                         caplog):
+    """Zeroed bytes inside a checkpoint fail its SHA-256, and a checkpoint whose SHA-256 was
+    never written (killed between the two writes) is not trusted either; the run goes on
+    from the previous epoch's."""
     cfg = TrainConfig(dataset="decoymnist", method="vanilla", train_subset=200, epochs=3, seed=37)
     whole = run(cfg, runs_dir=tmp_path / "whole", data_dir=data_dir, progress=False)
 
@@ -170,6 +174,8 @@ def test_a_checkpoint_damaged_after_its_save_resumes_from_the_one_before(data_di
     data = bytearray(ckpt.read_bytes())
     data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
     ckpt.write_bytes(bytes(data))
+    if without_checksum:
+        (ckpt.parent / "checkpoint.pt.sha256").unlink()
     resumed = run(cfg, runs_dir=tmp_path / "cut", data_dir=data_dir, progress=False)
     assert "resuming from checkpoint.prev.pt" in caplog.text and (ckpt.parent / "checkpoint.pt.damaged").exists()
     assert resumed.test == whole.test  # the same numbers as a run never stopped

@@ -182,10 +182,12 @@ def load_npy(path: str | os.PathLike, fix: str = "delete it and rerun the comman
         raise corrupt_file(path, f"not a NumPy file: {type(e).__name__}: {e}", fix) from None
 
 
-def torch_load(path: str | os.PathLike, fix: str = "delete it and rerun the command", **kw: Any) -> Any:
+def torch_load(path: str | os.PathLike, fix: str = "delete it and rerun the command", checked: bool = False,
+               **kw: Any) -> Any:
     """``torch.load(path)`` after checking its bytes against the SHA-256 saved beside it
-    (files saved before checksums were kept load unchecked); an empty, truncated, damaged
-    or random file is named as corrupt. Random bytes can fail inside the unpickler in
+    (files saved before checksums were kept load unchecked, unless ``checked``: a file this
+    version writes, whose missing checksum means its write never finished); an empty,
+    truncated, damaged or random file is named as corrupt. Random bytes can fail inside the unpickler in
     almost any way (even MemoryError, from a length read out of garbage), so every
     ordinary exception means "unreadable"."""
     import torch
@@ -195,6 +197,8 @@ def torch_load(path: str | os.PathLike, fix: str = "delete it and rerun the comm
         raise FileNotFoundError(2, "No such file", str(path))
     data = path.read_bytes()
     expected = checksum_path(path)
+    if checked and not expected.is_file():
+        raise corrupt_file(path, "no SHA-256 was saved with it, so its write did not finish", fix)
     if expected.is_file() and hashlib.sha256(data).hexdigest() != expected.read_text().strip():
         raise corrupt_file(path, "its SHA-256 differs from the one saved with it: the file is damaged", fix)
     try:

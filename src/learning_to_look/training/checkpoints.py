@@ -52,7 +52,7 @@ def load_checkpoint(path: Path, check: Callable[[Any, Path], None], **load: Any)
         if not candidate.exists():
             continue
         try:
-            state = torch_load(candidate, **load)
+            state = torch_load(candidate, checked=True, **load)
             check(state, candidate)
         except L2LError:
             aside = candidate.with_name(candidate.name + ".damaged")
