@@ -149,6 +149,14 @@ def test_tune_bad_spaces_are_one_line(space, message, shapes_dir, tmp_path, caps
     assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "tunes").exists()
 
 
+def test_tune_refuses_a_field_the_method_does_not_read(shapes_dir, tmp_path, capsys):
+    """vanilla has no lambda: every trial would be the same model."""
+    assert main(["tune", "--dataset", "shapes-bg", "--method", "vanilla", "--epochs", "1",
+                 "--space", "lambda0=log:1:1000", "--data-dir", str(shapes_dir), "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "resolves to the same run" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bf16_autocast_runs_on_the_cpu_and_names_its_own_folder(shapes_dir, tmp_path):
     cfg = TrainConfig(dataset="shapes-bg", method="l2l", epochs=1, e_att=0, train_subset=60)
     with accel.autocast(dataclasses.replace(cfg, precision="bf16"), torch.device("cpu")):

@@ -100,10 +100,14 @@ def parse_dimension(name: str, spec: Any, base: TrainConfig, data_dir: Path | No
     kind, _, rest = str(spec).partition(":")
     try:
         dim = _dimension(name, kind.strip(), rest)
-        for value in dim.values():  # each end (or choice) must make a run, on top of the base config
-            resolve_run(dataclasses.replace(base, **{name: value}), data_dir)
+        # each end (or choice) must make a run, on top of the base config
+        runs = {resolve_run(dataclasses.replace(base, **{name: value}), data_dir).cfg.fingerprint()
+                for value in dim.values()}
     except (ValueError, L2LError) as e:
         raise L2LError(f"malformed --space {text!r} ({e}); {SPACE_SYNTAX}") from None
+    if len(runs) == 1:
+        raise L2LError(f"--space {text!r}: every value resolves to the same run for method {base.method} (it does "
+                       f"not read {name}); search a field the method uses, or drop it")
     return dim
 
 
