@@ -138,3 +138,11 @@ def test_a_pooled_outline_keeps_a_thin_band_that_nearest_sampling_misses():
     assert float(outline_target(mask, **kw).sum()) == 0.0
     pooled = outline_target(mask, pool=True, **kw)
     assert float(pooled.sum()) == pytest.approx(1.0) and int((pooled[0] > 0).sum()) == 8 and pooled[0, 2, 2] == 0
+
+
+def test_a_sweep_finds_an_imported_set_through_data_dir_and_names_the_size_it_cannot_stack(tmp_path, capsys):
+    import_dataset("small16", make_folder(tmp_path / "src", n=(4, 2, 2)), tmp_path / "d16", size=16, progress=False)
+    code = main(["sweep", "--dataset", "small16", "--method", "vanilla", "--grid", "lr=0.001,0.01", "--epochs", "1",
+                 "--data-dir", str(tmp_path / "d16"), "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "stacked training takes lenet-gap's own 32 px inputs" in err

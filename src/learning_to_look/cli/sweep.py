@@ -57,7 +57,7 @@ def sweep(
     axes = dict(parse_grid(g) for g in grid)
     if len(axes) != len(grid):
         raise L2LError("the same field is given twice in --grid; give each field once")
-    plan = plan_sweep(base, axes, parse_seeds(seeds), runs_dir)
+    plan = plan_sweep(base, axes, parse_seeds(seeds), runs_dir, data_dir)
     s = run_sweep(plan, max_stack=max_stack, data_dir=data_dir, progress=not quiet, jobs=jobs,
                   echo=typer.echo, launcher=launcher)
     chosen = point_label(s["chosen"])

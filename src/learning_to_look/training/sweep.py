@@ -106,6 +106,7 @@ class Sweep:
     axes: dict[str, list[Any]]
     seeds: list[int]
     folder: Path
+    data_dir: Path | None = None  # where an imported data set's file (and so its identity) lies
 
     @property
     def points(self) -> list[dict[str, Any]]:
@@ -113,17 +114,17 @@ class Sweep:
 
     def configs(self, seed: int) -> list[TrainConfig]:
         """Each grid point's resolved config for ``seed`` (a value the config rejects is an error here)."""
-        return [resolve(dataclasses.replace(self.base, seed=seed, **point)) for point in self.points]
+        return [resolve(dataclasses.replace(self.base, seed=seed, **point), self.data_dir) for point in self.points]
 
 
 def plan_sweep(base: TrainConfig, axes: dict[str, list[Any]], seeds: Sequence[int],
-               runs_dir: Path | None = None) -> Sweep:
+               runs_dir: Path | None = None, data_dir: Path | None = None) -> Sweep:
     """Validate everything (every point resolves, the stack is buildable) before any training."""
     if not axes:
         raise L2LError(f"a sweep needs at least one --grid; {GRID_HELP}")
     key = json.dumps({"base": base.to_dict() | {"seed": None}, "axes": axes}, sort_keys=True, default=str)
     folder = Path(runs_dir or default_runs_dir()) / "sweeps" / f"{base.dataset}-{base.method}-{sha256_text(key)[:10]}"
-    sweep = Sweep(base, dict(axes), list(seeds), folder)
+    sweep = Sweep(base, dict(axes), list(seeds), folder, data_dir)
     cfgs = sweep.configs(sweep.seeds[0])
     check_stack(cfgs)
     if len({c.fingerprint() for c in cfgs}) < len(cfgs):  # e.g. a lambda0 grid for a method without a lambda
