@@ -146,3 +146,15 @@ def test_a_sweep_finds_an_imported_set_through_data_dir_and_names_the_size_it_ca
                  "--data-dir", str(tmp_path / "d16"), "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == 2 and "stacked training takes lenet-gap's own 32 px inputs" in err
+
+
+def test_a_damaged_import_is_one_line_naming_the_import_to_redo(tmp_path, capsys):
+    path, _, _ = import_dataset("dmg", make_folder(tmp_path / "src", n=(4, 2, 2)), tmp_path / "d", size=16,
+                                progress=False)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 256] = bytes(256)
+    path.write_bytes(bytes(data))
+    code = main(["train", "--dataset", "dmg", "--method", "vanilla", "--epochs", "1", "--data-dir", str(tmp_path / "d"),
+                 "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "l2l data import dmg" in err

@@ -287,7 +287,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, build:
     except DatasetMismatch:
         raise
     except L2LError as e:
-        if not build:
+        if not build or spec.imported_from is not None:  # an import is rebuilt from its source by the user
             raise
         log.warning("%s; rebuilding it now", e)
         build_dataset(name, data_dir, mnist_dir)
