@@ -158,3 +158,10 @@ def test_a_damaged_import_is_one_line_naming_the_import_to_redo(tmp_path, capsys
                  "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "l2l data import dmg" in err
+
+
+def test_the_train_line_speaks_of_the_imported_sets_object(pets48, capsys):
+    assert main(["train", "--dataset", "pets48", "--method", "vanilla", "--epochs", "1", "--quiet",
+                 "--data-dir", str(pets48 / "data"), "--runs-dir", str(pets48 / "line")]) == 0
+    out = capsys.readouterr().out
+    assert "CAM on object" in out and "digit" not in out

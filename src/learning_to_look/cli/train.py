@@ -58,8 +58,9 @@ def _check_flags_used(run: Resolved, flags: MapFlags) -> None:
 def _seed_line(r: Record) -> str:
     """One finished run: test accuracy, the selected epoch, where it looks, speed, maps."""
     t = r.test
-    where = f"  CAM on digit {t.cam_on_digit:.2f}" if t.cam_on_digit is not None else ""
-    where += f"  decoy {t.cam_on_decoy:.2f}" if t.cam_on_decoy is not None else ""
+    thing, shortcut = r.words
+    where = f"  CAM on {thing} {t.cam_on_digit:.2f}" if t.cam_on_digit is not None else ""
+    where += f"  {shortcut} {t.cam_on_decoy:.2f}" if t.cam_on_decoy is not None else ""
     groups = f"  worst group {t.worst_group_accuracy:.2f}%" if t.worst_group_accuracy is not None else ""
     return (f"seed {r.config.seed}: test acc {t.accuracy:.2f}%{groups}  (epoch {r.selected_epoch}, "
             f"val acc {r.val_acc:.2f}%){where}  {r.seconds_per_epoch:.1f}s/epoch  maps: {r.maps.label}")
