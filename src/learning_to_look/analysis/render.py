@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ..config import PAPER_CONFIG
 from .records import DATASET_NAMES, SETTING_KEYS, WORST_GROUP, Row, point_label, setting_label, varying_label
 from .verdicts import BITE_POINTS, COLLAPSE_SHARE, MIN_VERDICT_SEEDS
-from .worst_group import worst_group_rows, worst_group_section
+from .worst_group import worst_group_rows, worst_group_section, worst_group_table
 
 if TYPE_CHECKING:
     from .report import Tables
@@ -413,4 +413,5 @@ TABLES = {
     "published": lambda t: _published_table(t.published),
     "sensitivity": lambda t: _sensitivity_table(t.sensitivity),
     "sweep": _sweep_table,
+    "worst-group": lambda t: "\n".join(worst_group_table(worst_group_rows(t.rows))),
 }

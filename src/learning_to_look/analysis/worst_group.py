@@ -57,12 +57,10 @@ def _cell(value: tuple[float, float] | None, n: int) -> str:
     return f"{value[0]:.2f}" if n < 2 else f"{value[0]:.2f} ± {value[1]:.2f}"
 
 
-def worst_group_section(table: Sequence[dict[str, Any]]) -> list[str]:
-    """The report's worst-group section (empty without group labels)."""
-    if not table:
-        return []
+def worst_group_table(table: Sequence[dict[str, Any]]) -> list[str]:
+    """The worst-group table as markdown lines, vanilla first in each setting."""
     body = []
-    for v in sorted(table, key=lambda v: (setting_label(v), v["method"] != BASELINE)):  # vanilla first
+    for v in sorted(table, key=lambda v: (setting_label(v), v["method"] != BASELINE)):
         interval = "[no interval: one seed on a side]" if "diff" in v and math.isnan(v["low"]) else \
             f"[{v.get('low', 0):+.2f}, {v.get('high', 0):+.2f}]"
         verdict = "baseline" if v["method"] == BASELINE else "no vanilla run in this setting" if "diff" not in v \
@@ -71,10 +69,15 @@ def worst_group_section(table: Sequence[dict[str, Any]]) -> list[str]:
                      v["selection"], str(v["n"]), *(_cell(v[m], v["n"]) for m, _ in COLUMNS), verdict])
     header = ["setting", "method", "selection", "n", *(t for _, t in COLUMNS),
               "worst group minus vanilla, points [95 % Welch interval]: verdict"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(c) + " |" for c in body)]
+
+
+def worst_group_section(table: Sequence[dict[str, Any]]) -> list[str]:
+    """The report's worst-group section (empty without group labels)."""
+    if not table:
+        return []
     return ["## Worst-group accuracy", "",
             "Test group and class summaries, each named by the convention that reports it, mean ± sample std over "
             "seeds. The weighted average weighs each group's test accuracy by its share of the training split. "
             "The verdict compares worst-group accuracy with vanilla's in the same setting (helps when the interval "
-            "lies above 0), as the accuracy verdict does.", "", *lines, ""]
+            "lies above 0), as the accuracy verdict does.", "", *worst_group_table(table), ""]

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..analysis.render import TABLES
 from ..errors import L2LError
 from .app import app
 
@@ -29,8 +30,8 @@ def report(runs_dir: Path = typer.Argument(..., help="Folder of run folders (<da
            out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.md, results.csv, "
                                                                  "results.json and figures."),
            table: Optional[str] = typer.Option(None, "--table", help="Print one table of the report as markdown "
-                                               "instead (seeds | results | verdict | summary | bites | published | "
-                                               "sensitivity | sweep): how the docs' tables are rebuilt from records."),
+                                               f"instead ({' | '.join(TABLES)}): how the docs' tables are rebuilt "
+                                               "from records."),
            where: Optional[List[str]] = typer.Option(None, "--where", help="Only runs whose config field has this "
                                                      "value, e.g. --where dataset=decoymnist (repeatable: each "
                                                      "field must match, a field given twice takes either "
