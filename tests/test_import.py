@@ -9,7 +9,8 @@ from PIL import Image
 from learning_to_look.cli import main
 from learning_to_look.config import TrainConfig
 from learning_to_look.data import load_dataset, train_val
-from learning_to_look.data.imported import import_dataset
+from learning_to_look.data.builders import irrelevant_component
+from learning_to_look.data.imported import dataset_spec, import_dataset
 from learning_to_look.errors import L2LError
 from learning_to_look.training.run import run
 
@@ -117,3 +118,20 @@ def test_an_import_without_masks_refuses_oracle_maps_in_one_line(tmp_path):
     with pytest.raises(L2LError, match="object mask"):
         run(TrainConfig(dataset="nomask", method="l2l", maps="oracle", epochs=2, e_att=1), runs_dir=tmp_path / "r",
             data_dir=tmp_path / "data", progress=False)
+
+
+def test_a_grey_import_saved_as_rgb_refuses_colour_as_its_irrelevant_component(tmp_path, capsys):
+    """Grey files stored as RGB have no colour to randomise: `ce --irrelevant colour` would
+    train on colours the data never shows, so it is refused like a grey built set."""
+    src = make_folder(tmp_path / "src", masks=True)
+    import_dataset("greys", src, tmp_path / "data", size=16, progress=False)
+    assert load_dataset("greys", tmp_path / "data", build=False).header["imported"]["grey"] is True
+    code = main(["train", "--dataset", "greys", "--method", "ce", "--irrelevant", "colour", "--maps", "oracle",
+                 "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"), "--epochs", "1",
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "greys is grey" in err and "\n" not in err
+    _image(src / "train" / "cat" / "0.png", (200, 40, 40))  # one reddish image: now the set has colour
+    import_dataset("tinted", src, tmp_path / "data", size=16, progress=False)
+    spec = dataset_spec("tinted", tmp_path / "data")
+    assert not spec.grey and irrelevant_component(spec, "colour") == "colour"

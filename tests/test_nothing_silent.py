@@ -359,6 +359,16 @@ def test_config_files_are_read_with_a_size_cap_and_without_aliases(text, needle,
     one_line(capsys, main(["train", "--config", str(tmp_path / "c.yaml"), "--runs-dir", str(tmp_path)]), needle)
 
 
+@pytest.mark.parametrize("command", ["train", "sweep", "tune"])
+def test_a_config_files_wrong_value_is_refused_even_where_a_flag_overrides_it(command, tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("epochs: -3\n")
+    extra = {"sweep": ["--grid", "lambda0=1,2"], "tune": ["--space", "lambda0=float:1:2", "--trials", "1"]}
+    one_line(capsys, main([command, "--config", str(tmp_path / "c.yaml"), "--epochs", "2", "--runs-dir",
+                           str(tmp_path), "--data-dir", str(tmp_path / "data"), *extra.get(command, [])]),
+             "c.yaml: epochs must be")
+    assert not (tmp_path / "data").exists()
+
+
 # ---- threads, and checks that run after an imported set is known ---------------------------------------
 
 @pytest.mark.parametrize("name", sorted(MAP_SOURCES.names()))

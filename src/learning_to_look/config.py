@@ -298,7 +298,10 @@ class TrainConfig:
         d = read_settings(path) or {}
         if not isinstance(d, dict):
             raise L2LError(f"config file {path} must hold a mapping of settings, e.g. `epochs: 30`")
-        return cls.from_dict(d)
+        try:  # checked as written, so a value a flag overrides is not a wrong one accepted unseen
+            return cls.from_dict(d).validate()
+        except L2LError as err:
+            raise L2LError(f"config file {path}: {err}") from None
 
 
 def _example(f: dataclasses.Field) -> str:

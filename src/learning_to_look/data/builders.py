@@ -174,6 +174,7 @@ class DatasetSpec:
     size: int = 28  # side of the stored images
     has_objects: bool = True  # the builder keeps each image's object (``digit_*``): oracle maps and attention metrics
     partial_masks: bool = False  # only some images have an object (``masked_*`` says which): an import's partial masks
+    grey: bool = False  # an import whose three channels are equal everywhere: no colour to randomise
     has_val: bool = False  # a ``val_train`` array marks the validation images (imported sets with a val/ folder)
     imported_from: str | None = None  # the folder or CSV of `l2l data import`; None for built sets
     #: What the shortcut is, for methods that penalise or randomise it as a component
@@ -204,9 +205,9 @@ def irrelevant_component(spec: DatasetSpec, stated: str | None) -> str:
     if stated is None:
         return spec.shortcut
     component = _STATED[stated]
-    if component == "colour" and spec.channels == 1:
-        raise L2LError(f"--irrelevant colour: data set {spec.name} is grey, so its colour carries nothing; "
-                       "use --irrelevant background, or a colour data set (e.g. colormnist)")
+    if component == "colour" and (spec.channels == 1 or spec.grey):
+        raise L2LError(f"--irrelevant colour: data set {spec.name} is grey (its three channels are equal), so its "
+                       "colour carries nothing; use --irrelevant background, or a colour data set (e.g. colormnist)")
     if spec.imported_from is None and component != spec.shortcut:
         raise L2LError(f"--irrelevant {stated}: data set {spec.name} already declares its irrelevant component, "
                        f"{spec.shortcut}; drop --irrelevant (it is for imported data sets)")

@@ -124,6 +124,12 @@ def _arrays(kept: list[Item], images: np.ndarray, objects: np.ndarray | None, ma
     return arrays, files
 
 
+def is_grey(images: np.ndarray) -> bool:
+    """Every image's three channels are equal (grey files, or grey saved as RGB): colour
+    then carries nothing, so it cannot be the irrelevant component."""
+    return bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())  # (N,3,S,S)
+
+
 def check_name(name: str) -> None:
     """A name an imported data set may take: lower case, safe in a file name, neither
     reserved nor a built data set's."""
@@ -186,7 +192,8 @@ def import_dataset(name: str, source: str | os.PathLike, data_dir: str | os.Path
             "mnist_source": None,
             "imported": {"from": str(source.resolve()), "size": size, "classes": classes, "groups": groups,
                          "has_masks": objects is not None, "masked": int(masked.sum()) if objects is not None else 0,
-                         "has_val": has_val, "skipped": [n for n, _ in bad], "object_word": words[0],
+                         "has_val": has_val, "grey": is_grey(images), "skipped": [n for n, _ in bad],
+                         "object_word": words[0],
                          "shortcut_word": words[1]},
             "files": files,
             "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype), "sha256": sha256_array(v)}
@@ -206,8 +213,8 @@ def spec_from_header(header: dict) -> DatasetSpec:
                        uses_mnist=False, class_names=tuple(meta["classes"]), size=meta["size"],
                        has_objects=meta["has_masks"], has_val=meta["has_val"], imported_from=meta["from"],
                        partial_masks=meta["has_masks"] and meta.get("masked", 0) < _n_images(header),
-                       object_word=meta.get("object_word", "object"), shortcut_word=meta.get("shortcut_word",
-                                                                                             "background"))
+                       grey=meta.get("grey", False), object_word=meta.get("object_word", "object"),
+                       shortcut_word=meta.get("shortcut_word", "background"))
 
 
 def _n_images(header: dict) -> int:
