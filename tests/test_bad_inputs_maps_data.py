@@ -451,6 +451,12 @@ def info_file_without_header(c):
     folder.mkdir()
     np.savez(folder / "mnist.npz", x_train=np.zeros((2, 1, 28, 28), np.uint8))
     return ["data", "info", "mnist", "--data-dir", str(folder)]
+@case("corrupt", "l2l data import mine --from YOUR_IMAGES --force")
+def info_of_an_import_whose_header_is_unreadable(c):
+    folder = c.tmp / "data"
+    folder.mkdir()
+    (folder / "mine.npz").write_bytes(b"x")
+    return ["data", "info", "mine", "--data-dir", str(folder)]
 @case("--data-dir")
 def info_data_dir_is_a_file(c): return ["data", "info", "mnist", "--data-dir", str(c.npy)]
 @case("--data-dir")
@@ -460,6 +466,11 @@ def data_show_out_is_a_folder(c): return ["data", "show", "mnist", "--data-dir",
 @case("cannot write")
 def data_show_out_below_a_file(c): return ["data", "show", "mnist", "--data-dir", str(c.data), "--out",
                                            str(c.npy / "x.png")]
+@case("end its name in", ".png, .pdf, .svg", "grid.png")
+def data_show_out_names_no_figure_format(c): return ["data", "show", "mnist", "--data-dir", str(c.data), "--out",
+                                                     str(c.tmp / "grid.txt")]
+@case("end its name in")
+def maps_show_out_names_no_figure_format(c): return c.oracle("show", *LIMIT, "--out", str(c.tmp / "g.jpeg"))
 @case("unknown data set")
 def data_info_unknown(c): return ["data", "info", "fashion", "--data-dir", str(c.data)]
 @case("mnist folder")

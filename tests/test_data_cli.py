@@ -42,11 +42,12 @@ def test_info_of_mnist_shows_the_protocol_hash(capsys, data_dir):
     assert rc == 0 and EXPECTED_SHA256["x_train"] in out
 
 
-def test_show_writes_a_png(capsys, data_dir, tmp_path):
-    png = tmp_path / "sub" / "decoy.png"
-    rc, out, _ = run_cli(capsys, "data", "show", "decoymnist", "--out", png, "--data-dir", data_dir)
-    assert rc == 0 and str(png) in out
-    assert png.read_bytes()[:8] == PNG_MAGIC
+@pytest.mark.parametrize("name,magic", [("decoy.png", PNG_MAGIC), ("decoy.PDF", b"%PDF"), ("decoy.svg", b"<?xml")])
+def test_show_writes_the_format_its_name_ends_in(name, magic, capsys, data_dir, tmp_path):
+    out_file = tmp_path / "sub" / name
+    rc, out, _ = run_cli(capsys, "data", "show", "decoymnist", "--out", out_file, "--data-dir", data_dir)
+    assert rc == 0 and str(out_file) in out
+    assert out_file.read_bytes()[:len(magic)] == magic
 
 
 def test_build_of_an_existing_verified_file_does_not_rebuild(capsys, data_dir):

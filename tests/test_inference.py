@@ -50,6 +50,19 @@ def test_load_run_of_an_unfinished_or_missing_folder_is_one_line(tmp_path):
         load_run(tmp_path)
 
 
+def test_load_run_names_a_group_folder_and_missing_weights(shapes_run, tmp_path):
+    group = shapes_run.parent
+    with pytest.raises(L2LError, match=f"is a run group, one folder per seed .*e.g. {group / shapes_run.name}"):
+        load_run(group)
+    copy = tmp_path / "seed0"
+    copy.mkdir()
+    for f in shapes_run.iterdir():
+        if f.is_file() and f.name != "model.pt":
+            (copy / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(L2LError, match="has its record but no model.pt; delete the run folder"):
+        load_run(copy)
+
+
 def test_cli_predict_writes_a_csv_row_per_image(shapes_run, image_folder, tmp_path, capsys):
     out = tmp_path / "p.csv"
     assert main(["predict", str(shapes_run), "--images", str(image_folder), "--out", str(out)]) == 0

@@ -326,7 +326,7 @@ def test_a_sweep_report_checks_its_inputs_before_writing_anything(selection, nee
 
 @pytest.mark.parametrize("grids,needle", [
     (["phase1=1:3:1"], "takes values, not a range"),
-    (["lambda0=1:100000000:1"], "more than 10,000"),
+    (["lambda0=1:100000000:1"], "has 100,000,000 values, more than 10,000"),
     (["lambda0=1:100:1", "e_att=1:100:1", "lr=0.001:0.1:0.001"], "more than 10,000"),
     (["lambda0=1:3:0"], "step not above 0"),
     (["lambda0=5:1:1"], "empty range"),

@@ -100,9 +100,7 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
     checked against the SHA-256 the record keeps, so damaged weights never predict."""
     path = Path(path)
     if not has_record(path):
-        what = "has not finished (no run record); rerun its training command to finish it" if path.is_dir() \
-            else "does not exist"
-        raise L2LError(f"run folder {path} {what}; pass a folder like runs/DATASET/GROUP/seedN")
+        raise L2LError(_not_a_run(path))
     fix = f"delete the run folder {path} and train it again"
     record = read_record(path, fix)
     cfg = record.config.validate()
@@ -114,6 +112,8 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
         names, channels = spec.classes, spec.channels
     size = record.dataset.get("size") or (spec.size if spec else None)
     weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise L2LError(f"run {path} has its record but no {WEIGHTS_FILE}; {fix}")
     if record.weights_sha256 is not None and weights.is_file() and sha256_file(weights) != record.weights_sha256:
         raise L2LError(f"{weights} is damaged: its SHA-256 differs from the one its run recorded; {fix}")
     model = build_backbone(cfg.backbone, len(names), size=cfg.network_size)
@@ -125,6 +125,17 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
                        f"({str(e).splitlines()[0]}); {fix}") from None
     return TrainedRun(path, model.to(pick_device(device)).eval(), cfg, record.raw.get("maps", {}), record, names,
                       channels, size)
+
+
+def _not_a_run(path: Path) -> str:
+    """Why ``path`` holds no finished run, and the folder to pass instead."""
+    seeds = sorted(p.name for p in path.glob("seed*") if p.is_dir()) if path.is_dir() else []
+    if seeds:
+        return (f"{path} is a run group, one folder per seed ({', '.join(seeds)}); "
+                f"pass one of them, e.g. {path / seeds[0]}")
+    what = "has not finished (no run record); rerun its training command to finish it" if path.is_dir() \
+        else "does not exist"
+    return f"run folder {path} {what}; pass a folder like runs/DATASET/GROUP/seedN"
 
 
 def read_images(trained: TrainedRun, files: Sequence[Path]) -> np.ndarray:

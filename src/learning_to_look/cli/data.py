@@ -13,7 +13,7 @@ from ..data import DATASETS, build_dataset, dataset_path, load_dataset
 from ..data.formats import FORMATS
 from ..data.images import MAX_PIXELS
 from ..errors import L2LError
-from ..data.preview import check_out_file, preview_dataset
+from ..data.preview import check_figure_file, preview_dataset
 from .app import app
 from .common import DATA_DIR, MNIST_DIR, one_line
 
@@ -75,13 +75,13 @@ def info(name: str = typer.Argument(..., help=DATASETS.help()),
 @data_app.command("show")
 @one_line
 def show(name: str = typer.Argument(..., help=DATASETS.help()),
-         out: Path = typer.Option(..., "--out", help="PNG file to write."),
+         out: Path = typer.Option(..., "--out", help="Figure to write: .png, .pdf or .svg."),
          data_dir: Optional[Path] = DATA_DIR, mnist_dir: Optional[Path] = MNIST_DIR) -> None:
     """Write a grid of train and test images with labels (never builds the data set).
 
     Example: l2l data show colormnist --out colormnist.png
     """
-    check_out_file(out)
+    check_figure_file(out)
     ds = load_dataset(_names(name, data_dir)[0], data_dir, build=False, mnist_dir=mnist_dir and str(mnist_dir))
     typer.echo(f"wrote {preview_dataset(ds, out)}")
 

@@ -14,7 +14,7 @@ import typer
 
 from ..data import DATASETS, SPLITS, Split, load_dataset
 from ..errors import L2LError
-from ..data.preview import check_out_file
+from ..data.preview import check_figure_file
 from ..device import cpu_threads
 from ..maps import (MAP_SOURCES, ClipMaps, MapGenerator, cache_meta, cached_maps, folder_maps, format_report,
                     list_cached, load_image_folder, map_report)
@@ -221,7 +221,7 @@ def check(backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, li
 @maps_app.command("show")
 @one_line
 @with_map_flags()
-def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
+def show(out: Path = typer.Option(..., "--out", help="Figure to write: .png, .pdf or .svg."),
          n: int = typer.Option(16, "--n", min=1, help="Number of images in the grid (>= 1)."),
          backend: str = BACKEND, dataset: str = DATASET, split: str = SPLIT, limit: Optional[int] = LIMIT,
          map_flags: MapFlags = None, cache_dir: Optional[Path] = CACHE_DIR,
@@ -230,7 +230,7 @@ def show(out: Path = typer.Option(..., "--out", help="PNG file to write."),
 
     Example: l2l maps show --dataset decoymnist --backend oracle --out maps.png
     """
-    check_out_file(out)
+    check_figure_file(out)
     gen = build_generator(backend, map_flags)
     d = gen.describe()
     real = "" if d.get("real_vlm", True) else ", random-init test model: not a VLM map"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import L2LError, os_error
-from ..plotting import pyplot, save_figure, to_display
+from ..plotting import figure_format, pyplot, save_figure, to_display
 from .store import Dataset
 
 
@@ -26,9 +26,16 @@ def check_out_file(out: str | os.PathLike, flag: str = "--out") -> Path:
     return out
 
 
+def check_figure_file(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """:func:`check_out_file` for a figure, whose name must end in a format it can be drawn in."""
+    out = check_out_file(out, flag)
+    figure_format(out)
+    return out
+
+
 def write_figure(fig, out: str | os.PathLike) -> Path:
     """:func:`save_figure` to a checked path; an OS failure (permissions, full disk) is one line."""
-    out = check_out_file(out)
+    out = check_figure_file(out)
     try:
         return save_figure(fig, out)
     except OSError as e:

@@ -114,11 +114,13 @@ def dataset_path(name: str, data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def build_command(name: str, path: Path, force: bool = False) -> str:
-    """The command that (re)builds ``name`` where ``path`` lives (imports it, for an imported set)."""
+    """The command that (re)builds ``name`` where ``path`` lives (imports it, for an imported
+    set; a name no built set has is an import whose header, and so its source, is unknown)."""
     spec = DATASETS[name] if name in DATASETS else None
     again = " --force" if force else ""
-    if spec is not None and spec.imported_from is not None:
-        return f"`l2l data import {name} --from {spec.imported_from}{again} --data-dir {path.parent}`"
+    if spec is None or spec.imported_from is not None:
+        source = spec.imported_from if spec is not None else "YOUR_IMAGES"
+        return f"`l2l data import {name} --from {source}{again} --data-dir {path.parent}`"
     return f"`l2l data build {name}{again} --data-dir {path.parent}`"
 
 

@@ -79,7 +79,10 @@ def parse_grid(text: str) -> tuple[str, list[Any]]:
             if step <= 0 or stop < start:
                 raise ValueError("empty range or step not above 0")
             count = int(np.floor((stop - start) / step + 1e-9)) + 1
-            values = [cast(round(start + i * step, 12)) for i in range(min(count, MAX_POINTS + 1))]
+            if count > MAX_POINTS:  # named at its true size, before a value is made
+                raise L2LError(f"--grid {text!r} has {count:,} values, more than {MAX_POINTS:,} points; "
+                               "use a larger step or a shorter range")
+            values = [cast(round(start + i * step, 12)) for i in range(count)]
         else:
             values = [cast(v.strip()) for v in spec.split(",") if v.strip()]
     except ValueError as e:
