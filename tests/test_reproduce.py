@@ -296,6 +296,30 @@ def test_a_setting_bites_when_vanilla_falls_15_points_below_the_clean_bound_of_i
     assert bites["colormnist"]["bites"] == "too few seeds to tell"
 
 
+def test_a_runs_role_is_read_from_what_it_computed(tmp_path, monkeypatch):
+    """`l2l train` records every run as a method; the report reads the same run as a profile
+    would name it, so a bound or a degraded-map run trained alone still counts as one."""
+    from learning_to_look.analysis import records as rec_mod
+
+    def on(maps: str, record: Record) -> Record:  # the config's map source (fake_record's maps= is the record's)
+        return dataclasses.replace(record, config=dataclasses.replace(record.config, maps=maps))
+
+    cases = [(fake_record("b", 0, 99.0, dataset="mnist"), "upper-bound"),
+             (fake_record("ci", 0, 88.0, dataset="colormnist", input_transform="colour-invariant"), "upper-bound"),
+             (on("degraded-oracle", fake_record("bl", 0, 97.0, method="gradcam-kl")), "sensitivity"),
+             (on("intensity", fake_record("in", 0, 85.0, method="l2l")), "control"),
+             (fake_record("rrr", 0, 99.0, method="rrr", dataset="mnist"), "method"),  # guided on MNIST: no bound
+             (fake_record("sw", 0, 99.0, dataset="mnist", role="sweep"), "sweep"),  # a search point stays one
+             (fake_record("v", 0, 45.0), "method")]
+    assert [rec_mod.comparison_role(r) for r, _ in cases] == [role for _, role in cases]
+    for i, _ in enumerate(cases):
+        (tmp_path / "d" / f"g{i}" / "seed0").mkdir(parents=True)
+        (tmp_path / "d" / f"g{i}" / "seed0" / "result.json").write_text("{}")
+    by_dir = {tmp_path / "d" / f"g{i}" / "seed0": r for i, (r, _) in enumerate(cases)}
+    monkeypatch.setattr(rec_mod, "read_record", lambda d: by_dir[Path(d)])
+    assert [r.role for r in rec_mod.collect(tmp_path)] == [role for _, role in cases]
+
+
 def test_a_test_model_is_never_labelled_a_vlm():
     fake = MapsInfo.from_result({"name": "clip", "kind": "vlm", "real_vlm": False, "config": {"variant": "naclip"}})
     assert fake.display_kind != "vlm" and "(vlm)" not in fake.label and "not a VLM" in fake.label

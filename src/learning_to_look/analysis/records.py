@@ -28,13 +28,39 @@ DATASET_NAMES = {"colormnist": "ColorMNIST", "decoymnist": "DecoyMNIST", "decoym
                  "mnist": "MNIST (clean)"}
 
 
+#: The data set of a setting's upper bound: the same network and schedule on clean digits.
+BOUND_DATASET = "mnist"
+#: Roles read as written: search points (never compared) and VLM rows (named by their profile).
+KEPT_ROLES = ("sweep", "tune", "vlm")
+
+
+def comparison_role(record: Record) -> str:
+    """The part a run plays in a comparison, read from what it computed, so that a run
+    trained alone (`l2l train`, which records the role "method") and the same run trained
+    by a profile read alike: vanilla on clean MNIST or on colour-invariant input is an
+    upper bound, degraded oracle maps a sensitivity point, intensity maps (no annotation
+    at all) a control. Any other run keeps the role it recorded."""
+    cfg = record.config
+    if record.role in KEPT_ROLES:
+        return record.role
+    if cfg.method == BASELINE and (cfg.dataset == BOUND_DATASET or cfg.input_transform == "colour-invariant"):
+        return "upper-bound"
+    if cfg.maps == "degraded-oracle":
+        return "sensitivity"
+    if cfg.maps == "intensity":
+        return "control"
+    return record.role
+
+
 def collect(runs_dir: str | Path) -> list[Record]:
     """Every finished run under ``runs_dir`` (``<dataset>/<group>/seed<k>/result.json``),
-    in path order. An unreadable result is reported on stderr and left out."""
+    in path order, each in its :func:`comparison_role`. An unreadable result is reported
+    on stderr and left out."""
     records = []
     for path in sorted(Path(runs_dir).glob(f"*/*/seed*/{RESULT_FILE}")):
         try:
-            records.append(read_record(path.parent))
+            record = read_record(path.parent)
+            records.append(dataclasses.replace(record, role=comparison_role(record)))
         except (OSError, L2LError) as e:
             print(f"warning: skipping {path}: {e}", file=sys.stderr)
     return records

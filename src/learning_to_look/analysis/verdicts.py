@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from ..record import Record
 from ..config import PAPER_CONFIG
-from .records import BASELINE, SETTING_KEYS, Row, by_setting, paper_match
+from .records import BASELINE, BOUND_DATASET, SETTING_KEYS, Row, by_setting, paper_match
 from .stats import welch_diff
 
 #: Config fields that tell runs apart, as opposed to settings shared by a whole report.
@@ -129,8 +129,6 @@ def effect(g: Row, baseline_n: int, low: float, high: float) -> str:
     return "helps" if low > 0 else "hurts" if high < 0 else "no clear effect"
 
 
-#: The data set of a setting's upper bound: the same network and schedule on clean digits.
-BOUND_DATASET = "mnist"
 #: A setting "bites" when vanilla's mean test accuracy is at least this many points below
 #: its clean bound: the shortcut is learned, so there is something for alignment to fix.
 BITE_POINTS = 15.0
