@@ -114,7 +114,7 @@ def load_run(path: str | os.PathLike, device: str = "cpu") -> TrainedRun:
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
         raise L2LError(f"run {path} has its record but no {WEIGHTS_FILE}; {fix}")
-    if record.weights_sha256 is not None and weights.is_file() and sha256_file(weights) != record.weights_sha256:
+    if record.weights_sha256 is not None and sha256_file(weights) != record.weights_sha256:
         raise L2LError(f"{weights} is damaged: its SHA-256 differs from the one its run recorded; {fix}")
     model = build_backbone(cfg.backbone, len(names), size=cfg.network_size)
     state = torch_load(weights, fix, map_location="cpu", weights_only=True)
