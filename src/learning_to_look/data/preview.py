@@ -34,8 +34,8 @@ def check_figure_file(out: str | os.PathLike, flag: str = "--out") -> Path:
 
 
 def write_figure(fig, out: str | os.PathLike) -> Path:
-    """:func:`save_figure` to a checked path; an OS failure (permissions, full disk) is one line."""
-    out = check_figure_file(out)
+    """:func:`save_figure` to a path its caller checked with :func:`check_figure_file` before
+    drawing; an OS failure (permissions, full disk) is one line."""
     try:
         return save_figure(fig, out)
     except OSError as e:
@@ -47,7 +47,7 @@ def _first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
 
 
 def preview_dataset(ds: Dataset, out: str | os.PathLike, per_class: int = 2) -> Path:
-    check_out_file(out)
+    check_figure_file(out)
     plt = pyplot()
     rows = []
     for split in (ds.train, ds.test):

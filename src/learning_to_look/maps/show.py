@@ -9,14 +9,14 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.preview import check_out_file, write_figure
+from ..data.preview import check_figure_file, write_figure
 from ..plotting import pyplot, to_display
 
 
 def overlay_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], out: str | os.PathLike, title: str = "",
                  labels: Sequence[str] | None = None, cols: int = 8) -> Path:
     """Rows of (image, image with map in a heat colour map) pairs, written atomically."""
-    check_out_file(out)
+    check_figure_file(out)
     plt = pyplot()
     n = len(images)
     cols = max(1, min(cols, n))
